@@ -1,0 +1,109 @@
+"""The framework-neutral checkpoint: canonical float32 tensors in safetensors, metadata alongside.
+
+`model.safetensors` holds the canonical parameters, with the model config, tokenizer and step in
+its metadata, so any framework can load what any other wrote. Optimizer state for resuming goes in
+a second file, `optimizer.safetensors`, in the same canonical names (AdamW moments per parameter).
+Every write goes to a temporary file first and is renamed into place, so a crash never leaves a
+half-written checkpoint where a good one was.
+"""
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+from dataclasses import asdict
+from pathlib import Path
+
+import numpy as np
+from safetensors import SafetensorError
+from safetensors.numpy import load_file, save_file
+
+from common.config import GPTConfig
+from common.errors import UserError
+from common.params import check_params
+
+FORMAT = "nanogpt-compare/1"
+
+
+def _atomic_save(tensors: dict[str, np.ndarray], path: Path, metadata: dict[str, str]) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    os.close(fd)
+    try:
+        save_file({k: np.ascontiguousarray(v) for k, v in tensors.items()}, tmp, metadata=metadata)
+        with open(tmp, "rb") as f:
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    finally:
+        if os.path.exists(tmp):
+            os.remove(tmp)
+
+
+def save_checkpoint(path: str | Path, params: dict[str, np.ndarray], config: GPTConfig, *,
+                    step: int, tokenizer_json: str, framework: str, extra: dict | None = None) -> Path:
+    path = Path(path)
+    metadata = {
+        "format": FORMAT,
+        "config": json.dumps(asdict(config)),
+        "tokenizer": tokenizer_json,
+        "step": str(step),
+        "framework": framework,
+        "extra": json.dumps(extra or {}),
+    }
+    _atomic_save({k: np.asarray(v, dtype=np.float32) for k, v in params.items()}, path, metadata)
+    return path
+
+
+def _read(path: Path) -> tuple[dict[str, np.ndarray], dict[str, str]]:
+    if not path.exists():
+        raise UserError(f"no checkpoint at {path}: pass the path of a model.safetensors written by a run.")
+    try:
+        from safetensors import safe_open
+        with safe_open(str(path), framework="numpy") as f:
+            metadata = f.metadata() or {}
+        tensors = load_file(str(path))
+    except (SafetensorError, OSError, ValueError) as e:
+        raise UserError(f"checkpoint {path} is corrupt or truncated ({e}); use an earlier checkpoint "
+                        f"or retrain.") from None
+    return tensors, metadata
+
+
+def load_checkpoint(path: str | Path, expect_config: GPTConfig | None = None,
+                    expect_tokenizer_json: str | None = None) -> tuple[dict[str, np.ndarray], dict]:
+    """Returns (params, info) with info = {config, tokenizer, step, framework, extra}."""
+    path = Path(path)
+    tensors, metadata = _read(path)
+    if metadata.get("format") != FORMAT:
+        raise UserError(f"{path} is not a nanogpt-compare checkpoint (format {metadata.get('format')!r}).")
+    config = GPTConfig(**json.loads(metadata["config"]))
+    if expect_config is not None and config != expect_config:
+        raise UserError(f"checkpoint {path} was written for a different model config ({config}); "
+                        f"use the same preset and overrides as the run that wrote it.")
+    if expect_tokenizer_json is not None and metadata["tokenizer"] != expect_tokenizer_json:
+        raise UserError(f"checkpoint {path} was trained with a different tokenizer; use the same "
+                        f"dataset and --tokenizer as the run that wrote it.")
+    try:
+        check_params(tensors, config)
+    except ValueError as e:
+        raise UserError(f"checkpoint {path} does not hold a complete model: {e}.") from None
+    info = {"config": config, "tokenizer": metadata["tokenizer"], "step": int(metadata["step"]),
+            "framework": metadata["framework"], "extra": json.loads(metadata.get("extra", "{}"))}
+    return tensors, info
+
+
+def save_optimizer_state(path: str | Path, state: dict[str, np.ndarray], *, step: int, framework: str) -> Path:
+    path = Path(path)
+    state = {k: np.atleast_1d(v) for k, v in state.items()}
+    _atomic_save(state, path, {"format": FORMAT, "kind": "optimizer", "step": str(step),
+                               "framework": framework})
+    return path
+
+
+def load_optimizer_state(path: str | Path) -> tuple[dict[str, np.ndarray], int]:
+    path = Path(path)
+    tensors, metadata = _read(path)
+    if metadata.get("format") != FORMAT or metadata.get("kind") != "optimizer":
+        raise UserError(f"{path} is not a nanogpt-compare optimizer state file.")
+    if "adam_count" in tensors:  # safetensors keeps no 0-d arrays
+        tensors["adam_count"] = tensors["adam_count"].reshape(())
+    return tensors, int(metadata["step"])

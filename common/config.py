@@ -1,0 +1,148 @@
+"""Model and training configuration, the presets every framework shares, and command-line overrides."""
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass, fields, replace
+
+from common.errors import UserError
+
+
+@dataclass(frozen=True)
+class GPTConfig:
+    vocab_size: int = 65
+    block_size: int = 64
+    n_layer: int = 4
+    n_head: int = 4
+    n_embd: int = 128
+    dropout: float = 0.0
+    bias: bool = False
+
+    def __post_init__(self):
+        for name in ("vocab_size", "block_size", "n_layer", "n_head", "n_embd"):
+            if getattr(self, name) <= 0:
+                raise UserError(f"{name} must be a positive integer, got {getattr(self, name)}.")
+        if self.n_embd % self.n_head:
+            raise UserError(f"n_embd ({self.n_embd}) must be divisible by n_head ({self.n_head}): "
+                            f"pick n_embd as a multiple of n_head.")
+        if not 0.0 <= self.dropout < 1.0:
+            raise UserError(f"dropout must be in [0, 1), got {self.dropout}.")
+
+    @property
+    def head_size(self) -> int:
+        return self.n_embd // self.n_head
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    batch_size: int = 12
+    max_iters: int = 2000
+    lr: float = 1e-3
+    min_lr: float = 1e-4
+    warmup_iters: int = 100
+    lr_decay_iters: int = 2000
+    beta1: float = 0.9
+    beta2: float = 0.99
+    eps: float = 1e-8
+    weight_decay: float = 0.1
+    grad_clip: float = 1.0          # global-norm clipping; 0 turns it off
+    eval_interval: int = 250
+    eval_iters: int = 20
+    seed: int = 1337
+    dtype: str = "float32"          # float32 | bfloat16 (bf16 compute on accelerators)
+    compile: bool = False
+
+    def __post_init__(self):
+        for name in ("batch_size", "eval_interval", "eval_iters"):
+            if getattr(self, name) <= 0:
+                raise UserError(f"{name} must be a positive integer, got {getattr(self, name)}.")
+        for name in ("max_iters", "warmup_iters", "lr_decay_iters"):
+            if getattr(self, name) < 0:
+                raise UserError(f"{name} must not be negative, got {getattr(self, name)}.")
+        if self.lr <= 0 or self.min_lr < 0 or self.min_lr > self.lr:
+            raise UserError(f"need 0 <= min_lr <= lr and lr > 0, got lr={self.lr}, min_lr={self.min_lr}.")
+        if self.lr_decay_iters < self.warmup_iters:
+            raise UserError(f"lr_decay_iters ({self.lr_decay_iters}) must be >= warmup_iters ({self.warmup_iters}).")
+        if not (0 <= self.beta1 < 1 and 0 <= self.beta2 < 1):
+            raise UserError(f"beta1 and beta2 must be in [0, 1), got {self.beta1}, {self.beta2}.")
+        if self.eps <= 0 or self.weight_decay < 0 or self.grad_clip < 0:
+            raise UserError("eps must be positive and weight_decay, grad_clip non-negative.")
+        if self.dtype not in ("float32", "bfloat16"):
+            raise UserError(f"dtype must be float32 or bfloat16, got {self.dtype!r}.")
+
+
+def _cpu_baby() -> tuple[GPTConfig, TrainConfig]:
+    # nanoGPT README's CPU settings (its train.py defaults bias to False).
+    return (GPTConfig(block_size=64, n_layer=4, n_head=4, n_embd=128, dropout=0.0, bias=False),
+            TrainConfig(batch_size=12, max_iters=2000, lr=1e-3, min_lr=1e-4, warmup_iters=100,
+                        lr_decay_iters=2000, beta2=0.99, weight_decay=0.1, grad_clip=1.0,
+                        eval_interval=250, eval_iters=20))
+
+
+def _shakespeare_char() -> tuple[GPTConfig, TrainConfig]:
+    # nanoGPT's config/train_shakespeare_char.py.
+    return (GPTConfig(block_size=256, n_layer=6, n_head=6, n_embd=384, dropout=0.2, bias=False),
+            TrainConfig(batch_size=64, max_iters=5000, lr=1e-3, min_lr=1e-4, warmup_iters=100,
+                        lr_decay_iters=5000, beta2=0.99, weight_decay=0.1, grad_clip=1.0,
+                        eval_interval=250, eval_iters=200))
+
+
+def _tiny() -> tuple[GPTConfig, TrainConfig]:
+    # Small enough for tests on 2 CPU cores, big enough to learn something in 200 steps.
+    return (GPTConfig(block_size=32, n_layer=2, n_head=2, n_embd=32, dropout=0.0, bias=True),
+            TrainConfig(batch_size=16, max_iters=200, lr=3e-3, min_lr=3e-4, warmup_iters=20,
+                        lr_decay_iters=200, beta2=0.99, weight_decay=0.1, grad_clip=1.0,
+                        eval_interval=50, eval_iters=8))
+
+
+PRESETS = {"tiny": _tiny, "cpu-baby": _cpu_baby, "shakespeare-char": _shakespeare_char}
+PRESET_NAMES = (*PRESETS, "auto")
+
+
+def get_preset(name: str, accelerator: bool = False) -> tuple[GPTConfig, TrainConfig]:
+    """`auto` is shakespeare-char on an accelerator and cpu-baby on a CPU."""
+    if name == "auto":
+        name = "shakespeare-char" if accelerator else "cpu-baby"
+    if name not in PRESETS:
+        raise UserError(f"unknown preset {name!r}: choose one of {', '.join(PRESET_NAMES)}.")
+    return PRESETS[name]()
+
+
+def _parse_value(field: dataclasses.Field, text: str):
+    if field.type in ("bool", bool):
+        lowered = text.lower()
+        if lowered in ("1", "true", "yes", "on"):
+            return True
+        if lowered in ("0", "false", "no", "off"):
+            return False
+        raise UserError(f"{field.name} takes true or false, got {text!r}.")
+    kind = {"int": int, "float": float, "str": str}.get(field.type, str)
+    try:
+        return kind(float(text)) if kind is int and "e" in text.lower() else kind(text)
+    except ValueError:
+        raise UserError(f"{field.name} takes a {kind.__name__}, got {text!r}.") from None
+
+
+def apply_overrides(model: GPTConfig, train: TrainConfig,
+                    overrides: dict[str, str]) -> tuple[GPTConfig, TrainConfig]:
+    """Override any field of either config by name, from strings as typed on a command line."""
+    model_fields = {f.name: f for f in fields(GPTConfig)}
+    train_fields = {f.name: f for f in fields(TrainConfig)}
+    model_changes, train_changes = {}, {}
+    for key, text in overrides.items():
+        name = key.replace("-", "_")
+        if name in model_fields:
+            model_changes[name] = _parse_value(model_fields[name], str(text))
+        elif name in train_fields:
+            train_changes[name] = _parse_value(train_fields[name], str(text))
+        else:
+            raise UserError(f"unknown config field {key!r}: fields are "
+                            f"{', '.join([*model_fields, *train_fields])}.")
+    if "max_iters" in train_changes and "lr_decay_iters" not in train_changes:
+        # Like nanoGPT's configs, the cosine ends where training ends unless told otherwise.
+        train_changes["lr_decay_iters"] = train_changes["max_iters"]
+        train_changes["warmup_iters"] = min(train.warmup_iters, train_changes["max_iters"])
+    return replace(model, **model_changes), replace(train, **train_changes)
+
+
+def to_dict(config) -> dict:
+    return dataclasses.asdict(config)

@@ -1,0 +1,106 @@
+"""Model FLOPs per token and the peak FLOP/s they are measured against (MFU)."""
+from __future__ import annotations
+
+import json
+import os
+import time
+from pathlib import Path
+
+import numpy as np
+
+from common.config import GPTConfig
+from common.params import num_params
+
+
+def flops_per_token(config: GPTConfig, seq_len: int | None = None) -> float:
+    """Forward + backward FLOPs per trained token (PaLM appendix B, as nanoGPT counts them).
+
+    6N for the weight matmuls (2 forward, 4 backward), N without the position embeddings, which are
+    a lookup; plus 12·L·T·C for attention scores and the weighted sum over a T-token context.
+    """
+    T = seq_len or config.block_size
+    n = num_params(config, include_position=False)
+    return 6.0 * n + 12.0 * config.n_layer * config.n_embd * T
+
+
+# Dense peak FLOP/s by device name fragment and compute dtype (vendor datasheets, no sparsity).
+# float32 on NVIDIA tensor-core parts counts TF32 only where the framework enables it; we don't.
+PEAK_FLOPS = {
+    "H200": {"bfloat16": 989e12, "float32": 67e12},
+    "H100 PCIe": {"bfloat16": 756e12, "float32": 51e12},
+    "H100": {"bfloat16": 989e12, "float32": 67e12},
+    "A100": {"bfloat16": 312e12, "float32": 19.5e12},
+    "L4": {"bfloat16": 121e12, "float32": 30.3e12},
+    "A10G": {"bfloat16": 70e12, "float32": 31.2e12},
+    "T4": {"bfloat16": 65e12, "float32": 8.1e12},
+    "V100": {"bfloat16": 125e12, "float32": 15.7e12},
+    "RTX 4090": {"bfloat16": 165e12, "float32": 82.6e12},
+    "TPU v4": {"bfloat16": 275e12, "float32": 275e12 / 4},
+    "TPU v5 lite": {"bfloat16": 197e12, "float32": 197e12 / 4},
+    "TPU v5e": {"bfloat16": 197e12, "float32": 197e12 / 4},
+    "TPU v5p": {"bfloat16": 459e12, "float32": 459e12 / 4},
+    "TPU v6": {"bfloat16": 918e12, "float32": 918e12 / 4},
+}
+
+
+def accelerator_peak(device_name: str, dtype: str) -> float | None:
+    """The datasheet peak for a known accelerator, or None when the name is not in the table."""
+    for fragment, peaks in PEAK_FLOPS.items():  # more specific names come first
+        if fragment.lower() in device_name.lower():
+            return peaks.get(dtype)
+    return None
+
+
+def _cache_path() -> Path:
+    from common.data import data_dir
+    return data_dir() / "cpu_peak_flops.json"
+
+
+def measure_cpu_peak(size: int = 2048, repeats: int = 5) -> float:
+    """Best-of-N float32 matmul throughput with numpy's BLAS, using every core it is allowed."""
+    rng = np.random.default_rng(0)
+    a = rng.standard_normal((size, size), dtype=np.float32)
+    b = rng.standard_normal((size, size), dtype=np.float32)
+    a @ b  # warm the BLAS thread pool
+    best = float("inf")
+    for _ in range(repeats):
+        start = time.perf_counter()
+        a @ b
+        best = min(best, time.perf_counter() - start)
+    return 2.0 * size ** 3 / best
+
+
+def cpu_peak_flops() -> float:
+    """Measured once per machine (keyed by CPU count and model) and cached beside the data."""
+    key = f"{os.cpu_count()}:{_cpu_model()}"
+    path = _cache_path()
+    try:
+        cached = json.loads(path.read_text())
+        if cached.get("key") == key:
+            return float(cached["flops"])
+    except (OSError, ValueError, KeyError):
+        pass
+    flops = measure_cpu_peak()
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(json.dumps({"key": key, "flops": flops}))
+    except OSError:
+        pass
+    return flops
+
+
+def _cpu_model() -> str:
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    import platform
+    return platform.processor() or platform.machine()
+
+
+def mfu(tokens_per_second: float, config: GPTConfig, peak_flops: float | None) -> float | None:
+    if not peak_flops:
+        return None
+    return tokens_per_second * flops_per_token(config) / peak_flops

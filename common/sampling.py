@@ -1,0 +1,33 @@
+"""Sampling semantics shared by all three generators, as a numpy reference, and stop strings."""
+from __future__ import annotations
+
+import numpy as np
+
+
+def filter_logits(logits: np.ndarray, temperature: float, top_k: int | None,
+                  top_p: float | None) -> np.ndarray:
+    """Scaled logits with everything outside top-k, then outside the top-p nucleus, set to -inf.
+
+    The nucleus is the smallest set of most likely tokens whose probability reaches top_p; the most
+    likely token always stays. Each framework's generator applies exactly these rules.
+    """
+    scaled = np.asarray(logits, dtype=np.float64) / temperature
+    if top_k is not None and top_k < scaled.shape[-1]:
+        kth = np.sort(scaled, axis=-1)[..., -top_k][..., None]
+        scaled = np.where(scaled < kth, -np.inf, scaled)
+    if top_p is not None and top_p < 1.0:
+        order = np.argsort(-scaled, axis=-1, kind="stable")
+        sorted_logits = np.take_along_axis(scaled, order, axis=-1)
+        probs = np.exp(sorted_logits - sorted_logits[..., :1])
+        probs /= probs.sum(axis=-1, keepdims=True)
+        mass_before = np.cumsum(probs, axis=-1) - probs
+        sorted_logits = np.where(mass_before >= top_p, -np.inf, sorted_logits)
+        scaled = np.full_like(scaled, -np.inf)
+        np.put_along_axis(scaled, order, sorted_logits, axis=-1)
+    return scaled
+
+
+def cut_at_stop(text: str, stop: list[str] | None) -> tuple[str, bool]:
+    """Text up to (not including) the earliest stop string, and whether one was found."""
+    cut = min((i for i in (text.find(s) for s in stop or [] if s) if i >= 0), default=-1)
+    return (text, False) if cut < 0 else (text[:cut], True)

@@ -1,0 +1,132 @@
+"""PyTorch behind the common Backend interface."""
+import numpy as np
+import torch
+
+from common.backend import Backend as BaseBackend
+from common.config import GPTConfig, TrainConfig
+from common.errors import UserError
+from pytorch_impl.generate import generate
+from pytorch_impl.model import GPT, from_canonical_like, load_canonical, to_canonical
+from pytorch_impl.train import autocast, configure_optimizer, train_step
+
+
+def resolve_device(device: str) -> torch.device:
+    if device in ("auto", "gpu"):
+        if torch.cuda.is_available():
+            return torch.device("cuda")
+        if torch.backends.mps.is_available():
+            return torch.device("mps")
+        if device == "gpu":
+            raise UserError("no GPU is visible to PyTorch: use --device cpu, or install a CUDA build of torch.")
+        return torch.device("cpu")
+    if device == "cpu":
+        return torch.device("cpu")
+    raise UserError(f"PyTorch cannot run on device {device!r}: use --device auto, cpu or gpu.")
+
+
+class Backend(BaseBackend):
+    name = "pytorch"
+
+    def __init__(self, config: GPTConfig, train: TrainConfig, params: dict, device: str = "auto"):
+        super().__init__(config, train, params, device)
+        self.device = resolve_device(device)
+        # float32 means float32: no TF32 matmuls, so the GPU agrees with the CPU and the others.
+        torch.backends.cuda.matmul.allow_tf32 = False
+        torch.backends.cudnn.allow_tf32 = False
+        self.model = GPT(config).to(self.device)
+        load_canonical(self.model, params)
+        self.optimizer = configure_optimizer(self.model, train, self.device.type)
+        self.amp = autocast(self.device.type, train.dtype)
+        self.forward = torch.compile(self.model) if train.compile else self.model
+
+    def _tensor(self, a: np.ndarray) -> torch.Tensor:
+        return torch.from_numpy(np.asarray(a, dtype=np.int64)).to(self.device, non_blocking=True)
+
+    def train_step(self, x, y, lr):
+        self.forward.train()
+        loss = train_step(self.forward, self.optimizer, self._tensor(x), self._tensor(y), lr,
+                          self.train_config.grad_clip, self.amp)
+        return loss.item()
+
+    @torch.no_grad()
+    def eval_loss(self, x, y):
+        self.forward.eval()
+        with self.amp:
+            _, loss = self.forward(self._tensor(x), self._tensor(y))
+        return loss.item()
+
+    @torch.no_grad()
+    def logits(self, x):
+        self.model.eval()
+        with self.amp:
+            logits, _ = self.model(self._tensor(x))
+        return logits.float().cpu().numpy()
+
+    def loss_and_grads(self, x, y):
+        self.model.eval()
+        self.model.zero_grad(set_to_none=True)
+        _, loss = self.model(self._tensor(x), self._tensor(y))
+        loss.backward()
+        grads = {n: p.grad for n, p in self.model.named_parameters()}
+        result = loss.item(), to_canonical(self.model, grads)
+        self.model.zero_grad(set_to_none=True)
+        return result
+
+    def export_params(self):
+        return to_canonical(self.model)
+
+    def optimizer_state(self):
+        state = {}
+        names = dict(self.model.named_parameters())
+        moments = {key: {n: self.optimizer.state[p][key] if p in self.optimizer.state else torch.zeros_like(p)
+                         for n, p in names.items()} for key in ("exp_avg", "exp_avg_sq")}
+        for prefix, key in (("adam_m", "exp_avg"), ("adam_v", "exp_avg_sq")):
+            for name, value in to_canonical(self.model, moments[key]).items():
+                state[f"{prefix}.{name}"] = value
+        steps = [float(s["step"]) for s in self.optimizer.state.values() if "step" in s]
+        state["adam_count"] = np.array(int(steps[0]) if steps else 0, dtype=np.int64)
+        return state
+
+    def load_optimizer_state(self, state):
+        count = int(state["adam_count"])
+        for prefix, key in (("adam_m", "exp_avg"), ("adam_v", "exp_avg_sq")):
+            arrays = {k.split(".", 1)[1]: v for k, v in state.items() if k.startswith(prefix + ".")}
+            for name, value in from_canonical_like(self.model, arrays).items():
+                p = dict(self.model.named_parameters())[name]
+                self.optimizer.state[p][key] = value.to(p.dtype)
+        for p in self.model.parameters():
+            self.optimizer.state[p]["step"] = torch.tensor(float(count), dtype=torch.float32,
+                                                           device=self.device if self.device.type == "cuda" else "cpu")
+
+    def generate(self, prompt, max_new_tokens, *, temperature=1.0, top_k=None, top_p=None, seed=0,
+                 use_cache=True):
+        self.model.eval()
+        generator = torch.Generator(device=self.device).manual_seed(seed)
+        idx = self._tensor(np.asarray(prompt, dtype=np.int64)[None, :])
+        with self.amp:
+            out = generate(self.model, idx, max_new_tokens, temperature, top_k, top_p, generator, use_cache)
+        return out[0, len(prompt):].tolist()
+
+    def device_info(self):
+        info = {"framework_version": torch.__version__, "device": "cpu", "device_name": "cpu",
+                "device_count": 1, "threads": torch.get_num_threads()}
+        if self.device.type == "cuda":
+            info.update(device="gpu", device_name=torch.cuda.get_device_name(self.device),
+                        device_count=torch.cuda.device_count())
+        elif self.device.type == "mps":
+            info.update(device="mps", device_name="Apple MPS")
+        return info
+
+    def peak_memory_bytes(self):
+        return torch.cuda.max_memory_allocated(self.device) if self.device.type == "cuda" else None
+
+    def reset_peak_memory(self):
+        if self.device.type == "cuda":
+            torch.cuda.reset_peak_memory_stats(self.device)
+
+    def profile(self, log_dir):
+        activities = [torch.profiler.ProfilerActivity.CPU]
+        if self.device.type == "cuda":
+            activities.append(torch.profiler.ProfilerActivity.CUDA)
+        return torch.profiler.profile(activities=activities,
+                                      on_trace_ready=torch.profiler.tensorboard_trace_handler(log_dir))

@@ -1,0 +1,146 @@
+"""GPT in PyTorch, after nanoGPT's model.py. The architecture is specified in common/spec.py."""
+
+import torch
+import torch.nn as nn
+from torch.nn import functional as F
+
+from common.config import GPTConfig
+from common.spec import GELU_APPROXIMATE, LAYER_NORM_EPS, LOSS_IGNORE_INDEX, MLP_RATIO
+
+
+class KVCache:
+    """Keys and values of every layer, preallocated for block_size positions and filled in order."""
+
+    def __init__(self, config: GPTConfig, batch_size: int, device, dtype=torch.float32):
+        shape = (config.n_layer, batch_size, config.n_head, config.block_size, config.head_size)
+        self.keys = torch.zeros(shape, device=device, dtype=dtype)
+        self.values = torch.zeros(shape, device=device, dtype=dtype)
+        self.length = 0  # positions filled, the same in every layer
+
+    def update(self, layer: int, k: torch.Tensor, v: torch.Tensor):
+        """Store this step's (B, nh, T, hs) keys and values; return all of them so far."""
+        start, end = self.length, self.length + k.size(2)
+        self.keys[layer, :, :, start:end] = k
+        self.values[layer, :, :, start:end] = v
+        return self.keys[layer, :, :, :end], self.values[layer, :, :, :end]
+
+
+class CausalSelfAttention(nn.Module):
+
+    def __init__(self, config: GPTConfig, layer: int):
+        super().__init__()
+        self.layer = layer
+        self.n_head, self.n_embd, self.dropout = config.n_head, config.n_embd, config.dropout
+        self.c_attn = nn.Linear(config.n_embd, 3 * config.n_embd, bias=config.bias)  # q, k, v at once
+        self.c_proj = nn.Linear(config.n_embd, config.n_embd, bias=config.bias)
+        self.resid_dropout = nn.Dropout(config.dropout)
+
+    def forward(self, x, cache: KVCache | None = None):
+        B, T, C = x.size()
+        q, k, v = self.c_attn(x).split(self.n_embd, dim=2)
+        # (B, T, C) -> (B, nh, T, hs)
+        q, k, v = (t.view(B, T, self.n_head, C // self.n_head).transpose(1, 2) for t in (q, k, v))
+        if cache is not None:
+            k, v = cache.update(self.layer, k, v)
+        # With a cache, T > 1 only for the prompt (cache empty, so the usual causal mask is right);
+        # a single new token may attend to every cached position.
+        y = F.scaled_dot_product_attention(q, k, v, dropout_p=self.dropout if self.training else 0.0,
+                                           is_causal=T > 1)
+        y = y.transpose(1, 2).contiguous().view(B, T, C)  # (B, nh, T, hs) -> (B, T, C)
+        return self.resid_dropout(self.c_proj(y))
+
+
+class MLP(nn.Module):
+
+    def __init__(self, config: GPTConfig):
+        super().__init__()
+        self.c_fc = nn.Linear(config.n_embd, MLP_RATIO * config.n_embd, bias=config.bias)
+        self.gelu = nn.GELU(approximate="tanh" if GELU_APPROXIMATE else "none")
+        self.c_proj = nn.Linear(MLP_RATIO * config.n_embd, config.n_embd, bias=config.bias)
+        self.dropout = nn.Dropout(config.dropout)
+
+    def forward(self, x):
+        return self.dropout(self.c_proj(self.gelu(self.c_fc(x))))
+
+
+class Block(nn.Module):
+
+    def __init__(self, config: GPTConfig, layer: int):
+        super().__init__()
+        self.ln_1 = nn.LayerNorm(config.n_embd, eps=LAYER_NORM_EPS, bias=config.bias)
+        self.attn = CausalSelfAttention(config, layer)
+        self.ln_2 = nn.LayerNorm(config.n_embd, eps=LAYER_NORM_EPS, bias=config.bias)
+        self.mlp = MLP(config)
+
+    def forward(self, x, cache: KVCache | None = None):
+        x = x + self.attn(self.ln_1(x), cache)
+        return x + self.mlp(self.ln_2(x))
+
+
+class GPT(nn.Module):
+
+    def __init__(self, config: GPTConfig):
+        super().__init__()
+        self.config = config
+        self.wte = nn.Embedding(config.vocab_size, config.n_embd)
+        self.wpe = nn.Embedding(config.block_size, config.n_embd)
+        self.drop = nn.Dropout(config.dropout)
+        self.h = nn.ModuleList([Block(config, i) for i in range(config.n_layer)])
+        self.ln_f = nn.LayerNorm(config.n_embd, eps=LAYER_NORM_EPS, bias=config.bias)
+        # No lm_head module: the output projection is wte itself (weight tying), see forward.
+        # Weights come from common.params.init_params through load_canonical, not from here.
+
+    def forward(self, idx, targets=None, cache: KVCache | None = None):
+        B, T = idx.size()
+        start = cache.length if cache is not None else 0
+        assert start + T <= self.config.block_size, f"{start + T} positions > block_size"
+        pos = torch.arange(start, start + T, dtype=torch.long, device=idx.device)
+        x = self.drop(self.wte(idx) + self.wpe(pos))  # (B, T, C)
+        for block in self.h:
+            x = block(x, cache)
+        if cache is not None:
+            cache.length += T
+        logits = F.linear(self.ln_f(x), self.wte.weight)  # (B, T, vocab_size)
+        if targets is None:
+            return logits, None
+        loss = F.cross_entropy(logits.view(-1, logits.size(-1)), targets.view(-1),
+                               ignore_index=LOSS_IGNORE_INDEX)
+        return logits, loss
+
+
+# Canonical names (common/params.py) are this model's parameter names without the ".weight" of
+# the embeddings; nn.Linear stores its kernel [out, in], the canonical layout is [in, out].
+def _canonical_name(torch_name: str) -> str:
+    return torch_name.removesuffix(".weight") if torch_name in ("wte.weight", "wpe.weight") else torch_name
+
+
+def _is_linear_kernel(torch_name: str) -> bool:
+    return torch_name.endswith(".weight") and (".c_attn." in torch_name or ".c_proj." in torch_name
+                                               or ".c_fc." in torch_name)
+
+
+@torch.no_grad()
+def load_canonical(model: GPT, params: dict) -> None:
+    for name, p in model.named_parameters():
+        value = torch.as_tensor(params[_canonical_name(name)])
+        p.copy_(value.T if _is_linear_kernel(name) else value)
+
+
+def to_canonical(model: GPT, tensors: dict[str, torch.Tensor] | None = None) -> dict:
+    """Parameters (or per-parameter tensors such as gradients) under canonical names and layouts."""
+    tensors = tensors if tensors is not None else dict(model.named_parameters())
+    out = {}
+    for name, _ in model.named_parameters():
+        t = tensors[name].detach().float().cpu()
+        # A copy, never a view: the live tensors keep changing as training goes on.
+        out[_canonical_name(name)] = (t.T if _is_linear_kernel(name) else t).numpy().copy()
+    return out
+
+
+def from_canonical_like(model: GPT, arrays: dict) -> dict[str, torch.Tensor]:
+    """The inverse of to_canonical for per-parameter arrays (e.g. optimizer moments)."""
+    out = {}
+    for name, p in model.named_parameters():
+        value = torch.tensor(arrays[_canonical_name(name)], device=p.device)
+        out[name] = value.T.contiguous() if _is_linear_kernel(name) else value
+    return out

@@ -1,0 +1,153 @@
+"""Cross-framework parity: the same canonical weights must compute the same thing everywhere.
+
+Each framework is compared with PyTorch (and PyTorch with the float64 numpy reference in
+test_pytorch.py). Bounds are the issues' and are not to be widened: a miss has a cause.
+"""
+import numpy as np
+import pytest
+
+from common.backend import load_backend
+from common.checkpoint import load_checkpoint, save_checkpoint
+from common.config import GPTConfig, TrainConfig
+from common.params import init_params
+from common.schedule import learning_rate
+from tests.reference import relative_error
+
+OTHERS = [pytest.param("jax", marks=[pytest.mark.jax]),
+          pytest.param("tensorflow", marks=[pytest.mark.tensorflow])]
+pytestmark = [pytest.mark.parity, pytest.mark.pytorch]
+
+CONFIG = GPTConfig(vocab_size=65, block_size=32, n_layer=2, n_head=4, n_embd=64, dropout=0.0, bias=True)
+TRAIN = TrainConfig(batch_size=8, max_iters=50, lr=3e-3, min_lr=3e-4, warmup_iters=10, lr_decay_iters=50,
+                    beta2=0.99, weight_decay=0.1, grad_clip=1.0, eval_interval=10, eval_iters=2)
+
+
+def _batch(config, batch_size=4, seed=0):
+    rng = np.random.default_rng(seed)
+    x = rng.integers(0, config.vocab_size, size=(batch_size, config.block_size), dtype=np.int32)
+    y = rng.integers(0, config.vocab_size, size=(batch_size, config.block_size), dtype=np.int32)
+    return x, y
+
+
+def _pair(framework, config=CONFIG, train=TRAIN, params=None):
+    params = params if params is not None else init_params(config, seed=0)
+    reference = load_backend("pytorch")(config, train, params, device="cpu")
+    other = load_backend(framework)(config, train, params, device="cpu")
+    return reference, other
+
+
+@pytest.mark.parametrize("framework", OTHERS)
+@pytest.mark.parametrize("bias", [True, False])
+def test_logits_and_loss_match_pytorch(framework, bias):
+    config = GPTConfig(**{**CONFIG.__dict__, "bias": bias})
+    reference, other = _pair(framework, config)
+    x, y = _batch(config)
+    expected, actual = reference.logits(x), other.logits(x)
+    assert actual.shape == expected.shape == (4, config.block_size, config.vocab_size)
+    assert relative_error(actual, expected) <= 1e-5
+    assert np.abs(actual - expected).max() <= 1e-4
+    assert abs(other.eval_loss(x, y) - reference.eval_loss(x, y)) <= 1e-5
+
+
+@pytest.mark.parametrize("framework", OTHERS)
+@pytest.mark.parametrize("bias", [True, False])
+def test_gradients_match_pytorch(framework, bias):
+    config = GPTConfig(**{**CONFIG.__dict__, "bias": bias})
+    reference, other = _pair(framework, config)
+    x, y = _batch(config)
+    ref_loss, ref_grads = reference.loss_and_grads(x, y)
+    loss, grads = other.loss_and_grads(x, y)
+    assert abs(loss - ref_loss) <= 1e-5
+    assert sorted(grads) == sorted(ref_grads)
+    for name, expected in ref_grads.items():
+        assert grads[name].shape == expected.shape, name
+        assert relative_error(grads[name], expected) <= 1e-4, name
+
+
+def _global_grad_norm(backend, x, y) -> float:
+    _, grads = backend.loss_and_grads(x, y)
+    return float(np.sqrt(sum((g.astype(np.float64) ** 2).sum() for g in grads.values())))
+
+
+@pytest.mark.parametrize("framework", OTHERS)
+def test_fifty_training_steps_match_pytorch(framework, shakespeare_tokens):
+    from common.data import get_batch
+    reference, other = _pair(framework)
+    clipped = 0
+    for step in range(TRAIN.max_iters):
+        x, y = get_batch(shakespeare_tokens, TRAIN.batch_size, CONFIG.block_size, TRAIN.seed, step)
+        clipped += _global_grad_norm(reference, x, y) > TRAIN.grad_clip
+        lr = learning_rate(step, TRAIN)
+        ref_loss, loss = reference.train_step(x, y, lr), other.train_step(x, y, lr)
+        assert abs(loss - ref_loss) <= 1e-3, f"step {step}: {loss} vs {ref_loss}"
+    assert clipped >= 1, "the test must exercise gradient clipping"
+    expected, actual = reference.export_params(), other.export_params()
+    for name in expected:
+        assert relative_error(actual[name], expected[name]) <= 1e-3, name
+
+
+@pytest.mark.parametrize("framework", OTHERS)
+def test_optimizer_state_carries_over_from_pytorch(framework, shakespeare_tokens):
+    """Resume in another framework: PyTorch trains 5 steps, the other continues from its state."""
+    from common.data import get_batch
+    reference = load_backend("pytorch")(CONFIG, TRAIN, init_params(CONFIG, 0), device="cpu")
+    batches = [get_batch(shakespeare_tokens, TRAIN.batch_size, CONFIG.block_size, 7, s) for s in range(10)]
+    for step in range(5):
+        reference.train_step(*batches[step], learning_rate(step, TRAIN))
+    other = load_backend(framework)(CONFIG, TRAIN, reference.export_params(), device="cpu")
+    other.load_optimizer_state(reference.optimizer_state())
+    assert int(other.optimizer_state()["adam_count"]) == 5
+    for step in range(5, 10):
+        lr = learning_rate(step, TRAIN)
+        assert abs(other.train_step(*batches[step], lr) - reference.train_step(*batches[step], lr)) <= 1e-5
+    for name, expected in reference.export_params().items():
+        assert relative_error(other.export_params()[name], expected) <= 1e-5, name
+
+
+def _greedy_margins(backend, prompt, tokens, block_size):
+    """Top-1 minus top-2 logit at every generated position, from the no-cache forward pass."""
+    sequence = list(prompt) + list(tokens)
+    margins = []
+    for i in range(len(tokens)):
+        end = len(prompt) + i
+        window = np.asarray(sequence[max(0, end - block_size):end], dtype=np.int32)[None]
+        top2 = np.sort(backend.logits(window)[0, -1])[-2:]
+        margins.append(float(top2[1] - top2[0]))
+    return margins
+
+
+@pytest.mark.parametrize("framework", OTHERS)
+def test_greedy_generation_matches_pytorch(framework, trained_params):
+    reference, other = _pair(framework, params=trained_params)
+    prompt = [0, 18, 47, 56, 57, 58]  # "\nFirst" in the Tiny Shakespeare char vocabulary
+    expected = reference.generate(prompt, 200, temperature=0.0)
+    actual = other.generate(prompt, 200, temperature=0.0)
+    margins = _greedy_margins(reference, prompt, expected, CONFIG.block_size)
+    ambiguous = next((i for i, m in enumerate(margins) if m < 1e-4), len(margins))
+    if ambiguous < len(margins):
+        print(f"PyTorch's top-2 logits tie within 1e-4 at generated token {ambiguous}: compared up to there")
+    assert ambiguous > 100, "the trained test model should be decisive for most of the text"
+    assert actual[:ambiguous] == expected[:ambiguous]
+
+
+@pytest.mark.parametrize("framework", [pytest.param("pytorch"), *OTHERS])
+def test_kv_cache_greedy_equals_no_cache(framework, trained_params):
+    backend = load_backend(framework)(CONFIG, TRAIN, trained_params, device="cpu")
+    prompt = [0, 18, 47, 56, 57, 58]
+    cached = backend.generate(prompt, 80, temperature=0.0, use_cache=True)
+    uncached = backend.generate(prompt, 80, temperature=0.0, use_cache=False)
+    assert len(cached) == 80 and cached == uncached  # 86 tokens > block_size 32: the window slides
+
+
+@pytest.mark.parametrize("framework", OTHERS)
+def test_checkpoints_cross_over(framework, trained_params, tmp_path):
+    """A checkpoint written by either side loads in the other and gives the same val loss."""
+    x, y = _batch(CONFIG, seed=3)
+    reference, other = _pair(framework, params=trained_params)
+    for writer, reader_name in ((other, "pytorch"), (reference, framework)):
+        path = save_checkpoint(tmp_path / f"{writer.name}.safetensors", writer.export_params(), CONFIG,
+                               step=50, tokenizer_json="{}", framework=writer.name)
+        params, info = load_checkpoint(path, expect_config=CONFIG)
+        assert info["framework"] == writer.name and info["step"] == 50
+        reader = load_backend(reader_name)(CONFIG, TRAIN, params, device="cpu")
+        assert abs(reader.eval_loss(x, y) - writer.eval_loss(x, y)) <= 1e-5
