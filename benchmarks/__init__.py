@@ -1,0 +1,1 @@
+"""The benchmark harness: train, evaluate, sample and compare the three GPTs."""

@@ -1,0 +1,404 @@
+"""Train, evaluate and sample one GPT per framework, writing a run folder as it goes.
+
+    python -m benchmarks.run --framework pytorch|tensorflow|jax|all [--preset auto] [--max-iters N] ...
+
+A run folder holds config.json, env.json, metrics.jsonl (appended while training), samples.txt,
+summary.json and the framework-neutral checkpoint (model.safetensors + optimizer.safetensors).
+`--framework all` runs each framework in its own subprocess, one after another, on the same
+batches and the same initial weights, then writes the comparison report.
+"""
+from __future__ import annotations
+
+import argparse
+import datetime as dt
+import json
+import math
+import os
+import platform
+import resource
+import subprocess
+import sys
+import time
+from dataclasses import asdict
+from pathlib import Path
+
+import numpy as np
+
+from common.backend import FRAMEWORKS, canonical_framework, is_installed, load_backend, missing_modules
+from common.checkpoint import save_checkpoint, save_optimizer_state
+from common.config import PRESET_NAMES, apply_overrides, get_preset
+from common.data import eval_batches, get_batch, prepare
+from common.errors import UserError
+from common.flops import accelerator_peak, cpu_peak_flops, flops_per_token
+from common.quality import sample_quality
+from common.sampling import cut_at_stop
+from common.schedule import learning_rate
+from common.tokenizers import bits_per_char
+
+REPO = Path(__file__).resolve().parents[1]
+WARMUP_STEPS = 10  # steps left out of the step-time statistics (compilation, allocator warm-up)
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(prog="python -m benchmarks.run", description=__doc__.split("\n\n")[0],
+                                formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    p.add_argument("--framework", required=True, help="pytorch | tensorflow | jax | all "
+                   "(aliases: torch, keras, tf, flax)")
+    p.add_argument("--preset", default="auto", help=f"one of {', '.join(PRESET_NAMES)}")
+    p.add_argument("--device", default="auto", choices=["auto", "cpu", "gpu", "tpu"])
+    p.add_argument("--dtype", choices=["float32", "bfloat16"], help="compute dtype (default: the preset's)")
+    p.add_argument("--compile", action=argparse.BooleanOptionalAction, default=None,
+                   help="torch.compile for PyTorch (JAX and Keras always compile with XLA)")
+    p.add_argument("--max-iters", type=int, help="training steps (the cosine schedule follows)")
+    p.add_argument("--seed", type=int, default=None, help="seed for the initial weights and batches")
+    p.add_argument("--repeat", type=int, default=1, help="runs per framework, seeds seed..seed+N-1")
+    p.add_argument("--dataset", default="tinyshakespeare",
+                   help="tinyshakespeare | shakespeare-plays | path to the plays CSV or a text file")
+    p.add_argument("--tokenizer", default="char", choices=["char", "bpe"])
+    p.add_argument("--vocab-size", type=int, help="BPE vocabulary size")
+    p.add_argument("--set", action="append", default=[], metavar="FIELD=VALUE",
+                   help="override any GPTConfig/TrainConfig field, e.g. --set n_layer=2 --set lr=3e-4")
+    p.add_argument("--out", help="output folder (default runs/<date>-<preset>)")
+    p.add_argument("--force", action="store_true", help="overwrite a run folder that already holds a run")
+    p.add_argument("--prompt", default="\n", help="prompt for the samples")
+    p.add_argument("--num-samples", type=int, default=3)
+    p.add_argument("--sample-tokens", type=int, default=500)
+    p.add_argument("--temperature", type=float, default=0.8)
+    p.add_argument("--top-k", type=int, default=200)
+    p.add_argument("--top-p", type=float, default=None)
+    p.add_argument("--stop", action="append", default=None, help="cut samples at this string (repeatable)")
+    p.add_argument("--profile", action="store_true", help="write the framework's trace for a few steps")
+    p.add_argument("--report", action=argparse.BooleanOptionalAction, default=True,
+                   help="write the comparison report after several runs")
+    p.add_argument("--run-dir", help=argparse.SUPPRESS)  # set by the parent for each subprocess
+    args = p.parse_args(argv)
+    if args.repeat < 1 or args.num_samples < 0 or args.sample_tokens < 1:
+        raise UserError("--repeat and --sample-tokens must be at least 1 and --num-samples at least 0.")
+    if args.temperature < 0 or (args.top_k is not None and args.top_k < 1) or \
+            (args.top_p is not None and not 0 < args.top_p <= 1):
+        raise UserError("need --temperature >= 0, --top-k >= 1 and 0 < --top-p <= 1.")
+    return args
+
+
+def _overrides(args) -> dict[str, str]:
+    overrides = {}
+    for item in args.set:
+        if "=" not in item:
+            raise UserError(f"--set takes FIELD=VALUE, got {item!r}.")
+        key, value = item.split("=", 1)
+        overrides[key.strip()] = value.strip()
+    for field, value in (("max_iters", args.max_iters), ("dtype", args.dtype), ("seed", args.seed)):
+        if value is not None:
+            overrides[field] = str(value)
+    if args.compile is not None:
+        overrides["compile"] = str(args.compile)
+    return overrides
+
+
+def _accelerator_present(framework: str, device: str) -> bool:
+    if device != "auto":
+        return device in ("gpu", "tpu")
+    if framework == "pytorch":
+        import torch
+        return torch.cuda.is_available()
+    if framework == "jax":
+        import jax
+        return jax.default_backend() != "cpu"
+    import tensorflow as tf
+    return bool(tf.config.list_physical_devices("GPU"))
+
+
+def environment(backend, args) -> dict:
+    import importlib.metadata as md
+    versions = {}
+    for package in ("numpy", "torch", "jax", "flax", "optax", "tensorflow-cpu", "tensorflow", "keras"):
+        try:
+            versions[package] = md.version(package)
+        except md.PackageNotFoundError:
+            pass
+    try:
+        commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=REPO, capture_output=True,
+                                text=True, timeout=5).stdout.strip() or None
+    except (OSError, subprocess.SubprocessError):
+        commit = None
+    from common.flops import _cpu_model
+    return {"framework": backend.name, **backend.device_info(), "python": platform.python_version(),
+            "platform": platform.platform(), "cpu": _cpu_model(), "cpu_count": os.cpu_count(),
+            "versions": versions, "git_commit": commit, "command": " ".join(["python -m benchmarks.run",
+                                                                            *sys.argv[1:]]),
+            "date": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds")}
+
+
+class MetricsLog:
+    """metrics.jsonl, one JSON object a line, flushed as each is written so a crash loses nothing."""
+
+    def __init__(self, path: Path):
+        self.file = open(path, "a", encoding="utf-8")
+
+    def write(self, **record) -> None:
+        self.file.write(json.dumps(record) + "\n")
+        self.file.flush()
+
+    def close(self) -> None:
+        self.file.close()
+
+
+def _percentile(values, q):
+    return float(np.percentile(values, q)) if len(values) else None
+
+
+def evaluate(backend, batches) -> float:
+    return float(np.mean([backend.eval_loss(x, y) for x, y in batches]))
+
+
+def run_one(args, framework: str, run_dir: Path) -> dict:
+    """One framework, one seed: the whole benchmark, written into run_dir."""
+    if (run_dir / "metrics.jsonl").exists() and not args.force:
+        raise UserError(f"{run_dir} already holds a run: pass --force to overwrite it or choose another --out.")
+    run_dir.mkdir(parents=True, exist_ok=True)
+    for stale in ("metrics.jsonl", "summary.json", "samples.txt"):
+        (run_dir / stale).unlink(missing_ok=True)
+
+    data = prepare(args.dataset, args.tokenizer, args.vocab_size)
+    tokenizer = data.tokenizer
+    model_cfg, train_cfg = get_preset(args.preset, _accelerator_present(framework, args.device))
+    model_cfg, train_cfg = apply_overrides(model_cfg, train_cfg,
+                                           {**_overrides(args), "vocab_size": str(tokenizer.vocab_size)})
+    if model_cfg.block_size >= min(len(data.train), len(data.val)):
+        raise UserError(f"block_size {model_cfg.block_size} is larger than the data "
+                        f"({len(data.val)} validation tokens): lower it with --set block_size=N.")
+    prompt_ids = tokenizer.encode(args.prompt)
+    if not prompt_ids:
+        raise UserError("the prompt is empty after tokenization: pass a non-empty --prompt.")
+
+    from common.params import init_params
+    Backend = load_backend(framework)
+    backend = Backend(model_cfg, train_cfg, init_params(model_cfg, train_cfg.seed), device=args.device)
+    env = environment(backend, args)
+    (run_dir / "config.json").write_text(json.dumps(
+        {"framework": framework, "preset": args.preset, "dataset": data.corpus_name,
+         "tokenizer": args.tokenizer, "model": asdict(model_cfg), "train": asdict(train_cfg)}, indent=2))
+    (run_dir / "env.json").write_text(json.dumps(env, indent=2))
+
+    accelerator = env["device"] != "cpu"
+    peak = accelerator_peak(env["device_name"], train_cfg.dtype) if accelerator else cpu_peak_flops()
+    flops = flops_per_token(model_cfg)
+    tokens_per_step = train_cfg.batch_size * model_cfg.block_size
+    val_batches = eval_batches(data.val, train_cfg.batch_size, model_cfg.block_size, train_cfg.seed,
+                               train_cfg.eval_iters)
+    train_batches = eval_batches(data.train, train_cfg.batch_size, model_cfg.block_size, train_cfg.seed,
+                                 train_cfg.eval_iters)
+
+    log = MetricsLog(run_dir / "metrics.jsonl")
+    from benchmarks.progress import Progress
+    progress = Progress(train_cfg.max_iters, f"[{framework}]")
+    step_times, evals = [], []
+    eval_time = checkpoint_time = 0.0
+    first_step_time = None
+    best_val = math.inf
+
+    def do_eval(step: int, elapsed: float):
+        nonlocal eval_time, best_val
+        start = time.perf_counter()
+        train_loss, val_loss = evaluate(backend, train_batches), evaluate(backend, val_batches)
+        eval_time += time.perf_counter() - start
+        record = {"type": "eval", "step": step, "train_loss": train_loss, "val_loss": val_loss,
+                  "val_bpc": bits_per_char(val_loss, len(data.val), data.val_chars), "time": elapsed}
+        evals.append(record)
+        log.write(**record)
+        progress.message(f"step {step}: train {train_loss:.4f}, val {val_loss:.4f}")
+        if not math.isfinite(val_loss):
+            raise UserError(f"the validation loss is {val_loss} at step {step}: lower the learning rate "
+                            f"(--set lr=...); the last good checkpoint is in {run_dir}.")
+        best_val = min(best_val, val_loss)
+
+    def checkpoint(step: int):
+        nonlocal checkpoint_time
+        start = time.perf_counter()
+        save_checkpoint(run_dir / "model.safetensors", backend.export_params(), model_cfg, step=step,
+                        tokenizer_json=tokenizer.to_json(), framework=framework)
+        save_optimizer_state(run_dir / "optimizer.safetensors", backend.optimizer_state(), step=step,
+                             framework=framework)
+        checkpoint_time += time.perf_counter() - start
+
+    profile_window = range(WARMUP_STEPS, WARMUP_STEPS + 5) if args.profile else range(0)
+    profiler = None
+    loop_start = time.perf_counter()
+    train_wall = 0.0  # wall time of the training loop minus evaluation and checkpoints
+    try:
+        for step in range(train_cfg.max_iters):
+            if step % train_cfg.eval_interval == 0:
+                do_eval(step, train_wall)
+            if step == profile_window.start and args.profile:
+                profiler = backend.profile(str(run_dir / "profile"))
+                profiler.__enter__()
+            x, y = get_batch(data.train, train_cfg.batch_size, model_cfg.block_size, train_cfg.seed, step)
+            lr = learning_rate(step, train_cfg)
+            start = time.perf_counter()
+            loss = backend.train_step(x, y, lr)
+            elapsed = time.perf_counter() - start
+            if profiler is not None and step == profile_window[-1]:
+                profiler.__exit__(None, None, None)
+                profiler = None
+            if first_step_time is None:
+                first_step_time = elapsed
+            step_times.append(elapsed)
+            train_wall = time.perf_counter() - loop_start - eval_time - checkpoint_time
+            if not math.isfinite(loss):
+                raise UserError(f"the training loss became {loss} at step {step}: lower the learning rate "
+                                f"(--set lr=...) or raise grad_clip; the last good checkpoint is in {run_dir}.")
+            log.write(type="train", step=step, loss=loss, lr=lr, step_time=elapsed, time=train_wall)
+            progress.update(step, loss, tokens_per_step / elapsed)
+            if (step + 1) % train_cfg.eval_interval == 0:
+                checkpoint(step + 1)
+        do_eval(train_cfg.max_iters, train_wall)
+        if train_cfg.max_iters % train_cfg.eval_interval:
+            checkpoint(train_cfg.max_iters)
+    finally:
+        if profiler is not None:
+            profiler.__exit__(None, None, None)
+        log.close()
+    loop_wall = time.perf_counter() - loop_start
+
+    steady = step_times[WARMUP_STEPS:] or step_times
+    median_step = _percentile(steady, 50)
+    tokens_per_s = tokens_per_step / median_step if median_step else None
+    overhead = loop_wall - sum(step_times) - eval_time - checkpoint_time
+
+    generation = sample(backend, tokenizer, prompt_ids, args, data)
+    (run_dir / "samples.txt").write_text(generation.pop("text"), encoding="utf-8")
+
+    peak_memory = backend.peak_memory_bytes()
+    summary = {
+        "framework": framework, "device": env["device"], "device_name": env["device_name"],
+        "framework_version": env["framework_version"], "preset": args.preset, "dtype": train_cfg.dtype,
+        "compile": train_cfg.compile, "seed": train_cfg.seed, "max_iters": train_cfg.max_iters,
+        "params": int(sum(v.size for v in backend.export_params().values())),
+        "final_val_loss": evals[-1]["val_loss"], "best_val_loss": best_val,
+        "final_train_loss": evals[-1]["train_loss"], "final_val_bpc": evals[-1]["val_bpc"],
+        "time_to_first_step_s": first_step_time, "median_step_ms": median_step * 1e3 if median_step else None,
+        "p10_step_ms": _percentile(steady, 10) * 1e3, "p90_step_ms": _percentile(steady, 90) * 1e3,
+        "tokens_per_s": tokens_per_s, "flops_per_token": flops, "peak_flops": peak,
+        "peak_flops_source": "measured float32 matmul" if not accelerator else "datasheet",
+        "mfu": tokens_per_s * flops / peak if tokens_per_s and peak else None,
+        "peak_memory_bytes": peak_memory,
+        "peak_rss_bytes": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024,
+        "memory_kind": "device" if peak_memory is not None else "host RSS",
+        "train_wall_s": sum(step_times), "eval_wall_s": eval_time, "checkpoint_wall_s": checkpoint_time,
+        "harness_overhead_s": overhead, "harness_overhead_frac": overhead / loop_wall if loop_wall else None,
+        "loop_wall_s": loop_wall,
+        **generation,
+    }
+    (run_dir / "summary.json").write_text(json.dumps(summary, indent=2))
+    progress.message(f"done: val loss {summary['final_val_loss']:.4f}, {tokens_per_s or 0:,.0f} tok/s, "
+                     f"{summary['median_step_ms']:.1f} ms/step median -> {run_dir}")
+    return summary
+
+
+def sample(backend, tokenizer, prompt_ids, args, data) -> dict:
+    """Samples for reading and for the quality metrics, and generation speed with and without cache."""
+    options = dict(temperature=args.temperature, top_k=args.top_k, top_p=args.top_p)
+    n = args.sample_tokens
+    backend.generate(prompt_ids, n, seed=0, **options)  # compile / warm up at the measured shape
+    start = time.perf_counter()
+    first = backend.generate(prompt_ids, n, seed=args.seed or 0, **options)
+    cached_s = time.perf_counter() - start
+    backend.generate(prompt_ids, n, seed=0, use_cache=False, **options)
+    start = time.perf_counter()
+    backend.generate(prompt_ids, n, seed=0, use_cache=False, **options)
+    uncached_s = time.perf_counter() - start
+
+    texts = [first] + [backend.generate(prompt_ids, n, seed=i + 1, **options)
+                       for i in range(1, args.num_samples)]
+    samples = []
+    for ids in texts[:args.num_samples]:
+        text, _ = cut_at_stop(tokenizer.decode(ids), args.stop)
+        samples.append(args.prompt + text)
+    joined = "\n".join(samples)
+    quality = sample_quality(joined, data.train_text, data.val_text) if samples else {}
+    separator = "\n" + "-" * 72 + "\n"
+    return {"generation_tokens_per_s": n / cached_s, "generation_nocache_tokens_per_s": n / uncached_s,
+            "kv_cache_speedup": uncached_s / cached_s, "sample_tokens": n,
+            "quality": quality, "text": separator.join(samples) + "\n"}
+
+
+def _run_folder(out: Path, framework: str, seed: int | None, repeat: int) -> Path:
+    return out / (framework if repeat == 1 else f"{framework}-seed{seed}")
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
+    try:
+        args = parse_args(argv)
+        names = FRAMEWORKS if args.framework.strip().lower() == "all" else (canonical_framework(args.framework),)
+        if args.preset not in PRESET_NAMES:
+            raise UserError(f"unknown preset {args.preset!r}: choose one of {', '.join(PRESET_NAMES)}.")
+        if args.run_dir:  # a subprocess of `all` / `--repeat`
+            run_one(args, names[0], Path(args.run_dir))
+            return 0
+        stamp = dt.datetime.now().strftime("%Y%m%d-%H%M%S")
+        out = Path(args.out or REPO / "runs" / f"{stamp}-{args.preset}")
+        base_seed = args.seed if args.seed is not None else get_preset(
+            "tiny" if args.preset == "auto" else args.preset)[1].seed
+        jobs = [(fw, base_seed + r) for fw in names for r in range(args.repeat)]
+        if len(jobs) == 1:
+            if not is_installed(names[0]):
+                load_backend(names[0])  # raises the one-line "not installed" error
+            run_one(args, names[0], _run_folder(out, names[0], base_seed, 1))
+            return 0
+        return _run_many(args, argv, out, jobs)
+    except UserError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("interrupted: metrics written so far are in the run folder.", file=sys.stderr)
+        return 130
+
+
+def _run_many(args, argv, out: Path, jobs) -> int:
+    """Each run in its own subprocess: clean memory figures, and one crash loses nothing of the others."""
+    out.mkdir(parents=True, exist_ok=True)
+    finished, problems = [], []
+    for framework, seed in jobs:
+        if not is_installed(framework):
+            problems.append(f"{framework}: not installed (missing {', '.join(missing_modules(framework))}), skipped")
+            print(f"[{framework}] not installed, skipped", file=sys.stderr)
+            continue
+        run_dir = _run_folder(out, framework, seed, args.repeat)
+        child = [a for a in _strip_option(argv, "--framework") if a]
+        command = [sys.executable, "-m", "benchmarks.run", *child, "--framework", framework,
+                   "--seed", str(seed), "--run-dir", str(run_dir)]
+        result = subprocess.run(command, cwd=REPO)
+        if result.returncode == 0:
+            finished.append(run_dir)
+        else:
+            problems.append(f"{framework} (seed {seed}): failed with exit code {result.returncode}")
+            print(f"[{framework}] failed (exit code {result.returncode}); going on", file=sys.stderr)
+    (out / "problems.txt").write_text("\n".join(problems) + ("\n" if problems else ""))
+    if finished and args.report:
+        from benchmarks.report import write_report
+        report = write_report(finished, out, problems)
+        print(f"report: {report}", file=sys.stderr)
+    for line in problems:
+        print(f"note: {line}", file=sys.stderr)
+    return 0 if finished and len(finished) + sum("not installed" in p for p in problems) == len(jobs) else 1
+
+
+def _strip_option(argv: list[str], name: str) -> list[str]:
+    """argv without `name VALUE`, `name=VALUE`, or --seed (set per child)."""
+    out, skip = [], False
+    for a in argv:
+        if skip:
+            skip = False
+            continue
+        if a in (name, "--seed"):
+            skip = True
+            continue
+        if a.startswith(name + "=") or a.startswith("--seed="):
+            continue
+        out.append(a)
+    return out
+
+
+if __name__ == "__main__":
+    sys.exit(main())
