@@ -4,8 +4,8 @@ import time
 
 
 class Progress:
-    def __init__(self, total: int, label: str, stream=sys.stderr, log_every: int = 50):
-        self.total, self.label, self.stream = total, label, stream
+    def __init__(self, total: int, label: str, stream=sys.stderr, log_every: int = 50, start: int = 0):
+        self.total, self.label, self.stream, self.first = total, label, stream, start
         self.tty = stream.isatty()
         self.log_every = log_every
         self.start = time.perf_counter()
@@ -20,7 +20,7 @@ class Progress:
             return
         self._last_draw = now
         elapsed = now - self.start
-        eta = elapsed / done * (self.total - done)
+        eta = elapsed / max(done - self.first, 1) * (self.total - done)
         rate = f"{tokens_per_s:,.0f} tok/s" if tokens_per_s else "-- tok/s"
         if self.tty:
             width = 24

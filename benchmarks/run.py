@@ -16,6 +16,7 @@ import math
 import os
 import platform
 import resource
+import shutil
 import subprocess
 import sys
 import time
@@ -25,8 +26,8 @@ from pathlib import Path
 import numpy as np
 
 from common.backend import FRAMEWORKS, canonical_framework, is_installed, load_backend, missing_modules
-from common.checkpoint import save_checkpoint, save_optimizer_state
-from common.config import PRESET_NAMES, apply_overrides, get_preset
+from common.checkpoint import load_training_state, save_checkpoint, save_training_state
+from common.config import PRESET_NAMES, GPTConfig, TrainConfig, apply_overrides, get_preset
 from common.data import eval_batches, get_batch, prepare
 from common.errors import UserError
 from common.flops import accelerator_peak, cpu_peak_flops, flops_per_token
@@ -42,7 +43,7 @@ WARMUP_STEPS = 10  # steps left out of the step-time statistics (compilation, al
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p = argparse.ArgumentParser(prog="python -m benchmarks.run", description=__doc__.split("\n\n")[0],
                                 formatter_class=argparse.ArgumentDefaultsHelpFormatter)
-    p.add_argument("--framework", required=True, help="pytorch | tensorflow | jax | all "
+    p.add_argument("--framework", help="pytorch | tensorflow | jax | all "
                    "(aliases: torch, keras, tf, flax)")
     p.add_argument("--preset", default="auto", help=f"one of {', '.join(PRESET_NAMES)}")
     p.add_argument("--device", default="auto", choices=["auto", "cpu", "gpu", "tpu"])
@@ -70,8 +71,14 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--profile", action="store_true", help="write the framework's trace for a few steps")
     p.add_argument("--report", action=argparse.BooleanOptionalAction, default=True,
                    help="write the comparison report after several runs")
+    p.add_argument("--resume", metavar="RUN_DIR", help="continue a run from its newest checkpoint")
+    p.add_argument("--checkpoint-every", type=int, help="steps between checkpoints (default eval_interval)")
     p.add_argument("--run-dir", help=argparse.SUPPRESS)  # set by the parent for each subprocess
     args = p.parse_args(argv)
+    if not args.framework and not args.resume:
+        raise UserError("name a framework: --framework pytorch|tensorflow|jax|all (or --resume RUN_DIR).")
+    if args.checkpoint_every is not None and args.checkpoint_every < 1:
+        raise UserError("--checkpoint-every must be at least 1.")
     if args.repeat < 1 or args.num_samples < 0 or args.sample_tokens < 1:
         raise UserError("--repeat and --sample-tokens must be at least 1 and --num-samples at least 0.")
     if args.temperature < 0 or (args.top_k is not None and args.top_k < 1) or \
@@ -151,33 +158,74 @@ def evaluate(backend, batches) -> float:
     return float(np.mean([backend.eval_loss(x, y) for x, y in batches]))
 
 
-def run_one(args, framework: str, run_dir: Path) -> dict:
-    """One framework, one seed: the whole benchmark, written into run_dir."""
+def _fresh_setup(args, framework: str, run_dir: Path):
     if (run_dir / "metrics.jsonl").exists() and not args.force:
-        raise UserError(f"{run_dir} already holds a run: pass --force to overwrite it or choose another --out.")
+        raise UserError(f"{run_dir} already holds a run: pass --resume {run_dir} to continue it, --force to "
+                        f"overwrite it, or choose another --out.")
     run_dir.mkdir(parents=True, exist_ok=True)
-    for stale in ("metrics.jsonl", "summary.json", "samples.txt"):
+    for stale in ("metrics.jsonl", "summary.json", "samples.txt", "model.safetensors", "optimizer.safetensors"):
         (run_dir / stale).unlink(missing_ok=True)
-
+    shutil.rmtree(run_dir / "checkpoints", ignore_errors=True)
     data = prepare(args.dataset, args.tokenizer, args.vocab_size)
-    tokenizer = data.tokenizer
     model_cfg, train_cfg = get_preset(args.preset, _accelerator_present(framework, args.device))
     model_cfg, train_cfg = apply_overrides(model_cfg, train_cfg,
-                                           {**_overrides(args), "vocab_size": str(tokenizer.vocab_size)})
+                                           {**_overrides(args), "vocab_size": str(data.tokenizer.vocab_size)})
+    run_config = {"framework": framework, "preset": args.preset, "dataset": args.dataset,
+                  "corpus": data.corpus_name, "tokenizer": args.tokenizer, "vocab_size": args.vocab_size,
+                  "device": args.device, "model": asdict(model_cfg), "train": asdict(train_cfg)}
+    from common.params import init_params
+    return data, model_cfg, train_cfg, run_config, init_params(model_cfg, train_cfg.seed), None, 0
+
+
+def _resume_setup(run_dir: Path):
+    """Everything as the interrupted run had it; training goes on from its newest checkpoint."""
+    try:
+        run_config = json.loads((run_dir / "config.json").read_text())
+        model_cfg, train_cfg = GPTConfig(**run_config["model"]), TrainConfig(**run_config["train"])
+    except (OSError, ValueError, KeyError, TypeError):
+        raise UserError(f"{run_dir} holds no readable config.json of a run to resume.") from None
+    data = prepare(run_config["dataset"], run_config["tokenizer"], run_config["vocab_size"])
+    params, optimizer, step = load_training_state(run_dir, model_cfg, data.tokenizer.to_json())
+    _truncate_metrics(run_dir / "metrics.jsonl", step)
+    (run_dir / "summary.json").unlink(missing_ok=True)
+    return data, model_cfg, train_cfg, run_config, params, optimizer, step
+
+
+def _truncate_metrics(path: Path, step: int) -> None:
+    """Keep what was logged before `step`; later lines (and a line cut by a kill) are replayed."""
+    kept = []
+    if path.exists():
+        for line in path.read_text(encoding="utf-8").splitlines():
+            try:
+                record = json.loads(line)
+            except ValueError:
+                continue
+            if record.get("step", math.inf) < step:
+                kept.append(line)
+    tmp = path.with_suffix(".tmp")
+    tmp.write_text("".join(line + "\n" for line in kept), encoding="utf-8")
+    os.replace(tmp, path)
+
+
+def run_one(args, framework: str, run_dir: Path, resume: bool = False) -> dict:
+    """One framework, one seed: the whole benchmark, written into run_dir (or continued there)."""
+    setup = _resume_setup(run_dir) if resume else _fresh_setup(args, framework, run_dir)
+    data, model_cfg, train_cfg, run_config, params, optimizer_state, start_step = setup
+    framework = run_config["framework"]
     if model_cfg.block_size >= min(len(data.train), len(data.val)):
         raise UserError(f"block_size {model_cfg.block_size} is larger than the data "
                         f"({len(data.val)} validation tokens): lower it with --set block_size=N.")
+    tokenizer = data.tokenizer
     prompt_ids = tokenizer.encode(args.prompt)
     if not prompt_ids:
         raise UserError("the prompt is empty after tokenization: pass a non-empty --prompt.")
 
-    from common.params import init_params
     Backend = load_backend(framework)
-    backend = Backend(model_cfg, train_cfg, init_params(model_cfg, train_cfg.seed), device=args.device)
+    backend = Backend(model_cfg, train_cfg, params, device=run_config["device"])
+    if optimizer_state is not None:
+        backend.load_optimizer_state(optimizer_state)
     env = environment(backend, args)
-    (run_dir / "config.json").write_text(json.dumps(
-        {"framework": framework, "preset": args.preset, "dataset": data.corpus_name,
-         "tokenizer": args.tokenizer, "model": asdict(model_cfg), "train": asdict(train_cfg)}, indent=2))
+    (run_dir / "config.json").write_text(json.dumps(run_config, indent=2))
     (run_dir / "env.json").write_text(json.dumps(env, indent=2))
 
     accelerator = env["device"] != "cpu"
@@ -189,13 +237,16 @@ def run_one(args, framework: str, run_dir: Path) -> dict:
     train_batches = eval_batches(data.train, train_cfg.batch_size, model_cfg.block_size, train_cfg.seed,
                                  train_cfg.eval_iters)
 
+    earlier = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()] \
+        if resume else []
     log = MetricsLog(run_dir / "metrics.jsonl")
     from benchmarks.progress import Progress
-    progress = Progress(train_cfg.max_iters, f"[{framework}]")
-    step_times, evals = [], []
+    progress = Progress(train_cfg.max_iters, f"[{framework}]", start=start_step)
+    step_times, evals = [], [r for r in earlier if r["type"] == "eval"]
     eval_time = checkpoint_time = 0.0
     first_step_time = None
-    best_val = math.inf
+    best_val = min((r["val_loss"] for r in evals), default=math.inf)
+    checkpoint_every = args.checkpoint_every or train_cfg.eval_interval
 
     def do_eval(step: int, elapsed: float):
         nonlocal eval_time, best_val
@@ -209,27 +260,27 @@ def run_one(args, framework: str, run_dir: Path) -> dict:
         progress.message(f"step {step}: train {train_loss:.4f}, val {val_loss:.4f}")
         if not math.isfinite(val_loss):
             raise UserError(f"the validation loss is {val_loss} at step {step}: lower the learning rate "
-                            f"(--set lr=...); the last good checkpoint is in {run_dir}.")
+                            f"(--set lr=...); resume from the last good checkpoint with --resume {run_dir}.")
         best_val = min(best_val, val_loss)
 
     def checkpoint(step: int):
         nonlocal checkpoint_time
         start = time.perf_counter()
-        save_checkpoint(run_dir / "model.safetensors", backend.export_params(), model_cfg, step=step,
-                        tokenizer_json=tokenizer.to_json(), framework=framework)
-        save_optimizer_state(run_dir / "optimizer.safetensors", backend.optimizer_state(), step=step,
-                             framework=framework)
+        save_training_state(run_dir, backend.export_params(), backend.optimizer_state(), model_cfg, step=step,
+                            tokenizer_json=tokenizer.to_json(), framework=framework)
         checkpoint_time += time.perf_counter() - start
 
-    profile_window = range(WARMUP_STEPS, WARMUP_STEPS + 5) if args.profile else range(0)
+    profile_window = range(start_step + WARMUP_STEPS, start_step + WARMUP_STEPS + 5) if args.profile else range(0)
     profiler = None
     loop_start = time.perf_counter()
-    train_wall = 0.0  # wall time of the training loop minus evaluation and checkpoints
+    # Training wall-clock, evaluation and checkpoints excluded; a resumed run continues its clock.
+    wall_before = max((r["time"] for r in earlier), default=0.0)
+    train_wall = wall_before
     try:
-        for step in range(train_cfg.max_iters):
+        for step in range(start_step, train_cfg.max_iters):
             if step % train_cfg.eval_interval == 0:
                 do_eval(step, train_wall)
-            if step == profile_window.start and args.profile:
+            if args.profile and step == profile_window.start:
                 profiler = backend.profile(str(run_dir / "profile"))
                 profiler.__enter__()
             x, y = get_batch(data.train, train_cfg.batch_size, model_cfg.block_size, train_cfg.seed, step)
@@ -243,17 +294,21 @@ def run_one(args, framework: str, run_dir: Path) -> dict:
             if first_step_time is None:
                 first_step_time = elapsed
             step_times.append(elapsed)
-            train_wall = time.perf_counter() - loop_start - eval_time - checkpoint_time
+            train_wall = wall_before + time.perf_counter() - loop_start - eval_time - checkpoint_time
             if not math.isfinite(loss):
                 raise UserError(f"the training loss became {loss} at step {step}: lower the learning rate "
-                                f"(--set lr=...) or raise grad_clip; the last good checkpoint is in {run_dir}.")
+                                f"(--set lr=...) or raise grad_clip; resume from the last good checkpoint "
+                                f"with --resume {run_dir}.")
             log.write(type="train", step=step, loss=loss, lr=lr, step_time=elapsed, time=train_wall)
             progress.update(step, loss, tokens_per_step / elapsed)
-            if (step + 1) % train_cfg.eval_interval == 0:
+            if (step + 1) % checkpoint_every == 0 and step + 1 < train_cfg.max_iters:
                 checkpoint(step + 1)
-        do_eval(train_cfg.max_iters, train_wall)
-        if train_cfg.max_iters % train_cfg.eval_interval:
-            checkpoint(train_cfg.max_iters)
+        if not evals or evals[-1]["step"] != train_cfg.max_iters:
+            do_eval(train_cfg.max_iters, train_wall)
+        checkpoint(train_cfg.max_iters)
+        save_checkpoint(run_dir / "model.safetensors", backend.export_params(), model_cfg,
+                        step=train_cfg.max_iters, tokenizer_json=tokenizer.to_json(), framework=framework,
+                        extra={"val_loss": evals[-1]["val_loss"]})
     finally:
         if profiler is not None:
             profiler.__exit__(None, None, None)
@@ -271,7 +326,7 @@ def run_one(args, framework: str, run_dir: Path) -> dict:
     peak_memory = backend.peak_memory_bytes()
     summary = {
         "framework": framework, "device": env["device"], "device_name": env["device_name"],
-        "framework_version": env["framework_version"], "preset": args.preset, "dtype": train_cfg.dtype,
+        "framework_version": env["framework_version"], "preset": run_config["preset"], "dtype": train_cfg.dtype,
         "compile": train_cfg.compile, "seed": train_cfg.seed, "max_iters": train_cfg.max_iters,
         "params": int(sum(v.size for v in backend.export_params().values())),
         "final_val_loss": evals[-1]["val_loss"], "best_val_loss": best_val,
@@ -330,6 +385,13 @@ def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
     try:
         args = parse_args(argv)
+        if args.resume:
+            run_dir = Path(args.resume)
+            if not (run_dir / "config.json").exists():
+                raise UserError(f"{run_dir} is not a run folder (no config.json): pass the folder of one "
+                                f"framework's run, e.g. runs/<name>/pytorch.")
+            run_one(args, None, run_dir, resume=True)
+            return 0
         names = FRAMEWORKS if args.framework.strip().lower() == "all" else (canonical_framework(args.framework),)
         if args.preset not in PRESET_NAMES:
             raise UserError(f"unknown preset {args.preset!r}: choose one of {', '.join(PRESET_NAMES)}.")

@@ -107,3 +107,44 @@ def load_optimizer_state(path: str | Path) -> tuple[dict[str, np.ndarray], int]:
     if "adam_count" in tensors:  # safetensors keeps no 0-d arrays
         tensors["adam_count"] = tensors["adam_count"].reshape(())
     return tensors, int(metadata["step"])
+
+
+# --- training state for resuming: checkpoints/step_NNNNNNN/{model,optimizer}.safetensors ----------
+# A step folder counts only once `checkpoints/latest` names it, and that pointer is replaced
+# atomically after both files are complete: a run killed mid-write resumes from the previous one.
+
+KEEP_CHECKPOINTS = 2
+
+
+def save_training_state(run_dir: str | Path, params: dict[str, np.ndarray], optimizer: dict[str, np.ndarray],
+                        config: GPTConfig, *, step: int, tokenizer_json: str, framework: str) -> Path:
+    root = Path(run_dir) / "checkpoints"
+    folder = root / f"step_{step:07d}"
+    save_checkpoint(folder / "model.safetensors", params, config, step=step, tokenizer_json=tokenizer_json,
+                    framework=framework)
+    save_optimizer_state(folder / "optimizer.safetensors", optimizer, step=step, framework=framework)
+    fd, tmp = tempfile.mkstemp(dir=root, prefix=".latest.")
+    with os.fdopen(fd, "w") as f:
+        f.write(folder.name)
+    os.replace(tmp, root / "latest")
+    for old in sorted(p for p in root.glob("step_*") if p.is_dir())[:-KEEP_CHECKPOINTS]:
+        for file in old.iterdir():
+            file.unlink()
+        old.rmdir()
+    return folder
+
+
+def load_training_state(run_dir: str | Path, expect_config: GPTConfig | None = None,
+                        expect_tokenizer_json: str | None = None):
+    """(params, optimizer_state, step) of the newest complete checkpoint in run_dir."""
+    root = Path(run_dir) / "checkpoints"
+    try:
+        folder = root / (root / "latest").read_text().strip()
+    except OSError:
+        raise UserError(f"{run_dir} has no checkpoint to resume from; start a new run instead.") from None
+    params, info = load_checkpoint(folder / "model.safetensors", expect_config, expect_tokenizer_json)
+    optimizer, step = load_optimizer_state(folder / "optimizer.safetensors")
+    if step != info["step"]:
+        raise UserError(f"{folder} holds a model and an optimizer state of different steps; "
+                        f"remove it and point checkpoints/latest at an earlier step folder.")
+    return params, optimizer, step

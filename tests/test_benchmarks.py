@@ -1,0 +1,145 @@
+"""The harness end to end on the tiny preset: run folders, metrics, report, and clear errors."""
+import json
+import math
+import os
+import subprocess
+import sys
+from collections import Counter
+
+import pytest
+
+from common.backend import FRAMEWORKS, is_installed
+from tests.conftest import REPO
+
+
+def _run(*args, env=None, timeout=600):
+    return subprocess.run([sys.executable, "-m", "benchmarks.run", *args], cwd=REPO, capture_output=True,
+                          text=True, timeout=timeout, env={**os.environ, **(env or {})})
+
+
+@pytest.fixture(scope="module")
+def pytorch_run(tmp_path_factory, shakespeare_path):
+    pytest.importorskip("torch")
+    out = tmp_path_factory.mktemp("runs")
+    result = _run("--framework", "torch", "--preset", "tiny", "--device", "cpu", "--out", str(out),
+                  "--sample-tokens", "300", "--num-samples", "2")
+    assert result.returncode == 0, result.stderr
+    return out / "pytorch", result
+
+
+@pytest.mark.pytorch
+def test_run_folder_has_every_file(pytorch_run):
+    folder, _ = pytorch_run
+    names = {p.name for p in folder.iterdir()}
+    assert {"config.json", "env.json", "metrics.jsonl", "samples.txt", "summary.json",
+            "model.safetensors", "optimizer.safetensors"} <= names
+    env = json.loads((folder / "env.json").read_text())
+    assert env["framework"] == "pytorch" and env["device"] == "cpu" and "torch" in env["versions"]
+    config = json.loads((folder / "config.json").read_text())
+    assert config["model"]["vocab_size"] == 65 and config["train"]["max_iters"] == 200
+
+
+@pytest.mark.pytorch
+def test_tiny_run_learns_well_below_the_unigram_entropy(pytorch_run, shakespeare_path):
+    folder, _ = pytorch_run
+    summary = json.loads((folder / "summary.json").read_text())
+    text = shakespeare_path.read_text()
+    counts = Counter(text[int(len(text) * 0.9):])
+    total = sum(counts.values())
+    unigram_entropy = -sum(c / total * math.log(c / total) for c in counts.values())  # ≈ 3.3 nats
+    assert summary["final_val_loss"] < unigram_entropy - 0.5
+    assert summary["final_val_bpc"] == pytest.approx(summary["final_val_loss"] / math.log(2), rel=1e-9)
+    for key in ("tokens_per_s", "median_step_ms", "p10_step_ms", "p90_step_ms", "mfu", "peak_rss_bytes",
+                "generation_tokens_per_s", "kv_cache_speedup", "time_to_first_step_s"):
+        assert summary[key] > 0, key
+    assert summary["p10_step_ms"] <= summary["median_step_ms"] <= summary["p90_step_ms"]
+    assert set(summary["quality"]) == {"word_validity", "char4_jsd", "distinct_2", "copy_rate",
+                                       "speaker_line_share"}
+
+
+@pytest.mark.pytorch
+def test_metrics_are_written_for_every_step_and_eval(pytorch_run):
+    folder, _ = pytorch_run
+    records = [json.loads(line) for line in (folder / "metrics.jsonl").read_text().splitlines()]
+    train = [r for r in records if r["type"] == "train"]
+    evals = [r for r in records if r["type"] == "eval"]
+    assert [r["step"] for r in train] == list(range(200))
+    assert [r["step"] for r in evals] == [0, 50, 100, 150, 200]
+    assert evals[-1]["val_loss"] < evals[0]["val_loss"] - 1.0
+    assert all(r["step_time"] > 0 for r in train)
+
+
+@pytest.mark.pytorch
+def test_checkpoint_of_a_run_reloads_with_its_val_loss(pytorch_run):
+    from common.backend import load_backend
+    from common.checkpoint import load_checkpoint
+    from common.config import TrainConfig
+    from common.data import eval_batches, prepare
+    folder, _ = pytorch_run
+    params, info = load_checkpoint(folder / "model.safetensors")
+    summary = json.loads((folder / "summary.json").read_text())
+    config = json.loads((folder / "config.json").read_text())
+    train = TrainConfig(**config["train"])
+    backend = load_backend("pytorch")(info["config"], train, params, device="cpu")
+    data = prepare()
+    batches = eval_batches(data.val, train.batch_size, info["config"].block_size, train.seed, train.eval_iters)
+    loss = sum(backend.eval_loss(x, y) for x, y in batches) / len(batches)
+    assert info["step"] == 200 and loss == pytest.approx(summary["final_val_loss"], abs=1e-5)
+
+
+@pytest.mark.pytorch
+def test_existing_run_folder_is_refused_without_force(pytorch_run):
+    folder, _ = pytorch_run
+    result = _run("--framework", "pytorch", "--preset", "tiny", "--out", str(folder.parent), "--max-iters", "2")
+    assert result.returncode == 2
+    assert result.stderr.strip().splitlines() == [f"error: {folder} already holds a run: pass --force to "
+                                                  f"overwrite it or choose another --out."]
+
+
+@pytest.mark.parametrize("args, message", [
+    (["--framework", "mxnet"], "unknown framework 'mxnet'"),
+    (["--framework", "torch", "--preset", "huge"], "unknown preset 'huge'"),
+    (["--framework", "torch", "--preset", "tiny", "--set", "n_embd=30", "--set", "n_head=4"], "divisible"),
+    (["--framework", "torch", "--preset", "tiny", "--set", "block_size=200000"], "block_size"),
+    (["--framework", "torch", "--preset", "tiny", "--dataset", "/no/such/file.txt"], "/no/such/file.txt"),
+    (["--framework", "torch", "--preset", "tiny", "--prompt", "héllo€"], "€"),
+    (["--framework", "torch", "--preset", "tiny", "--set", "nlayer=3"], "unknown config field 'nlayer'"),
+])
+def test_bad_arguments_get_one_clear_line(args, message, tmp_path, shakespeare_path):
+    result = _run(*args, "--out", str(tmp_path), "--max-iters", "1")
+    assert result.returncode == 2, result.stderr
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("error: ") and message in lines[0], result.stderr
+
+
+@pytest.mark.slow
+def test_all_frameworks_side_by_side_with_one_crashing(tmp_path, shakespeare_path):
+    """`all` runs each installed framework in its own subprocess; one crashing loses nothing else."""
+    installed = [f for f in FRAMEWORKS if is_installed(f)]
+    if len(installed) < 2:
+        pytest.skip("needs at least two frameworks installed")
+    crashing = installed[-1]
+    hook = tmp_path / "hook"
+    hook.mkdir()
+    (hook / "sitecustomize.py").write_text(
+        "import importlib.abc, os, sys\n"
+        "class _Crash(importlib.abc.MetaPathFinder):\n"
+        "    def find_spec(self, name, path=None, target=None):\n"
+        "        if name == os.environ['CRASH_FRAMEWORK'] + '_impl.backend':\n"
+        "            raise RuntimeError('injected crash')\n"
+        "sys.meta_path.insert(0, _Crash())\n")
+    out = tmp_path / "runs"
+    result = _run("--framework", "all", "--preset", "tiny", "--max-iters", "30", "--sample-tokens", "60",
+                  "--num-samples", "1", "--out", str(out),
+                  env={"PYTHONPATH": str(hook), "CRASH_FRAMEWORK": crashing})
+    assert result.returncode == 1  # not everything finished
+    survivors = [f for f in installed if f != crashing]
+    for framework in survivors:
+        assert (out / framework / "summary.json").exists(), framework
+    assert not (out / crashing / "summary.json").exists()
+    assert f"{crashing} (seed 1337): failed" in (out / "problems.txt").read_text()
+    report = (out / "report.md").read_text()
+    for framework in survivors:
+        assert f"| {framework} | cpu |" in report
+    page = (out / "report.html").read_text()
+    assert page.count("data:image/png;base64,") == 3 and "src=\"http" not in page
