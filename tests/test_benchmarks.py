@@ -32,7 +32,11 @@ def test_run_folder_has_every_file(pytorch_run):
     folder, _ = pytorch_run
     names = {p.name for p in folder.iterdir()}
     assert {"config.json", "env.json", "metrics.jsonl", "samples.txt", "summary.json",
-            "model.safetensors", "optimizer.safetensors"} <= names
+            "model.safetensors", "checkpoints"} <= names
+    latest = folder / "checkpoints" / (folder / "checkpoints" / "latest").read_text()
+    assert latest.name == "step_0000200"
+    assert {p.name for p in latest.iterdir()} == {"model.safetensors", "optimizer.safetensors"}
+    assert len(list((folder / "checkpoints").glob("step_*"))) == 2  # older ones pruned
     env = json.loads((folder / "env.json").read_text())
     assert env["framework"] == "pytorch" and env["device"] == "cpu" and "torch" in env["versions"]
     config = json.loads((folder / "config.json").read_text())
@@ -92,8 +96,9 @@ def test_existing_run_folder_is_refused_without_force(pytorch_run):
     folder, _ = pytorch_run
     result = _run("--framework", "pytorch", "--preset", "tiny", "--out", str(folder.parent), "--max-iters", "2")
     assert result.returncode == 2
-    assert result.stderr.strip().splitlines() == [f"error: {folder} already holds a run: pass --force to "
-                                                  f"overwrite it or choose another --out."]
+    assert result.stderr.strip().splitlines() == [
+        f"error: {folder} already holds a run: pass --resume {folder} to continue it, --force to overwrite "
+        f"it, or choose another --out."]
 
 
 @pytest.mark.parametrize("args, message", [
