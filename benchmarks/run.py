@@ -52,6 +52,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                    help="torch.compile for PyTorch (JAX and Keras always compile with XLA)")
     p.add_argument("--max-iters", type=int, help="training steps (the cosine schedule follows)")
     p.add_argument("--seed", type=int, default=None, help="seed for the initial weights and batches")
+    p.add_argument("--replicas", type=int, default=1, help="data-parallel replicas (torchrun processes for "
+                   "PyTorch, devices of a mesh for JAX, MirroredStrategy devices for Keras)")
     p.add_argument("--repeat", type=int, default=1, help="runs per framework, seeds seed..seed+N-1")
     p.add_argument("--dataset", default="tinyshakespeare",
                    help="tinyshakespeare | shakespeare-plays | path to the plays CSV or a text file")
@@ -79,6 +81,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         raise UserError("name a framework: --framework pytorch|tensorflow|jax|all (or --resume RUN_DIR).")
     if args.checkpoint_every is not None and args.checkpoint_every < 1:
         raise UserError("--checkpoint-every must be at least 1.")
+    if args.replicas < 1:
+        raise UserError("--replicas must be at least 1.")
     if args.repeat < 1 or args.num_samples < 0 or args.sample_tokens < 1:
         raise UserError("--repeat and --sample-tokens must be at least 1 and --num-samples at least 0.")
     if args.temperature < 0 or (args.top_k is not None and args.top_k < 1) or \
@@ -159,20 +163,24 @@ def evaluate(backend, batches) -> float:
 
 
 def _fresh_setup(args, framework: str, run_dir: Path):
-    if (run_dir / "metrics.jsonl").exists() and not args.force:
+    if os.environ.get("RANK", "0") != "0":  # a torchrun worker: rank 0 owns the run folder
+        pass
+    elif (run_dir / "metrics.jsonl").exists() and not args.force:
         raise UserError(f"{run_dir} already holds a run: pass --resume {run_dir} to continue it, --force to "
                         f"overwrite it, or choose another --out.")
-    run_dir.mkdir(parents=True, exist_ok=True)
-    for stale in ("metrics.jsonl", "summary.json", "samples.txt", "model.safetensors", "optimizer.safetensors"):
-        (run_dir / stale).unlink(missing_ok=True)
-    shutil.rmtree(run_dir / "checkpoints", ignore_errors=True)
+    else:
+        run_dir.mkdir(parents=True, exist_ok=True)
+        for stale in ("metrics.jsonl", "summary.json", "samples.txt", "model.safetensors"):
+            (run_dir / stale).unlink(missing_ok=True)
+        shutil.rmtree(run_dir / "checkpoints", ignore_errors=True)
     data = prepare(args.dataset, args.tokenizer, args.vocab_size)
     model_cfg, train_cfg = get_preset(args.preset, _accelerator_present(framework, args.device))
     model_cfg, train_cfg = apply_overrides(model_cfg, train_cfg,
                                            {**_overrides(args), "vocab_size": str(data.tokenizer.vocab_size)})
     run_config = {"framework": framework, "preset": args.preset, "dataset": args.dataset,
                   "corpus": data.corpus_name, "tokenizer": args.tokenizer, "vocab_size": args.vocab_size,
-                  "device": args.device, "model": asdict(model_cfg), "train": asdict(train_cfg)}
+                  "device": args.device, "replicas": args.replicas, "model": asdict(model_cfg),
+                  "train": asdict(train_cfg)}
     from common.params import init_params
     return data, model_cfg, train_cfg, run_config, init_params(model_cfg, train_cfg.seed), None, 0
 
@@ -186,8 +194,9 @@ def _resume_setup(run_dir: Path):
         raise UserError(f"{run_dir} holds no readable config.json of a run to resume.") from None
     data = prepare(run_config["dataset"], run_config["tokenizer"], run_config["vocab_size"])
     params, optimizer, step = load_training_state(run_dir, model_cfg, data.tokenizer.to_json())
-    _truncate_metrics(run_dir / "metrics.jsonl", step)
-    (run_dir / "summary.json").unlink(missing_ok=True)
+    if os.environ.get("RANK", "0") == "0":
+        _truncate_metrics(run_dir / "metrics.jsonl", step)
+        (run_dir / "summary.json").unlink(missing_ok=True)
     return data, model_cfg, train_cfg, run_config, params, optimizer, step
 
 
@@ -221,9 +230,16 @@ def run_one(args, framework: str, run_dir: Path, resume: bool = False) -> dict:
         raise UserError("the prompt is empty after tokenization: pass a non-empty --prompt.")
 
     Backend = load_backend(framework)
-    backend = Backend(model_cfg, train_cfg, params, device=run_config["device"])
+    backend = Backend(model_cfg, train_cfg, params, device=run_config["device"],
+                      replicas=run_config.get("replicas", 1))
     if optimizer_state is not None:
         backend.load_optimizer_state(optimizer_state)
+    if backend.rank != 0:
+        # Another data-parallel process: the same batches, its slice of them; rank 0 does the rest.
+        for step in range(start_step, train_cfg.max_iters):
+            x, y = get_batch(data.train, train_cfg.batch_size, model_cfg.block_size, train_cfg.seed, step)
+            backend.train_step(x, y, learning_rate(step, train_cfg))
+        return {}
     env = environment(backend, args)
     (run_dir / "config.json").write_text(json.dumps(run_config, indent=2))
     (run_dir / "env.json").write_text(json.dumps(env, indent=2))
@@ -327,7 +343,8 @@ def run_one(args, framework: str, run_dir: Path, resume: bool = False) -> dict:
     summary = {
         "framework": framework, "device": env["device"], "device_name": env["device_name"],
         "framework_version": env["framework_version"], "preset": run_config["preset"], "dtype": train_cfg.dtype,
-        "compile": train_cfg.compile, "seed": train_cfg.seed, "max_iters": train_cfg.max_iters,
+        "compile": train_cfg.compile, "seed": train_cfg.seed, "replicas": backend.world_size * (
+            backend.replicas if backend.world_size == 1 else 1), "max_iters": train_cfg.max_iters,
         "params": int(sum(v.size for v in backend.export_params().values())),
         "final_val_loss": evals[-1]["val_loss"], "best_val_loss": best_val,
         "final_train_loss": evals[-1]["train_loss"], "final_val_bpc": evals[-1]["val_bpc"],
@@ -390,12 +407,17 @@ def main(argv: list[str] | None = None) -> int:
             if not (run_dir / "config.json").exists():
                 raise UserError(f"{run_dir} is not a run folder (no config.json): pass the folder of one "
                                 f"framework's run, e.g. runs/<name>/pytorch.")
+            replicas = json.loads((run_dir / "config.json").read_text()).get("replicas", 1)
+            if "pytorch" in run_dir.name and replicas > 1 and "WORLD_SIZE" not in os.environ:
+                return _torchrun(argv, replicas)
             run_one(args, None, run_dir, resume=True)
             return 0
         names = FRAMEWORKS if args.framework.strip().lower() == "all" else (canonical_framework(args.framework),)
         if args.preset not in PRESET_NAMES:
             raise UserError(f"unknown preset {args.preset!r}: choose one of {', '.join(PRESET_NAMES)}.")
         if args.run_dir:  # a subprocess of `all` / `--repeat`
+            if _needs_torchrun(names[0], args):
+                return _torchrun(argv, args.replicas)
             run_one(args, names[0], Path(args.run_dir))
             return 0
         stamp = dt.datetime.now().strftime("%Y%m%d-%H%M%S")
@@ -406,7 +428,10 @@ def main(argv: list[str] | None = None) -> int:
         if len(jobs) == 1:
             if not is_installed(names[0]):
                 load_backend(names[0])  # raises the one-line "not installed" error
-            run_one(args, names[0], _run_folder(out, names[0], base_seed, 1))
+            run_dir = _run_folder(out, names[0], base_seed, 1)
+            if _needs_torchrun(names[0], args):
+                return _torchrun([*argv, "--run-dir", str(run_dir)], args.replicas)
+            run_one(args, names[0], run_dir)
             return 0
         return _run_many(args, argv, out, jobs)
     except UserError as e:
@@ -444,6 +469,18 @@ def _run_many(args, argv, out: Path, jobs) -> int:
     for line in problems:
         print(f"note: {line}", file=sys.stderr)
     return 0 if finished and len(finished) + sum("not installed" in p for p in problems) == len(jobs) else 1
+
+
+def _needs_torchrun(framework: str, args) -> bool:
+    return framework == "pytorch" and args.replicas > 1 and "WORLD_SIZE" not in os.environ
+
+
+def _torchrun(argv: list[str], replicas: int) -> int:
+    """Start this same command once per replica under torchrun (DDP needs a process each)."""
+    command = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={replicas}",
+               "-m", "benchmarks.run", *argv]
+    return subprocess.run(command, cwd=REPO, env={**os.environ, "OMP_NUM_THREADS": os.environ.get(
+        "OMP_NUM_THREADS", str(max(1, (os.cpu_count() or 1) // replicas)))}).returncode
 
 
 def _strip_option(argv: list[str], name: str) -> list[str]:

@@ -62,11 +62,15 @@ class Backend(ABC):
     """
 
     name: ClassVar[str]
+    rank: int = 0          # this process among the data-parallel processes; 0 writes the results
+    world_size: int = 1    # data-parallel processes (PyTorch's DDP runs one per replica)
 
     def __init__(self, config: GPTConfig, train: TrainConfig, params: dict[str, np.ndarray],
-                 device: str = "auto"):
+                 device: str = "auto", replicas: int = 1):
+        """`replicas` > 1 trains data-parallel: every replica gets an equal slice of each global batch."""
         self.config = config
         self.train_config = train
+        self.replicas = replicas
 
     # --- training ---------------------------------------------------------------------------
     @abstractmethod

@@ -6,6 +6,7 @@ from common.backend import Backend as BaseBackend
 from common.config import GPTConfig, TrainConfig
 from common.errors import UserError
 from pytorch_impl.generate import generate
+from pytorch_impl import parallel
 from pytorch_impl.model import GPT, from_canonical_like, load_canonical, to_canonical
 from pytorch_impl.train import autocast, configure_optimizer, train_step
 
@@ -27,9 +28,15 @@ def resolve_device(device: str) -> torch.device:
 class Backend(BaseBackend):
     name = "pytorch"
 
-    def __init__(self, config: GPTConfig, train: TrainConfig, params: dict, device: str = "auto"):
-        super().__init__(config, train, params, device)
+    def __init__(self, config: GPTConfig, train: TrainConfig, params: dict, device: str = "auto",
+                 replicas: int = 1):
+        super().__init__(config, train, params, device, replicas)
         self.device = resolve_device(device)
+        if parallel.launched_by_torchrun():
+            self.rank, self.world_size, self.device = parallel.init_process_group(self.device)
+        elif replicas > 1:
+            raise UserError("PyTorch data parallelism runs one process per replica: start it with torchrun "
+                            "(benchmarks.run --replicas N does).")
         # float32 means float32: no TF32 matmuls, so the GPU agrees with the CPU and the others.
         torch.backends.cuda.matmul.allow_tf32 = False
         torch.backends.cudnn.allow_tf32 = False
@@ -37,22 +44,27 @@ class Backend(BaseBackend):
         load_canonical(self.model, params)
         self.optimizer = configure_optimizer(self.model, train, self.device.type)
         self.amp = autocast(self.device.type, train.dtype)
-        self.forward = torch.compile(self.model) if train.compile else self.model
+        trained = parallel.wrap(self.model, self.device) if self.world_size > 1 else self.model
+        self.forward = torch.compile(trained) if train.compile else trained
+        # Evaluation runs on one process only, so it must not enter DDP's collectives.
+        self.evaluated = self.model if self.world_size > 1 else self.forward
 
     def _tensor(self, a: np.ndarray) -> torch.Tensor:
         return torch.from_numpy(np.asarray(a, dtype=np.int64)).to(self.device, non_blocking=True)
 
     def train_step(self, x, y, lr):
+        if self.world_size > 1:
+            x, y = (parallel.shard(a, self.rank, self.world_size) for a in (x, y))
         self.forward.train()
         loss = train_step(self.forward, self.optimizer, self._tensor(x), self._tensor(y), lr,
                           self.train_config.grad_clip, self.amp)
-        return loss.item()
+        return (parallel.mean_over_replicas(loss) if self.world_size > 1 else loss).item()
 
     @torch.no_grad()
     def eval_loss(self, x, y):
-        self.forward.eval()
+        self.evaluated.eval()
         with self.amp:
-            _, loss = self.forward(self._tensor(x), self._tensor(y))
+            _, loss = self.evaluated(self._tensor(x), self._tensor(y))
         return loss.item()
 
     @torch.no_grad()
