@@ -295,12 +295,104 @@ def write_report(run_dirs: list[Path], out: Path, problems: list[str] | None = N
     return out / "report.html"
 
 
+# --- BENCHMARKS.md ----------------------------------------------------------------------------
+
+VAL_LOSS_BARS = {"cpu-baby": 1.90, "shakespeare-char": 1.47}
+
+
+def checks(groups: list[Group]) -> list[list[str]]:
+    """The issues' performance bars, measured on these runs: what was asked, what was seen, verdict."""
+    rows = []
+
+    def check(what, seen, ok):
+        rows.append([what, seen, "yes" if ok else "**no**"])
+
+    preset = groups[0].runs[0].config["preset"]
+    max_iters = groups[0].runs[0].config["train"]["max_iters"]
+    finals = {g.label: g.mean("final_val_loss") for g in groups}
+    bar = VAL_LOSS_BARS.get(preset)
+    if bar is not None and max_iters >= {"cpu-baby": 2000, "shakespeare-char": 5000}[preset]:
+        for label, value in finals.items():
+            check(f"{label}: final val loss ≤ {bar}", f"{value:.4f}", value <= bar)
+    if len(finals) > 1:
+        spread = max(finals.values()) - min(finals.values())
+        check("final val losses within 0.03 of each other", f"{spread:.4f}", spread <= 0.03)
+    speeds = {g.label: g.mean("tokens_per_s") for g in groups if g.mean("tokens_per_s")}
+    if len(speeds) > 1:
+        fastest = max(speeds.values())
+        for label, value in speeds.items():
+            check(f"{label}: tokens/s within 1.5× of the fastest", f"{fastest / value:.2f}×", fastest / value <= 1.5)
+    eager = [g.mean("tokens_per_s") for g in groups if g.framework == "pytorch" and not g.runs[0].summary["compile"]]
+    if eager and len(speeds) > 1:
+        best = max(speeds.values())
+        check("some framework ≥ 1.3× eager PyTorch's tokens/s", f"{best / eager[0]:.2f}×", best / eager[0] >= 1.3)
+    for g in groups:
+        speedup = g.mean("kv_cache_speedup")
+        tokens = g.runs[0].summary.get("sample_tokens")
+        block = g.runs[0].config["model"]["block_size"]
+        if speedup is not None:
+            check(f"{g.label}: KV-cache generation ≥ 5× no-cache ({tokens} tokens, block {block})",
+                  f"{speedup:.1f}×", speedup >= 5)
+        overhead = g.mean("harness_overhead_frac")
+        if overhead is not None:
+            check(f"{g.label}: harness overhead < 5% of the training loop", f"{100 * overhead:.1f}%", overhead < 0.05)
+    return rows
+
+
+def write_benchmarks_md(run_sets: list[Path], path: Path, figures_dir: Path) -> Path:
+    """One section per run set (a folder of runs made by one command), each with its tables and checks."""
+    figures_dir.mkdir(parents=True, exist_ok=True)
+    lines = ["# Benchmarks", "",
+             "Produced by the harness; regenerate this file with the command at its end. Absolute times on a",
+             "shared 2-core machine are noisy: compare frameworks within one section (one command, one",
+             "machine, run one after another), by medians and ratios.", ""]
+    for run_set in run_sets:
+        groups = group_runs(find_runs([run_set]))
+        first = groups[0].runs[0]
+        env, model = first.env, first.config["model"]
+        device = "GPU" if env.get("device") != "cpu" else "CPU"
+        name = run_set.name
+        lines += [f"## {first.config['preset']} on {device}: {groups[0].device_name if device == 'GPU' else env.get('cpu')}",
+                  "",
+                  f"- command: `{env.get('command')}`",
+                  f"- date: {env.get('date')}, commit {env.get('git_commit')}",
+                  f"- machine: {env.get('cpu')} ({env.get('cpu_count')} cores), {env.get('platform')}, "
+                  f"Python {env.get('python')}",
+                  "- versions: " + ", ".join(f"{g.framework} {g.runs[0].env.get('framework_version')}" for g in groups),
+                  f"- model: {model['n_layer']} layers × {model['n_head']} heads × {model['n_embd']} wide, block "
+                  f"{model['block_size']}, {first.summary['params']:,} parameters; "
+                  f"{first.config['train']['max_iters']} steps of batch {first.config['train']['batch_size']}",
+                  ""]
+        header, rows = summary_rows(groups)
+        lines += [markdown_table(header, rows), ""]
+        header, rows = quality_rows(groups)
+        lines += ["Sample quality:", "", markdown_table(header, rows), ""]
+        rows = checks(groups)
+        if rows:
+            lines += ["Bars from the issues, measured here:", "", markdown_table(["bar", "measured", "met"], rows), ""]
+        for figure, data in figures(groups).items():
+            target = figures_dir / f"{name}-{figure}"
+            target.write_bytes(data)
+            lines.append(f"![{figure[:-4]}]({target.relative_to(path.parent).as_posix()})")
+        lines.append("")
+    sets = " ".join(str(p) for p in run_sets)
+    lines += ["## Regenerate", "", "```bash",
+              f"python -m benchmarks.report {sets} --benchmarks-md {path.name}", "```", ""]
+    path.write_text("\n".join(lines), encoding="utf-8")
+    return path
+
+
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="python -m benchmarks.report", description=__doc__.split("\n\n")[0])
     p.add_argument("runs", nargs="+", type=Path)
     p.add_argument("--out", type=Path, help="report folder (default: the first RUN_DIR)")
+    p.add_argument("--benchmarks-md", type=Path, help="write this BENCHMARKS.md instead, a section per RUN_DIR")
     args = p.parse_args(argv)
     try:
+        if args.benchmarks_md:
+            print(write_benchmarks_md(args.runs, args.benchmarks_md,
+                                      args.benchmarks_md.parent / "docs" / "benchmarks"))
+            return 0
         out = args.out or (args.runs[0] if not (args.runs[0] / "summary.json").exists() else args.runs[0].parent)
         print(write_report(args.runs, out))
     except UserError as e:
