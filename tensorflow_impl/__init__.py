@@ -1,0 +1,1 @@
+"""The GPT in Keras 3 on TensorFlow."""

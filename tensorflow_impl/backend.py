@@ -1,0 +1,140 @@
+"""Keras 3 on TensorFlow behind the common Backend interface."""
+import contextlib
+import os
+
+os.environ.setdefault("KERAS_BACKEND", "tensorflow")
+
+import keras  # noqa: E402
+import numpy as np  # noqa: E402
+import tensorflow as tf  # noqa: E402
+
+from common.backend import Backend as BaseBackend  # noqa: E402
+from common.config import GPTConfig, TrainConfig  # noqa: E402
+from common.errors import UserError  # noqa: E402
+from tensorflow_impl.generate import compiled_generate  # noqa: E402
+from tensorflow_impl.model import GPT, canonical_variables, load_canonical, to_canonical  # noqa: E402
+from tensorflow_impl.train import compile_model, train_step  # noqa: E402
+
+
+def resolve_device(device: str) -> str:
+    gpus = tf.config.list_physical_devices("GPU")
+    if device in ("auto", "gpu"):
+        if gpus:
+            return "/GPU:0"
+        if device == "gpu":
+            raise UserError("no GPU is visible to TensorFlow: use --device cpu, or install "
+                            "tensorflow[and-cuda] in place of tensorflow-cpu on a CUDA machine.")
+        return "/CPU:0"
+    if device == "cpu":
+        return "/CPU:0"
+    raise UserError(f"TensorFlow cannot run on device {device!r}: use --device auto, cpu or gpu.")
+
+
+class Backend(BaseBackend):
+    name = "tensorflow"
+
+    def __init__(self, config: GPTConfig, train: TrainConfig, params: dict, device: str = "auto",
+                 replicas: int = 1):
+        super().__init__(config, train, params, device, replicas)
+        if replicas > 1:
+            raise UserError("data-parallel Keras (MirroredStrategy) is not implemented yet: use --replicas 1.")
+        if keras.backend.backend() != "tensorflow":
+            raise UserError(f"Keras runs on {keras.backend.backend()} here (KERAS_BACKEND): set "
+                            "KERAS_BACKEND=tensorflow, or unset it, to use the TensorFlow implementation.")
+        self.device = resolve_device(device)
+        # float32 means float32: no TF32 matmuls, so the GPU agrees with the CPU and the others.
+        tf.config.experimental.enable_tensor_float_32_execution(False)
+        policy = "mixed_bfloat16" if train.dtype == "bfloat16" else "float32"
+        with tf.device(self.device):
+            self.model = GPT(config, dtype=policy)
+            load_canonical(self.model, params)
+            compile_model(self.model, train)
+        self.optimizer = self.model.optimizer
+        self._generate = compiled_generate(self.model)
+        self._loss_and_grads = tf.function(self._loss_and_grads_fn, jit_compile=True)
+
+    def train_step(self, x, y, lr):
+        with tf.device(self.device):
+            return float(train_step(self.model, np.asarray(x, np.int32), np.asarray(y, np.int32), lr))
+
+    def eval_loss(self, x, y):
+        with tf.device(self.device):
+            return float(self.model.test_on_batch(np.asarray(x, np.int32), np.asarray(y, np.int32)))
+
+    def logits(self, x):
+        with tf.device(self.device):
+            return np.asarray(self.model.predict_on_batch(np.asarray(x, np.int32)), dtype=np.float32)
+
+    def _loss_and_grads_fn(self, x, y):
+        variables = self.model.trainable_variables
+        with tf.GradientTape() as tape:
+            loss = self.model.loss(y, self.model(x, training=False))
+        return loss, tape.gradient(loss, variables)
+
+    def loss_and_grads(self, x, y):
+        with tf.device(self.device):
+            loss, grads = self._loss_and_grads(np.asarray(x, np.int32), np.asarray(y, np.int32))
+        by_path = {v.path: g for v, g in zip(self.model.trainable_variables, grads)}
+        return float(loss), to_canonical(self.model, by_path)
+
+    def export_params(self):
+        return to_canonical(self.model)
+
+    def optimizer_state(self):
+        state = {}
+        for name, variable in canonical_variables(self.model).items():
+            m, v = self.optimizer.moments(variable)
+            state[f"adam_m.{name}"] = np.asarray(m.numpy(), np.float32)
+            state[f"adam_v.{name}"] = np.asarray(v.numpy(), np.float32)
+        state["adam_count"] = np.array(int(self.optimizer.iterations.numpy()), dtype=np.int64)
+        return state
+
+    def load_optimizer_state(self, state):
+        for name, variable in canonical_variables(self.model).items():
+            m, v = self.optimizer.moments(variable)
+            m.assign(np.asarray(state[f"adam_m.{name}"], dtype=m.dtype))
+            v.assign(np.asarray(state[f"adam_v.{name}"], dtype=v.dtype))
+        self.optimizer.iterations.assign(int(state["adam_count"]))
+
+    def generate(self, prompt, max_new_tokens, *, temperature=1.0, top_k=None, top_p=None, seed=0,
+                 use_cache=True):
+        V = self.config.vocab_size
+        if not prompt:
+            raise UserError("the prompt is empty: give at least one token to start from.")
+        if top_k is not None and top_k < 1:
+            raise UserError(f"top_k must be a positive integer, got {top_k}.")
+        idx = tf.constant(np.asarray(prompt, dtype=np.int32)[None, :])
+        with tf.device(self.device):
+            out = self._generate(idx, int(max_new_tokens), tf.constant(float(temperature), tf.float32),
+                                 tf.constant(min(top_k or V, V), tf.int32),
+                                 tf.constant(1.0 if top_p is None else float(top_p), tf.float32),
+                                 tf.constant([seed & 0x7FFFFFFF, (seed >> 31) & 0x7FFFFFFF], tf.int32),
+                                 bool(use_cache))
+        return out.numpy()[0, len(prompt):].tolist()
+
+    def device_info(self):
+        threads = tf.config.threading.get_intra_op_parallelism_threads() or os.cpu_count()
+        info = {"framework_version": f"tensorflow {tf.__version__} / keras {keras.__version__}",
+                "device": "cpu", "device_name": "cpu", "device_count": 1, "threads": threads}
+        if self.device.startswith("/GPU"):
+            gpus = tf.config.list_physical_devices("GPU")
+            details = tf.config.experimental.get_device_details(gpus[0])
+            info.update(device="gpu", device_name=details.get("device_name", "gpu"), device_count=len(gpus))
+        return info
+
+    def peak_memory_bytes(self):
+        if self.device.startswith("/GPU"):
+            return tf.config.experimental.get_memory_info("GPU:0")["peak"]
+        return None
+
+    def reset_peak_memory(self):
+        if self.device.startswith("/GPU"):
+            tf.config.experimental.reset_memory_stats("GPU:0")
+
+    @contextlib.contextmanager
+    def profile(self, log_dir):
+        tf.profiler.experimental.start(str(log_dir))
+        try:
+            yield
+        finally:
+            tf.profiler.experimental.stop()

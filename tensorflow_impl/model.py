@@ -1,0 +1,234 @@
+"""GPT in Keras 3, after nanoGPT's model.py. The architecture is specified in common/spec.py.
+
+Only keras.layers and keras.ops appear here, so the model runs on any Keras backend; train.py and
+generate.py compile it with TensorFlow's XLA.
+"""
+import os
+
+os.environ.setdefault("KERAS_BACKEND", "tensorflow")
+
+import dataclasses  # noqa: E402
+import math  # noqa: E402
+from typing import Any, NamedTuple  # noqa: E402
+
+import keras  # noqa: E402
+import numpy as np  # noqa: E402
+from keras import layers, ops  # noqa: E402
+
+from common.config import GPTConfig  # noqa: E402
+from common.spec import GELU_APPROXIMATE, LAYER_NORM_EPS, LOSS_IGNORE_INDEX, MLP_RATIO  # noqa: E402
+
+PACKAGE = "nanogpt_compare"
+
+
+def _gpt_config(config: GPTConfig | dict) -> GPTConfig:
+    # from_config hands the config back as the plain dict that get_config wrote.
+    return config if isinstance(config, GPTConfig) else GPTConfig(**config)
+
+
+class KVCache(NamedTuple):
+    """Keys and values of every layer, preallocated for block_size positions and filled in order.
+
+    Immutable, so a compiled loop can carry it: `update` returns a new cache.
+    """
+    keys: Any    # (n_layer, B, nh, block_size, hs)
+    values: Any  # (n_layer, B, nh, block_size, hs)
+    length: Any  # positions filled, the same in every layer: an int32 scalar
+
+    @classmethod
+    def empty(cls, config: GPTConfig, batch_size: int, dtype="float32") -> "KVCache":
+        shape = (config.n_layer, batch_size, config.n_head, config.block_size, config.head_size)
+        return cls(ops.zeros(shape, dtype), ops.zeros(shape, dtype), ops.convert_to_tensor(0, "int32"))
+
+    def update(self, layer: int, k, v):
+        """Store this step's (B, nh, T, hs) keys and values at `length`; return the new cache and
+        all block_size keys and values of this layer (the unfilled ones are masked by position)."""
+        start = (layer, 0, 0, self.length, 0)
+        keys = ops.slice_update(self.keys, start, ops.cast(k, self.keys.dtype)[None])
+        values = ops.slice_update(self.values, start, ops.cast(v, self.values.dtype)[None])
+        return self._replace(keys=keys, values=values), keys[layer], values[layer]
+
+
+@keras.saving.register_keras_serializable(package=PACKAGE)
+class CausalSelfAttention(layers.Layer):
+
+    def __init__(self, config: GPTConfig, layer: int, **kwargs):
+        super().__init__(**kwargs)
+        self.config, self.layer = _gpt_config(config), layer
+        C = self.config.n_embd
+        self.n_head = self.config.n_head
+        bias, dropout, dtype = self.config.bias, self.config.dropout, self.dtype_policy
+        self.c_attn = layers.Dense(3 * C, use_bias=bias, dtype=dtype, name="c_attn")  # q, k, v at once
+        self.c_proj = layers.Dense(C, use_bias=bias, dtype=dtype, name="c_proj")
+        self.attn_dropout = layers.Dropout(dropout, dtype=dtype)
+        self.resid_dropout = layers.Dropout(dropout, dtype=dtype)
+
+    def build(self, input_shape):
+        self.c_attn.build(input_shape)
+        self.c_proj.build(input_shape)
+
+    def call(self, x, cache: KVCache | None = None, training=None):
+        B, T, C = ops.shape(x)
+        hs = C // self.n_head
+        q, k, v = ops.split(self.c_attn(x), 3, axis=-1)
+        # (B, T, C) -> (B, nh, T, hs)
+        q, k, v = (ops.transpose(ops.reshape(t, (B, T, self.n_head, hs)), (0, 2, 1, 3)) for t in (q, k, v))
+        start = 0
+        if cache is not None:
+            start = cache.length
+            cache, k, v = cache.update(self.layer, k, v)  # k, v: (B, nh, block_size, hs)
+        # Query i sits at position start + i and sees keys up to there: the causal mask without a
+        # cache, and with one also the mask of the positions not filled yet.
+        query_pos = ops.arange(T) + start
+        key_pos = ops.arange(ops.shape(k)[2])
+        visible = key_pos[None, :] <= query_pos[:, None]  # (T, T) or (T, block_size)
+        scores = ops.matmul(q, ops.swapaxes(k, -1, -2)) * (1.0 / math.sqrt(hs))  # (B, nh, T, keys)
+        scores = ops.where(visible, scores, ops.cast(float("-inf"), scores.dtype))
+        weights = self.attn_dropout(ops.softmax(scores, axis=-1), training=training)
+        y = ops.matmul(weights, v)  # (B, nh, T, hs)
+        y = ops.reshape(ops.transpose(y, (0, 2, 1, 3)), (B, T, C))  # (B, nh, T, hs) -> (B, T, C)
+        y = self.resid_dropout(self.c_proj(y), training=training)
+        return y if cache is None else (y, cache)
+
+    def get_config(self):
+        return {**super().get_config(), "config": dataclasses.asdict(self.config), "layer": self.layer}
+
+
+@keras.saving.register_keras_serializable(package=PACKAGE)
+class MLP(layers.Layer):
+
+    def __init__(self, config: GPTConfig, **kwargs):
+        super().__init__(**kwargs)
+        self.config = _gpt_config(config)
+        C = self.config.n_embd
+        bias, dtype = self.config.bias, self.dtype_policy
+        self.c_fc = layers.Dense(MLP_RATIO * C, use_bias=bias, dtype=dtype, name="c_fc")
+        self.c_proj = layers.Dense(C, use_bias=bias, dtype=dtype, name="c_proj")
+        self.dropout = layers.Dropout(self.config.dropout, dtype=dtype)
+
+    def build(self, input_shape):
+        self.c_fc.build(input_shape)
+        self.c_proj.build((*input_shape[:-1], MLP_RATIO * self.config.n_embd))
+
+    def call(self, x, training=None):
+        h = ops.gelu(self.c_fc(x), approximate=GELU_APPROXIMATE)  # (B, T, 4C)
+        return self.dropout(self.c_proj(h), training=training)
+
+    def get_config(self):
+        return {**super().get_config(), "config": dataclasses.asdict(self.config)}
+
+
+def _layer_norm(config: GPTConfig, name: str, dtype) -> layers.LayerNormalization:
+    # Keras' default epsilon is 1e-3; `center` is the optional bias.
+    return layers.LayerNormalization(epsilon=LAYER_NORM_EPS, center=config.bias, dtype=dtype, name=name)
+
+
+@keras.saving.register_keras_serializable(package=PACKAGE)
+class Block(layers.Layer):
+
+    def __init__(self, config: GPTConfig, layer: int, **kwargs):
+        super().__init__(**kwargs)
+        self.config, self.layer = _gpt_config(config), layer
+        self.ln_1 = _layer_norm(self.config, "ln_1", self.dtype_policy)
+        self.attn = CausalSelfAttention(self.config, layer, dtype=self.dtype_policy, name="attn")
+        self.ln_2 = _layer_norm(self.config, "ln_2", self.dtype_policy)
+        self.mlp = MLP(self.config, dtype=self.dtype_policy, name="mlp")
+
+    def build(self, input_shape):
+        for sublayer in (self.ln_1, self.attn, self.ln_2, self.mlp):
+            sublayer.build(input_shape)
+
+    def call(self, x, cache: KVCache | None = None, training=None):
+        if cache is None:
+            x = x + self.attn(self.ln_1(x), training=training)
+        else:
+            y, cache = self.attn(self.ln_1(x), cache=cache, training=training)
+            x = x + y
+        x = x + self.mlp(self.ln_2(x), training=training)
+        return x if cache is None else (x, cache)
+
+    def get_config(self):
+        return {**super().get_config(), "config": dataclasses.asdict(self.config), "layer": self.layer}
+
+
+@keras.saving.register_keras_serializable(package=PACKAGE)
+class GPT(keras.Model):
+
+    def __init__(self, config: GPTConfig, **kwargs):
+        super().__init__(**kwargs)
+        self.config = _gpt_config(config)
+        c, dtype = self.config, self.dtype_policy  # Keras layers do not inherit the policy: pass it on
+        # The LM head is wte itself (weight tying): ReversibleEmbedding's reverse call is h @ wte.T.
+        self.wte = layers.ReversibleEmbedding(c.vocab_size, c.n_embd, tie_weights=True, dtype=dtype,
+                                              name="wte")
+        self.wpe = layers.Embedding(c.block_size, c.n_embd, dtype=dtype, name="wpe")
+        self.drop = layers.Dropout(c.dropout, dtype=dtype)
+        self.h = [Block(c, i, dtype=dtype, name=f"h.{i}") for i in range(c.n_layer)]
+        self.ln_f = _layer_norm(c, "ln_f", dtype)
+        # Weights come from common.params.init_params through load_canonical, not from here.
+
+    def build(self, input_shape=None):
+        self.wte.build()
+        self.wpe.build()
+        for block in self.h:
+            block.build((None, None, self.config.n_embd))
+        self.ln_f.build((None, None, self.config.n_embd))
+        self.built = True
+
+    def call(self, idx, cache: KVCache | None = None, training=None):
+        """(B, T) token ids -> (B, T, vocab_size) logits; with a cache, also the updated cache."""
+        T = ops.shape(idx)[1]
+        start = 0 if cache is None else cache.length
+        pos = ops.arange(T) + start
+        x = self.drop(self.wte(idx) + self.wpe(pos), training=training)  # (B, T, C)
+        for block in self.h:
+            if cache is None:
+                x = block(x, training=training)
+            else:
+                x, cache = block(x, cache=cache, training=training)
+        logits = self.wte(self.ln_f(x), reverse=True)  # (B, T, vocab_size)
+        if cache is None:
+            return logits
+        return logits, cache._replace(length=cache.length + T)
+
+    def get_config(self):
+        return {**super().get_config(), "config": dataclasses.asdict(self.config)}
+
+
+def loss_fn() -> keras.losses.Loss:
+    """Mean cross-entropy over the targets that are not LOSS_IGNORE_INDEX, computed in float32."""
+    return keras.losses.SparseCategoricalCrossentropy(from_logits=True, ignore_class=LOSS_IGNORE_INDEX,
+                                                      dtype="float32")
+
+
+# Canonical names (common/params.py) are the variable paths inside the model, with Keras' variable
+# names in torch's words; Dense kernels are [in, out] already, so names change, never layouts.
+_VARIABLE_NAMES = {"kernel": ".weight", "gamma": ".weight", "bias": ".bias", "beta": ".bias",
+                   "embeddings": ""}
+
+
+def _canonical_name(model: GPT, path: str) -> str:
+    """'gpt/h.0/attn/c_attn/kernel' -> 'h.0.attn.c_attn.weight'; 'gpt/wte/embeddings' -> 'wte'."""
+    *layer_names, variable = path.removeprefix(f"{model.path}/").split("/")
+    return ".".join(layer_names) + _VARIABLE_NAMES[variable]
+
+
+def canonical_variables(model: GPT) -> dict[str, keras.Variable]:
+    if not model.built:
+        model.build()
+    return {_canonical_name(model, v.path): v for v in model.trainable_variables}
+
+
+def load_canonical(model: GPT, params: dict) -> None:
+    for name, variable in canonical_variables(model).items():
+        variable.assign(np.asarray(params[name], dtype=variable.dtype))
+
+
+def to_canonical(model: GPT, tensors: dict | None = None) -> dict[str, np.ndarray]:
+    """Parameters, or per-variable tensors keyed by variable path (gradients, Adam moments),
+    under canonical names, as float32 numpy arrays."""
+    out = {}
+    for name, variable in canonical_variables(model).items():
+        value = variable if tensors is None else tensors[variable.path]
+        out[name] = np.asarray(ops.convert_to_numpy(value), dtype=np.float32)
+    return out
