@@ -1,0 +1,1 @@
+"""The GPT in JAX (Flax NNX and Optax)."""

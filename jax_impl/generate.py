@@ -1,0 +1,89 @@
+"""Sampling with a KV cache in JAX: the whole generation is one compiled loop."""
+import functools
+
+import jax
+import jax.numpy as jnp
+from flax import nnx
+
+from jax_impl.model import GPT, KVCache
+
+
+def filter_logits(logits, temperature, top_k=None, top_p=None):
+    """(B, V) logits -> scaled logits outside top-k, then outside the top-p nucleus, at -inf.
+
+    The rules of common.sampling.filter_logits. None switches a filter off; the values may be traced,
+    so changing them does not recompile.
+    """
+    logits = logits.astype(jnp.float32) / temperature
+    if top_k is not None:
+        vocab_size = logits.shape[-1]
+        kth = jnp.take(jnp.sort(logits, axis=-1), jnp.clip(vocab_size - top_k, 0, vocab_size - 1), axis=-1)
+        logits = jnp.where(logits < kth[..., None], -jnp.inf, logits)
+    if top_p is not None:
+        order = jnp.argsort(-logits, axis=-1, stable=True)  # most likely first, ties by index
+        sorted_logits = jnp.take_along_axis(logits, order, axis=-1)
+        probs = jax.nn.softmax(sorted_logits, axis=-1)
+        mass_before = jnp.cumsum(probs, axis=-1) - probs
+        sorted_logits = jnp.where(mass_before >= top_p, -jnp.inf, sorted_logits)
+        nucleus = jnp.take_along_axis(sorted_logits, jnp.argsort(order, axis=-1), axis=-1)  # unsort
+        logits = jnp.where(top_p < 1.0, nucleus, logits)
+    return logits
+
+
+def sample_next(logits, key, temperature, top_k, top_p, greedy: bool):
+    """(B, V) logits -> (B,) token ids."""
+    if greedy:
+        return jnp.argmax(logits, axis=-1)
+    return jax.random.categorical(key, filter_logits(logits, temperature, top_k, top_p), axis=-1)
+
+
+@functools.partial(nnx.jit, static_argnames=("max_new_tokens", "use_cache", "greedy"))
+def generate(model: GPT, tokens, prompt_len, key, temperature=1.0, top_k=None, top_p=None, *,
+             max_new_tokens: int, use_cache: bool = True, greedy: bool = False):
+    """Fill tokens[:, prompt_len:prompt_len + max_new_tokens] after the prompt in tokens[:, :prompt_len].
+
+    tokens is a fixed (B, S) buffer with S >= max(prompt_len + max_new_tokens, block_size); only its
+    shape is static, so prompts of any length up to S - max_new_tokens share one compiled loop.
+    use_cache needs prompt_len <= block_size. The cache holds at most block_size positions. Once the
+    context is longer, each step runs the model on the last block_size tokens, exactly as without a
+    cache: with learned absolute position embeddings, every token's position changes when the window
+    slides.
+    """
+    block_size = model.config.block_size
+    B, S = tokens.shape
+    assert S >= block_size, "the token buffer must hold at least block_size positions"
+
+    def sample(logits, i):
+        return sample_next(logits, jax.random.fold_in(key, i), temperature, top_k, top_p, greedy)
+
+    def write(tokens, at, ids):
+        return jax.lax.dynamic_update_slice(tokens, ids[:, None].astype(tokens.dtype), (0, at))
+
+    def windowed_step(i, tokens):
+        # A full block_size window keeps the shape static; while the context is shorter, causality
+        # makes the columns after it irrelevant to the logits at its last position.
+        length = prompt_len + i
+        start = jnp.maximum(length - block_size, 0)
+        logits, _ = model(jax.lax.dynamic_slice_in_dim(tokens, start, block_size, axis=1))  # (B, bs, V)
+        last = jax.lax.dynamic_index_in_dim(logits, length - 1 - start, axis=1, keepdims=False)  # (B, V)
+        return write(tokens, length, sample(last, i))
+
+    def cached_step(i, carry):
+        tokens, cache = carry
+        length = prompt_len + i
+        logits, cache = model(jax.lax.dynamic_slice_in_dim(tokens, length - 1, 1, axis=1), cache=cache)
+        return write(tokens, length, sample(logits[:, -1], i)), cache
+
+    n_cached = 0
+    if use_cache:
+        # Prefill on a padded block_size window, like windowed_step; the padding's keys land in cache
+        # slots at positions >= prompt_len, which every later query masks until decoding overwrites them.
+        cache = KVCache.create(model.config, B, model.wte.dtype)
+        logits, cache = model(tokens[:, :block_size], cache=cache)
+        cache = cache._replace(length=prompt_len)
+        last = jax.lax.dynamic_index_in_dim(logits, prompt_len - 1, axis=1, keepdims=False)  # (B, V)
+        tokens = write(tokens, prompt_len, sample(last, 0))
+        # Steps whose context (prompt_len + i tokens) still fits in block_size extend the cache.
+        n_cached = jnp.minimum(block_size - prompt_len + 1, max_new_tokens)
+        tokens, _ = jax.lax.fori_loop(1, n_cached, cached_step, (tokens, cache))
+    return jax.lax.fori_loop(n_cached, max_new_tokens, windowed_step, tokens)

@@ -1,0 +1,183 @@
+"""GPT in Flax NNX, after nanoGPT's model.py. The architecture is specified in common/spec.py."""
+
+import math
+from typing import NamedTuple
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+from flax import nnx
+
+from common.config import GPTConfig
+from common.params import check_params
+from common.spec import GELU_APPROXIMATE, LAYER_NORM_EPS, LOSS_IGNORE_INDEX, MLP_RATIO
+
+
+class KVCache(NamedTuple):
+    """Keys and values of every layer, preallocated for block_size positions and filled in order.
+
+    A pytree of arrays, not a mutable object: `update` returns a new cache, and the model hands the
+    updated cache back with the logits. Under jit the copies compile to in-place writes.
+    """
+    keys: jax.Array    # (n_layer, B, nh, block_size, hs)
+    values: jax.Array  # (n_layer, B, nh, block_size, hs)
+    length: jax.Array  # int32 scalar: positions filled, the same in every layer
+
+    @classmethod
+    def create(cls, config: GPTConfig, batch_size: int, dtype=jnp.float32) -> "KVCache":
+        shape = (config.n_layer, batch_size, config.n_head, config.block_size, config.head_size)
+        return cls(jnp.zeros(shape, dtype), jnp.zeros(shape, dtype), jnp.zeros((), jnp.int32))
+
+    def update(self, layer: int, k: jax.Array, v: jax.Array):
+        """Store this step's (B, nh, T, hs) keys and values at `length`; return the new cache and
+        the layer's (B, nh, block_size, hs) keys and values, of which only the first length + T
+        positions are real (attention masks the rest by position)."""
+        at = (layer, 0, 0, self.length, 0)
+        keys = jax.lax.dynamic_update_slice(self.keys, k[None].astype(self.keys.dtype), at)
+        values = jax.lax.dynamic_update_slice(self.values, v[None].astype(self.values.dtype), at)
+        return self._replace(keys=keys, values=values), keys[layer], values[layer]
+
+
+class CausalSelfAttention(nnx.Module):
+
+    def __init__(self, config: GPTConfig, layer: int, *, dtype, rngs: nnx.Rngs):
+        self.layer = layer
+        self.n_head, self.n_embd = config.n_head, config.n_embd
+        self.c_attn = nnx.Linear(config.n_embd, 3 * config.n_embd, use_bias=config.bias,  # q, k, v at once
+                                 dtype=dtype, rngs=rngs)
+        self.c_proj = nnx.Linear(config.n_embd, config.n_embd, use_bias=config.bias, dtype=dtype, rngs=rngs)
+        self.attn_dropout = nnx.Dropout(config.dropout, rngs=rngs)
+        self.resid_dropout = nnx.Dropout(config.dropout, rngs=rngs)
+
+    def __call__(self, x, cache: KVCache | None = None):
+        B, T, C = x.shape
+        q, k, v = jnp.split(self.c_attn(x), 3, axis=-1)
+        # (B, T, C) -> (B, nh, T, hs)
+        q, k, v = (t.reshape(B, T, self.n_head, C // self.n_head).transpose(0, 2, 1, 3) for t in (q, k, v))
+        start = 0
+        if cache is not None:
+            start = cache.length
+            cache, k, v = cache.update(self.layer, k, v)  # k, v: (B, nh, block_size, hs)
+        # Masking by absolute position covers both cases: the causal mask without a cache, and with
+        # one, the cache slots not written yet (they lie after every query's own position).
+        mask = jnp.arange(k.shape[2])[None, :] <= (start + jnp.arange(T))[:, None]  # (T, S)
+        # Written out rather than jax.nn.dot_product_attention, which has no dropout on the weights.
+        att = jnp.einsum("bhqd,bhkd->bhqk", q, k) / math.sqrt(k.shape[-1])  # (B, nh, T, S)
+        att = jnp.where(mask, att.astype(jnp.float32), -jnp.inf)  # softmax in float32 also under bf16
+        att = self.attn_dropout(jax.nn.softmax(att, axis=-1).astype(v.dtype))
+        y = jnp.einsum("bhqk,bhkd->bhqd", att, v)
+        y = y.transpose(0, 2, 1, 3).reshape(B, T, C)  # (B, nh, T, hs) -> (B, T, C)
+        return self.resid_dropout(self.c_proj(y)), cache
+
+
+def gelu(x):
+    """GELU as the spec has it. The exact form is written with erf, as torch computes it:
+    jax.nn.gelu defaults to the tanh form, and its exact form goes through erfc, which XLA:CPU
+    evaluates about twice as slowly."""
+    if GELU_APPROXIMATE:
+        return nnx.gelu(x, approximate=True)
+    return 0.5 * x * (1.0 + jax.lax.erf(x * (1.0 / math.sqrt(2.0))))
+
+
+class MLP(nnx.Module):
+
+    def __init__(self, config: GPTConfig, *, dtype, rngs: nnx.Rngs):
+        self.c_fc = nnx.Linear(config.n_embd, MLP_RATIO * config.n_embd, use_bias=config.bias,
+                               dtype=dtype, rngs=rngs)
+        self.c_proj = nnx.Linear(MLP_RATIO * config.n_embd, config.n_embd, use_bias=config.bias,
+                                 dtype=dtype, rngs=rngs)
+        self.dropout = nnx.Dropout(config.dropout, rngs=rngs)
+
+    def __call__(self, x):
+        # Tokens as rows of one (B*T, C) matrix: on (B, T, C) XLA:CPU fuses GELU's backward into a
+        # transposing copy for the weight gradient, which made this backward about twice as slow.
+        B, T, C = x.shape
+        h = gelu(self.c_fc(x.reshape(B * T, C)))  # (B*T, 4C)
+        return self.dropout(self.c_proj(h)).reshape(B, T, C)
+
+
+class Block(nnx.Module):
+
+    def __init__(self, config: GPTConfig, layer: int, *, dtype, rngs: nnx.Rngs):
+        # epsilon is explicit everywhere: nnx.LayerNorm's default is 1e-6, the spec's (torch's) 1e-5.
+        self.ln_1 = nnx.LayerNorm(config.n_embd, epsilon=LAYER_NORM_EPS, use_bias=config.bias,
+                                  dtype=dtype, rngs=rngs)
+        self.attn = CausalSelfAttention(config, layer, dtype=dtype, rngs=rngs)
+        self.ln_2 = nnx.LayerNorm(config.n_embd, epsilon=LAYER_NORM_EPS, use_bias=config.bias,
+                                  dtype=dtype, rngs=rngs)
+        self.mlp = MLP(config, dtype=dtype, rngs=rngs)
+
+    def __call__(self, x, cache: KVCache | None = None):
+        y, cache = self.attn(self.ln_1(x), cache)
+        x = x + y
+        return x + self.mlp(self.ln_2(x)), cache
+
+
+class GPT(nnx.Module):
+    """`dtype` is the compute dtype; parameters are always float32."""
+
+    def __init__(self, config: GPTConfig, *, dtype=jnp.float32, rngs: nnx.Rngs):
+        self.config = config
+        self.wte = nnx.Embed(config.vocab_size, config.n_embd, dtype=dtype, rngs=rngs)
+        self.wpe = nnx.Embed(config.block_size, config.n_embd, dtype=dtype, rngs=rngs)
+        self.drop = nnx.Dropout(config.dropout, rngs=rngs)
+        self.h = nnx.List([Block(config, i, dtype=dtype, rngs=rngs) for i in range(config.n_layer)])
+        self.ln_f = nnx.LayerNorm(config.n_embd, epsilon=LAYER_NORM_EPS, use_bias=config.bias,
+                                  dtype=dtype, rngs=rngs)
+        # No lm_head module: the output projection is wte itself (weight tying), see __call__.
+        # Weights come from common.params.init_params through load_canonical, not from here.
+
+    def __call__(self, idx, targets=None, cache: KVCache | None = None):
+        """(B, T) ids -> (logits, loss), or with a cache (logits, updated cache).
+
+        JAX arrays are immutable, so where PyTorch's cache is filled in place this one comes back.
+        """
+        B, T = idx.shape
+        assert T <= self.config.block_size, f"{T} positions > block_size"
+        start = cache.length if cache is not None else 0
+        x = self.drop(self.wte(idx) + self.wpe(start + jnp.arange(T)))  # (B, T, C)
+        for block in self.h:
+            x, cache = block(x, cache)
+        logits = self.wte.attend(self.ln_f(x))  # (B, T, vocab_size)
+        if cache is not None:
+            return logits, cache._replace(length=cache.length + T)
+        return logits, None if targets is None else cross_entropy(logits, targets)
+
+
+def cross_entropy(logits, targets):
+    """Mean over the targets that are not LOSS_IGNORE_INDEX, in float32 whatever the compute dtype."""
+    valid = targets != LOSS_IGNORE_INDEX
+    losses = optax.softmax_cross_entropy_with_integer_labels(logits.astype(jnp.float32),
+                                                             jnp.where(valid, targets, 0))
+    return jnp.sum(jnp.where(valid, losses, 0.0)) / valid.sum()
+
+
+# Canonical names (common/params.py) are this model's nnx state paths with Flax's leaf names
+# replaced: Linear's `kernel` and LayerNorm's `scale` are `weight`, Embed's `embedding` goes.
+# nnx.Linear already stores its kernel [in, out], the canonical layout, so nothing is transposed.
+_LEAF_NAMES = {"kernel": "weight", "scale": "weight", "bias": "bias", "embedding": None}
+
+
+def canonical_name(path: tuple) -> str:
+    *module, leaf = (str(part) for part in path)
+    renamed = _LEAF_NAMES[leaf]
+    return ".".join(module if renamed is None else [*module, renamed])
+
+
+def to_canonical(state: nnx.State) -> dict[str, np.ndarray]:
+    """Params, or any state shaped like them (gradients, Adam moments), under canonical names."""
+    # Copies: a numpy view would pin the device buffer, which the next train step donates.
+    return {canonical_name(path): np.array(value, dtype=np.float32, copy=True)
+            for path, value in nnx.to_flat_state(nnx.as_pure(state))}
+
+
+def from_canonical_like(state: nnx.State, arrays: dict) -> nnx.State:
+    """The inverse of to_canonical: a pure state with `state`'s paths holding `arrays`."""
+    return nnx.from_flat_state([(path, jnp.asarray(arrays[canonical_name(path)], dtype=value.dtype))
+                                for path, value in nnx.to_flat_state(nnx.as_pure(state))])
+
+
+def load_canonical(model: GPT, params: dict) -> None:
+    check_params(params, model.config)
+    nnx.update(model, from_canonical_like(nnx.state(model, nnx.Param), params))
