@@ -132,11 +132,12 @@ def environment(backend, args) -> dict:
                                 text=True, timeout=5).stdout.strip() or None
     except (OSError, subprocess.SubprocessError):
         commit = None
+    commit = commit or os.environ.get("NANOGPT_GIT_COMMIT")  # a copy of the tree without .git
     from common.flops import _cpu_model
     return {"framework": backend.name, **backend.device_info(), "python": platform.python_version(),
             "platform": platform.platform(), "cpu": _cpu_model(), "cpu_count": os.cpu_count(),
-            "versions": versions, "git_commit": commit, "command": " ".join(["python -m benchmarks.run",
-                                                                            *sys.argv[1:]]),
+            "versions": versions, "git_commit": commit,
+            "command": os.environ.get("NANOGPT_COMMAND") or " ".join(["python -m benchmarks.run", *sys.argv[1:]]),
             "date": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds")}
 
 
@@ -446,6 +447,9 @@ def _run_many(args, argv, out: Path, jobs) -> int:
     """Each run in its own subprocess: clean memory figures, and one crash loses nothing of the others."""
     out.mkdir(parents=True, exist_ok=True)
     finished, problems = [], []
+    # One CPU peak for every run of this comparison, and the command that made them all.
+    os.environ.setdefault("NANOGPT_CPU_PEAK_FLOPS", repr(cpu_peak_flops()))
+    os.environ["NANOGPT_COMMAND"] = " ".join(["python -m benchmarks.run", *argv])
     for framework, seed in jobs:
         if not is_installed(framework):
             problems.append(f"{framework}: not installed (missing {', '.join(missing_modules(framework))}), skipped")

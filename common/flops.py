@@ -1,7 +1,6 @@
 """Model FLOPs per token and the peak FLOP/s they are measured against (MFU)."""
 from __future__ import annotations
 
-import json
 import os
 import time
 from pathlib import Path
@@ -51,12 +50,7 @@ def accelerator_peak(device_name: str, dtype: str) -> float | None:
     return None
 
 
-def _cache_path() -> Path:
-    from common.data import data_dir
-    return data_dir() / "cpu_peak_flops.json"
-
-
-def measure_cpu_peak(size: int = 2048, repeats: int = 5) -> float:
+def measure_cpu_peak(size: int = 2048, repeats: int = 10) -> float:
     """Best-of-N float32 matmul throughput with numpy's BLAS, using every core it is allowed."""
     rng = np.random.default_rng(0)
     a = rng.standard_normal((size, size), dtype=np.float32)
@@ -71,22 +65,14 @@ def measure_cpu_peak(size: int = 2048, repeats: int = 5) -> float:
 
 
 def cpu_peak_flops() -> float:
-    """Measured once per machine (keyed by CPU count and model) and cached beside the data."""
-    key = f"{os.cpu_count()}:{_cpu_model()}"
-    path = _cache_path()
-    try:
-        cached = json.loads(path.read_text())
-        if cached.get("key") == key:
-            return float(cached["flops"])
-    except (OSError, ValueError, KeyError):
-        pass
-    flops = measure_cpu_peak()
-    try:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        path.write_text(json.dumps({"key": key, "flops": flops}))
-    except OSError:
-        pass
-    return flops
+    """The CPU's float32 peak, measured now, under the conditions the benchmark runs in.
+
+    Not cached across runs: a peak measured while something else loaded the machine would make
+    every later MFU too high. A parent process measures once and hands the figure to its runs
+    through NANOGPT_CPU_PEAK_FLOPS, so runs compared side by side share one denominator.
+    """
+    given = os.environ.get("NANOGPT_CPU_PEAK_FLOPS")
+    return float(given) if given else measure_cpu_peak()
 
 
 def _cpu_model() -> str:
