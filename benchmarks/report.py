@@ -312,8 +312,11 @@ def checks(groups: list[Group]) -> list[list[str]]:
     finals = {g.label: g.mean("final_val_loss") for g in groups}
     bar = VAL_LOSS_BARS.get(preset)
     if bar is not None and max_iters >= {"cpu-baby": 2000, "shakespeare-char": 5000}[preset]:
-        for label, value in finals.items():
-            check(f"{label}: final val loss ≤ {bar}", f"{value:.4f}", value <= bar)
+        # nanoGPT's published figures are its best val loss (it keeps the checkpoint only when val
+        # improves); shakespeare-char overfits after ~2000 steps, so its final val loss is higher.
+        for g in groups:
+            value = g.mean("best_val_loss")
+            check(f"{g.label}: best val loss ≤ {bar} (nanoGPT's reference figure)", f"{value:.4f}", value <= bar)
     if len(finals) > 1:
         spread = max(finals.values()) - min(finals.values())
         check("final val losses within 0.03 of each other", f"{spread:.4f}", spread <= 0.03)
@@ -328,11 +331,12 @@ def checks(groups: list[Group]) -> list[list[str]]:
         check("some framework ≥ 1.3× eager PyTorch's tokens/s", f"{best / eager[0]:.2f}×", best / eager[0] >= 1.3)
     for g in groups:
         speedup = g.mean("kv_cache_speedup")
-        tokens = g.runs[0].summary.get("sample_tokens")
+        timed = g.runs[0].summary.get("generation_timed_tokens")
         block = g.runs[0].config["model"]["block_size"]
         if speedup is not None:
-            check(f"{g.label}: KV-cache generation ≥ 5× no-cache ({tokens} tokens, block {block})",
-                  f"{speedup:.1f}×", speedup >= 5)
+            span = (f"{timed} tokens within one block of {block}" if timed else
+                    f"{g.runs[0].summary.get('sample_tokens')} tokens, block {block}, mostly past the block")
+            check(f"{g.label}: KV-cache generation ≥ 5× no-cache ({span})", f"{speedup:.1f}×", speedup >= 5)
         overhead = g.mean("harness_overhead_frac")
         if overhead is not None:
             check(f"{g.label}: harness overhead < 5% of the training loop", f"{100 * overhead:.1f}%", overhead < 0.05)
