@@ -18,7 +18,7 @@ from collections import defaultdict
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from common.errors import UserError
+from common.errors import UserError, one_line
 
 FRAMEWORK_ORDER = {"pytorch": 0, "tensorflow": 1, "jax": 2}
 COLORS = {"pytorch": "#ee4c2c", "tensorflow": "#ff8f00", "jax": "#4285f4"}
@@ -400,7 +400,7 @@ def main(argv: list[str] | None = None) -> int:
         out = args.out or (args.runs[0] if not (args.runs[0] / "summary.json").exists() else args.runs[0].parent)
         print(write_report(args.runs, out))
     except UserError as e:
-        print(f"error: {e}", file=sys.stderr)
+        print(f"error: {one_line(e)}", file=sys.stderr)
         return 2
     return 0
 

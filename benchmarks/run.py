@@ -29,7 +29,7 @@ from common.backend import FRAMEWORKS, canonical_framework, is_installed, load_b
 from common.checkpoint import load_training_state, save_checkpoint, save_training_state
 from common.config import PRESET_NAMES, GPTConfig, TrainConfig, apply_overrides, get_preset
 from common.data import eval_batches, get_batch, prepare
-from common.errors import UserError
+from common.errors import UserError, one_line
 from common.flops import accelerator_peak, cpu_peak_flops, flops_per_token
 from common.quality import sample_quality
 from common.sampling import cut_at_stop
@@ -40,9 +40,14 @@ REPO = Path(__file__).resolve().parents[1]
 WARMUP_STEPS = 10  # steps left out of the step-time statistics (compilation, allocator warm-up)
 
 
+class _Parser(argparse.ArgumentParser):
+    def error(self, message):  # one line, like every other error here, instead of usage + message
+        raise UserError(f"{message} (see python -m benchmarks.run --help).")
+
+
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
-    p = argparse.ArgumentParser(prog="python -m benchmarks.run", description=__doc__.split("\n\n")[0],
-                                formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    p = _Parser(prog="python -m benchmarks.run", description=__doc__.split("\n\n")[0],
+                formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     p.add_argument("--framework", help="pytorch | tensorflow | jax | all "
                    "(aliases: torch, keras, tf, flax)")
     p.add_argument("--preset", default="auto", help=f"one of {', '.join(PRESET_NAMES)}")
@@ -314,7 +319,7 @@ def run_one(args, framework: str, run_dir: Path, resume: bool = False) -> dict:
             train_wall = wall_before + time.perf_counter() - loop_start - eval_time - checkpoint_time
             if not math.isfinite(loss):
                 raise UserError(f"the training loss became {loss} at step {step}: lower the learning rate "
-                                f"(--set lr=...) or raise grad_clip; resume from the last good checkpoint "
+                                f"(--set lr=...) or clip gradients (--set grad_clip=1.0); resume from the last good checkpoint "
                                 f"with --resume {run_dir}.")
             log.write(type="train", step=step, loss=loss, lr=lr, step_time=elapsed, time=train_wall)
             progress.update(step, loss, tokens_per_step / elapsed)
@@ -407,6 +412,7 @@ def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
     try:
         args = parse_args(argv)
+        _host_devices_for_jax(args)
         if args.resume:
             run_dir = Path(args.resume)
             if not (run_dir / "config.json").exists():
@@ -440,7 +446,7 @@ def main(argv: list[str] | None = None) -> int:
             return 0
         return _run_many(args, argv, out, jobs)
     except UserError as e:
-        print(f"error: {e}", file=sys.stderr)
+        print(f"error: {one_line(e)}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print("interrupted: metrics written so far are in the run folder.", file=sys.stderr)
@@ -477,6 +483,14 @@ def _run_many(args, argv, out: Path, jobs) -> int:
     for line in problems:
         print(f"note: {line}", file=sys.stderr)
     return 0 if finished and len(finished) + sum("not installed" in p for p in problems) == len(jobs) else 1
+
+
+def _host_devices_for_jax(args) -> None:
+    """JAX sees one CPU device unless XLA is told, before jax is first imported, to make one per replica."""
+    flags = os.environ.get("XLA_FLAGS", "")
+    if (args.replicas > 1 and (args.framework or "").strip().lower() in ("jax", "flax", "all")
+            and args.device in ("cpu", "auto") and "xla_force_host_platform_device_count" not in flags):
+        os.environ["XLA_FLAGS"] = f"{flags} --xla_force_host_platform_device_count={args.replicas}".strip()
 
 
 def _needs_torchrun(framework: str, args) -> bool:

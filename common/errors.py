@@ -3,3 +3,9 @@
 
 class UserError(Exception):
     """Bad input or environment. The CLI prints the message alone, on one line, and exits non-zero."""
+
+
+def one_line(message: str) -> str:
+    """The message with anything that would break or hide the line (control characters, line and
+    paragraph separators a user may have typed into an argument) written as an escape."""
+    return "".join(c if c.isprintable() else repr(c)[1:-1] for c in str(message))

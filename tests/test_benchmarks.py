@@ -109,12 +109,70 @@ def test_existing_run_folder_is_refused_without_force(pytorch_run):
     (["--framework", "torch", "--preset", "tiny", "--dataset", "/no/such/file.txt"], "/no/such/file.txt"),
     (["--framework", "torch", "--preset", "tiny", "--prompt", "héllo€"], "€"),
     (["--framework", "torch", "--preset", "tiny", "--set", "nlayer=3"], "unknown config field 'nlayer'"),
+    (["--framework", "torch", "--device", "npu"], "invalid choice: 'npu'"),
+    (["--framework", "torch", "--preset", "tiny", "--max-iters", "ten"], "invalid int value: 'ten'"),
+    (["--resume", "/no/such/run"], "is not a run folder"),
 ])
 def test_bad_arguments_get_one_clear_line(args, message, tmp_path, shakespeare_path):
     result = _run(*args, "--out", str(tmp_path), "--max-iters", "1")
     assert result.returncode == 2, result.stderr
     lines = result.stderr.strip().splitlines()
     assert len(lines) == 1 and lines[0].startswith("error: ") and message in lines[0], result.stderr
+
+
+@pytest.mark.parametrize("content, message", [
+    (b"", "empty"),
+    (b"\xff\xfe caf\xe9", "UTF-8"),
+])
+def test_bad_corpus_files_get_one_clear_line(content, message, tmp_path):
+    corpus = tmp_path / "corpus.txt"
+    corpus.write_bytes(content)
+    result = _run("--framework", "torch", "--preset", "tiny", "--dataset", str(corpus), "--out", str(tmp_path / "r"))
+    lines = result.stderr.strip().splitlines()
+    assert result.returncode == 2 and len(lines) == 1 and message in lines[0], result.stderr
+
+
+def test_corrupt_plays_csv_gets_one_clear_line(tmp_path):
+    csv = tmp_path / "Shakespeare_data.csv"
+    csv.write_text("Dataline,Play\n1,Hamlet\n")
+    result = _run("--framework", "torch", "--preset", "tiny", "--dataset", str(csv), "--out", str(tmp_path / "r"))
+    lines = result.stderr.strip().splitlines()
+    assert result.returncode == 2 and len(lines) == 1 and "column" in lines[0].lower(), result.stderr
+
+
+@pytest.mark.pytorch
+def test_truncated_checkpoint_refuses_to_resume_and_keeps_the_run(pytorch_run, tmp_path):
+    import shutil
+    folder = tmp_path / "pytorch"
+    shutil.copytree(pytorch_run[0], folder)
+    latest = folder / "checkpoints" / (folder / "checkpoints" / "latest").read_text() / "model.safetensors"
+    latest.write_bytes(latest.read_bytes()[:1000])
+    before = (folder / "metrics.jsonl").read_text()
+    result = _run("--resume", str(folder))
+    lines = result.stderr.strip().splitlines()
+    assert result.returncode == 2 and len(lines) == 1 and "corrupt or truncated" in lines[0], result.stderr
+    assert (folder / "metrics.jsonl").read_text() == before  # nothing written so far is lost
+
+
+@pytest.mark.pytorch
+def test_non_finite_loss_stops_with_the_last_good_checkpoint(tmp_path, shakespeare_path):
+    result = _run("--framework", "torch", "--preset", "tiny", "--max-iters", "200", "--checkpoint-every", "5",
+                  "--set", "lr=30", "--set", "min_lr=30", "--set", "warmup_iters=0", "--set", "grad_clip=0",
+                  "--out", str(tmp_path))
+    lines = result.stderr.strip().splitlines()
+    assert result.returncode == 2 and "loss" in lines[-1] and "--resume" in lines[-1], result.stderr
+    from common.checkpoint import load_training_state
+    params, _, step = load_training_state(tmp_path / "pytorch")
+    import numpy as np
+    assert step > 0 and all(np.isfinite(v).all() for v in params.values())
+
+
+def test_missing_framework_is_one_clear_line(monkeypatch, capsys):
+    from benchmarks import run
+    monkeypatch.setattr(run, "is_installed", lambda framework: False)
+    monkeypatch.setattr("common.backend.missing_modules", lambda framework: ["jax"])
+    assert run.main(["--framework", "jax", "--preset", "tiny"]) == 2
+    assert capsys.readouterr().err.strip() == 'error: jax is not installed (missing jax): pip install -e ".[jax]".'
 
 
 @pytest.mark.slow

@@ -1,0 +1,69 @@
+"""The harness CLI under generated arguments: every outcome is a clean exit, never a traceback."""
+import io
+import sys
+from contextlib import redirect_stderr, redirect_stdout
+
+import pytest
+from hypothesis import HealthCheck, event, given, settings
+from hypothesis import strategies as st
+
+from benchmarks import run
+
+TEXT = st.text(alphabet=st.characters(min_codepoint=0x20, max_codepoint=0x2FF), max_size=12)
+NUMBER = st.one_of(st.integers(-3, 300).map(str), st.floats(allow_nan=True, allow_infinity=True).map(str), TEXT)
+FIELDS = ["n_layer", "n_head", "n_embd", "block_size", "dropout", "bias", "lr", "min_lr", "warmup_iters",
+          "lr_decay_iters", "batch_size", "eval_interval", "eval_iters", "grad_clip", "dtype", "compile", "beta2"]
+OPTIONS = st.one_of(
+    st.tuples(st.just("--framework"), st.sampled_from(["pytorch", "torch", "jax", "flax", "tf", "keras", "mxnet", ""])),
+    st.tuples(st.just("--preset"), st.sampled_from(["tiny", "cpu-baby", "auto", "shakespeare-char", "huge"])),
+    st.tuples(st.just("--device"), st.sampled_from(["cpu", "gpu", "tpu", "auto", "npu"])),
+    st.tuples(st.just("--dtype"), st.sampled_from(["float32", "bfloat16", "float16"])),
+    st.tuples(st.sampled_from(["--max-iters", "--seed", "--num-samples", "--sample-tokens", "--top-k",
+                               "--top-p", "--temperature", "--vocab-size", "--checkpoint-every"]), NUMBER),
+    st.tuples(st.just("--set"), st.builds(lambda f, v: f"{f}={v}", st.sampled_from(FIELDS + ["nope"]), NUMBER)),
+    st.tuples(st.just("--set"), TEXT),
+    st.tuples(st.just("--tokenizer"), st.sampled_from(["char", "bpe", "word"])),
+    st.tuples(st.just("--dataset"), st.sampled_from(["tinyshakespeare", "shakespeare-plays", "/no/such.txt",
+                                                     "/no/such.csv", "/dev/null"])),
+    st.tuples(st.just("--prompt"), TEXT),
+    st.tuples(st.just("--resume"), st.sampled_from(["/no/such/run", "."])),
+    st.tuples(st.sampled_from(["--compile", "--no-compile", "--profile", "--force", "--bogus"])),
+    st.tuples(TEXT),
+)
+
+
+class ReachedTraining(Exception):
+    """Raised in place of building a model: every check before training has passed."""
+
+
+@pytest.fixture
+def harness(monkeypatch, tmp_path):
+    def stop(*args, **kwargs):
+        raise ReachedTraining
+    monkeypatch.setattr(run, "load_backend", stop)
+    monkeypatch.setattr(run, "_run_many", lambda *a, **k: 0)
+    monkeypatch.setattr(run, "_torchrun", lambda *a, **k: 0)
+    monkeypatch.setattr(run, "_accelerator_present", lambda framework, device: device in ("gpu", "tpu"))
+    return tmp_path
+
+
+@pytest.mark.slow
+@settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(options=st.lists(OPTIONS, max_size=6))
+def test_generated_arguments_never_escape_as_tracebacks(harness, options, shakespeare_path):
+    argv = [part for option in options for part in option] + ["--out", str(harness / "runs"), "--force"]
+    err = io.StringIO()
+    try:
+        with redirect_stderr(err), redirect_stdout(io.StringIO()):
+            status = run.main(argv)
+    except ReachedTraining:
+        event("reached training")
+        return
+    except SystemExit as e:  # only --help exits from inside argparse
+        event("help")
+        assert e.code == 0, argv
+        return
+    event(f"exit {status}")
+    assert status == 2, (argv, err.getvalue())
+    lines = err.getvalue().strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("error: "), (argv, err.getvalue())
