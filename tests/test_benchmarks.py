@@ -206,3 +206,12 @@ def test_all_frameworks_side_by_side_with_one_crashing(tmp_path, shakespeare_pat
         assert f"| {framework} | cpu |" in report
     page = (out / "report.html").read_text()
     assert page.count("data:image/png;base64,") == 3 and "src=\"http" not in page
+
+
+@pytest.mark.pytorch
+def test_profile_writes_the_framework_trace(tmp_path, shakespeare_path):
+    result = _run("--framework", "torch", "--preset", "tiny", "--max-iters", "20", "--profile", "--out", str(tmp_path),
+                  "--sample-tokens", "8", "--num-samples", "1")
+    assert result.returncode == 0, result.stderr
+    traces = list((tmp_path / "pytorch" / "profile").glob("*.pt.trace.json"))
+    assert len(traces) == 1 and '"traceEvents"' in traces[0].read_text()
