@@ -412,17 +412,20 @@ def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
     try:
         args = parse_args(argv)
-        _host_devices_for_jax(args)
         if args.resume:
             run_dir = Path(args.resume)
-            if not (run_dir / "config.json").exists():
-                raise UserError(f"{run_dir} is not a run folder (no config.json): pass the folder of one "
-                                f"framework's run, e.g. runs/<name>/pytorch.")
-            replicas = json.loads((run_dir / "config.json").read_text()).get("replicas", 1)
-            if "pytorch" in run_dir.name and replicas > 1 and "WORLD_SIZE" not in os.environ:
+            try:
+                saved = json.loads((run_dir / "config.json").read_text())
+            except (OSError, ValueError):
+                raise UserError(f"{run_dir} is not a run folder (no readable config.json): pass the folder of "
+                                f"one framework's run, e.g. runs/<name>/pytorch.") from None
+            replicas = saved.get("replicas", 1)
+            _host_devices_for_jax(saved.get("framework", ""), replicas, saved.get("device", "auto"))
+            if saved.get("framework") == "pytorch" and replicas > 1 and "WORLD_SIZE" not in os.environ:
                 return _torchrun(argv, replicas)
             run_one(args, None, run_dir, resume=True)
             return 0
+        _host_devices_for_jax(args.framework, args.replicas, args.device)
         names = FRAMEWORKS if args.framework.strip().lower() == "all" else (canonical_framework(args.framework),)
         if args.preset not in PRESET_NAMES:
             raise UserError(f"unknown preset {args.preset!r}: choose one of {', '.join(PRESET_NAMES)}.")
@@ -485,12 +488,12 @@ def _run_many(args, argv, out: Path, jobs) -> int:
     return 0 if finished and len(finished) + sum("not installed" in p for p in problems) == len(jobs) else 1
 
 
-def _host_devices_for_jax(args) -> None:
+def _host_devices_for_jax(framework: str, replicas: int, device: str) -> None:
     """JAX sees one CPU device unless XLA is told, before jax is first imported, to make one per replica."""
     flags = os.environ.get("XLA_FLAGS", "")
-    if (args.replicas > 1 and (args.framework or "").strip().lower() in ("jax", "flax", "all")
-            and args.device in ("cpu", "auto") and "xla_force_host_platform_device_count" not in flags):
-        os.environ["XLA_FLAGS"] = f"{flags} --xla_force_host_platform_device_count={args.replicas}".strip()
+    if (replicas > 1 and framework.strip().lower() in ("jax", "flax", "all") and device in ("cpu", "auto")
+            and "xla_force_host_platform_device_count" not in flags):
+        os.environ["XLA_FLAGS"] = f"{flags} --xla_force_host_platform_device_count={replicas}".strip()
 
 
 def _needs_torchrun(framework: str, args) -> bool:

@@ -10,6 +10,7 @@ from flax import nnx
 from common.backend import Backend as BaseBackend
 from common.config import GPTConfig, TrainConfig
 from common.errors import UserError
+from jax_impl import parallel
 from jax_impl.generate import generate
 from jax_impl.model import GPT, from_canonical_like, load_canonical, to_canonical
 from jax_impl.train import StaticGraph, adam_state, configure_optimizer, loss_fn, train_step
@@ -61,9 +62,12 @@ class Backend(BaseBackend):
     def __init__(self, config: GPTConfig, train: TrainConfig, params: dict, device: str = "auto",
                  replicas: int = 1):
         super().__init__(config, train, params, device, replicas)
-        if replicas > 1:
-            raise UserError("data-parallel JAX (a sharded mesh) is not implemented yet: use --replicas 1.")
         self.device = resolve_device(device)
+        # Data-parallel: state replicated over a mesh, batches split along it (jax_impl/parallel.py).
+        self.mesh = None
+        if replicas > 1:
+            self.mesh = parallel.data_mesh(jax.devices(self.device.platform), replicas, train.batch_size)
+        self.placement = parallel.replicated(self.mesh) if self.mesh else self.device
         # Parameters stay float32; bfloat16 is the compute dtype of every layer.
         dtype = jnp.bfloat16 if train.dtype == "bfloat16" else jnp.float32
         # float32 means float32: on GPUs and TPUs JAX's default matmul precision rounds the inputs
@@ -74,14 +78,15 @@ class Backend(BaseBackend):
         load_canonical(model, params)
         optimizer = configure_optimizer(model, train)
         # The pair lives split: a static graph per mode (they differ only in Dropout's
-        # `deterministic`) and one list of arrays, committed to the device so every call runs there.
+        # `deterministic`) and one list of arrays, committed to the device (or copied to every device
+        # of the mesh) so every call runs there.
         model.train()
         self._split(model, optimizer)
 
     def _split(self, model: GPT, optimizer) -> None:
         self.train_graph, leaves = StaticGraph.split((model, optimizer))
         self.eval_graph, _ = StaticGraph.split((nnx.view(model, deterministic=True), optimizer))
-        self.leaves = jax.device_put(leaves, self.device)
+        self.leaves = jax.device_put(leaves, self.placement)
 
     def _merged(self):
         """The (model, optimizer) pair as objects, the model in eval mode."""
@@ -92,7 +97,8 @@ class Backend(BaseBackend):
             return fn(*args)
 
     def _ids(self, a) -> jax.Array:
-        return jax.device_put(np.asarray(a, dtype=np.int32), self.device)
+        a = np.asarray(a, dtype=np.int32)
+        return parallel.put_batch(a, self.mesh) if self.mesh else jax.device_put(a, self.device)
 
     # --- training ---------------------------------------------------------------------------
     def train_step(self, x, y, lr):

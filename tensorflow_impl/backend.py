@@ -11,6 +11,7 @@ import tensorflow as tf  # noqa: E402
 from common.backend import Backend as BaseBackend  # noqa: E402
 from common.config import GPTConfig, TrainConfig  # noqa: E402
 from common.errors import UserError  # noqa: E402
+from tensorflow_impl import parallel  # noqa: E402
 from tensorflow_impl.generate import compiled_generate  # noqa: E402
 from tensorflow_impl.model import GPT, canonical_variables, load_canonical, to_canonical  # noqa: E402
 from tensorflow_impl.train import compile_model, train_step  # noqa: E402
@@ -36,34 +37,54 @@ class Backend(BaseBackend):
     def __init__(self, config: GPTConfig, train: TrainConfig, params: dict, device: str = "auto",
                  replicas: int = 1):
         super().__init__(config, train, params, device, replicas)
-        if replicas > 1:
-            raise UserError("data-parallel Keras (MirroredStrategy) is not implemented yet: use --replicas 1.")
         if keras.backend.backend() != "tensorflow":
             raise UserError(f"Keras runs on {keras.backend.backend()} here (KERAS_BACKEND): set "
                             "KERAS_BACKEND=tensorflow, or unset it, to use the TensorFlow implementation.")
         self.device = resolve_device(device)
+        # Variables built under a strategy's scope are mirrored on its replicas; Keras' calls find it.
+        self.strategy = None
+        if replicas > 1:
+            parallel.check_batch(train.batch_size, replicas)
+            self.strategy = parallel.mirrored_strategy(replicas, self.device)
         # float32 means float32: no TF32 matmuls, so the GPU agrees with the CPU and the others.
         tf.config.experimental.enable_tensor_float_32_execution(False)
         policy = "mixed_bfloat16" if train.dtype == "bfloat16" else "float32"
-        with tf.device(self.device):
+        with self._placed():
             self.model = GPT(config, dtype=policy)
             load_canonical(self.model, params)
             compile_model(self.model, train)
+        if self.strategy:
+            # XLA would compile Keras' whole step, the strategy's fan-out included, for one device,
+            # which cannot reach the other replicas' variables; Keras' own "auto" turns it off too.
+            self.model.jit_compile = False
         self.optimizer = self.model.optimizer
         self._generate = compiled_generate(self.model)
-        self._loss_and_grads = tf.function(self._loss_and_grads_fn, jit_compile=True)
+        self._loss_and_grads = tf.function(self._loss_and_grads_fn, jit_compile=not self.strategy)
+
+    def _placed(self):
+        return self.strategy.scope() if self.strategy else tf.device(self.device)
 
     def train_step(self, x, y, lr):
+        x, y = np.asarray(x, np.int32), np.asarray(y, np.int32)
+        if self.strategy:
+            self.model.optimizer.learning_rate = lr  # as train.train_step does
+            return parallel.train_on_batch(self.model, self.strategy, x, y)
         with tf.device(self.device):
-            return float(train_step(self.model, np.asarray(x, np.int32), np.asarray(y, np.int32), lr))
+            return float(train_step(self.model, x, y, lr))
 
     def eval_loss(self, x, y):
-        with tf.device(self.device):
-            return float(self.model.test_on_batch(np.asarray(x, np.int32), np.asarray(y, np.int32)))
+        x, y = np.asarray(x, np.int32), np.asarray(y, np.int32)
+        if self.strategy and len(x) % self.replicas == 0:
+            return parallel.test_on_batch(self.model, self.strategy, x, y)
+        with self._placed():
+            return float(self.model.test_on_batch(x, y))
 
     def logits(self, x):
+        x = np.asarray(x, np.int32)
+        if self.strategy:  # predict_on_batch would run the whole batch on every replica and concatenate
+            return np.asarray(self.model(x, training=False), dtype=np.float32)
         with tf.device(self.device):
-            return np.asarray(self.model.predict_on_batch(np.asarray(x, np.int32)), dtype=np.float32)
+            return np.asarray(self.model.predict_on_batch(x), dtype=np.float32)
 
     def _loss_and_grads_fn(self, x, y):
         variables = self.model.trainable_variables
@@ -72,8 +93,12 @@ class Backend(BaseBackend):
         return loss, tape.gradient(loss, variables)
 
     def loss_and_grads(self, x, y):
-        with tf.device(self.device):
-            loss, grads = self._loss_and_grads(np.asarray(x, np.int32), np.asarray(y, np.int32))
+        x, y = np.asarray(x, np.int32), np.asarray(y, np.int32)
+        if self.strategy:
+            loss, grads = parallel.run_on_slices(self.strategy, self._loss_and_grads, x, y)
+        else:
+            with tf.device(self.device):
+                loss, grads = self._loss_and_grads(x, y)
         by_path = {v.path: g for v, g in zip(self.model.trainable_variables, grads)}
         return float(loss), to_canonical(self.model, by_path)
 
@@ -104,7 +129,7 @@ class Backend(BaseBackend):
         if top_k is not None and top_k < 1:
             raise UserError(f"top_k must be a positive integer, got {top_k}.")
         idx = tf.constant(np.asarray(prompt, dtype=np.int32)[None, :])
-        with tf.device(self.device):
+        with self._placed():
             out = self._generate(idx, int(max_new_tokens), tf.constant(float(temperature), tf.float32),
                                  tf.constant(min(top_k or V, V), tf.int32),
                                  tf.constant(1.0 if top_p is None else float(top_p), tf.float32),

@@ -4,6 +4,7 @@ import os
 os.environ.setdefault("KERAS_BACKEND", "tensorflow")
 
 import keras  # noqa: E402
+import tensorflow as tf  # noqa: E402
 from keras import ops  # noqa: E402
 
 from common.config import TrainConfig  # noqa: E402
@@ -32,6 +33,16 @@ class AdamW(keras.optimizers.AdamW):
         bias_correction2 = 1 - ops.power(ops.cast(self.beta_2, variable.dtype), step)
         denom = ops.sqrt(v) / ops.sqrt(bias_correction2) + self.epsilon
         self.assign_sub(variable, lr / bias_correction1 * m / denom)
+
+    def _clip_gradients(self, grads):
+        # Under tf.distribute Keras clips each replica's share of the gradient before the shares
+        # are summed (tensorflow/tensorflow#33929): clip their sum, the whole batch's gradient,
+        # then hand each replica its share of it again.
+        replica = tf.distribute.get_replica_context()
+        if self.global_clipnorm and replica is not None and replica.num_replicas_in_sync > 1:
+            n = replica.num_replicas_in_sync
+            return [g / n for g in super()._clip_gradients(replica.all_reduce("sum", grads))]
+        return super()._clip_gradients(grads)
 
     def moments(self, variable):
         """The first and second moment variables of one model variable."""
