@@ -245,6 +245,7 @@ def run_one(args, framework: str, run_dir: Path, resume: bool = False) -> dict:
         for step in range(start_step, train_cfg.max_iters):
             x, y = get_batch(data.train, train_cfg.batch_size, model_cfg.block_size, train_cfg.seed, step)
             backend.train_step(x, y, learning_rate(step, train_cfg))
+        backend.close()
         return {}
     env = environment(backend, args)
     (run_dir / "config.json").write_text(json.dumps(run_config, indent=2))
@@ -368,6 +369,7 @@ def run_one(args, framework: str, run_dir: Path, resume: bool = False) -> dict:
         **generation,
     }
     (run_dir / "summary.json").write_text(json.dumps(summary, indent=2))
+    backend.close()
     progress.message(f"done: val loss {summary['final_val_loss']:.4f}, {tokens_per_s or 0:,.0f} tok/s, "
                      f"{summary['median_step_ms']:.1f} ms/step median -> {run_dir}")
     return summary

@@ -124,6 +124,9 @@ class Backend(ABC):
     def reset_peak_memory(self) -> None:
         pass
 
+    def close(self) -> None:
+        """Release what outlives the object (a data-parallel process group); every process calls it."""
+
     def profile(self, log_dir: str):
         """A context manager writing the framework's own trace to log_dir."""
         import contextlib

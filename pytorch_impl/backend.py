@@ -119,6 +119,9 @@ class Backend(BaseBackend):
             out = generate(self.model, idx, max_new_tokens, temperature, top_k, top_p, generator, use_cache)
         return out[0, len(prompt):].tolist()
 
+    def close(self):
+        parallel.shutdown()
+
     def device_info(self):
         info = {"framework_version": torch.__version__, "device": "cpu", "device_name": "cpu",
                 "device_count": 1, "threads": torch.get_num_threads()}

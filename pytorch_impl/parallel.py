@@ -47,3 +47,11 @@ def mean_over_replicas(value: torch.Tensor) -> torch.Tensor:
     value = value.detach().clone()
     dist.all_reduce(value, op=dist.ReduceOp.SUM)
     return value / dist.get_world_size()
+
+
+def shutdown() -> None:
+    """Wait for every process, then take the group down: a process exiting with gloo's threads
+    still running aborts ("terminate called without an active exception")."""
+    if dist.is_initialized():
+        dist.barrier()
+        dist.destroy_process_group()
