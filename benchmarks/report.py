@@ -41,11 +41,13 @@ class Group:
     framework: str
     device_name: str
     dtype: str
+    replicas: int = 1
     runs: list[Run] = field(default_factory=list)
 
     @property
     def label(self) -> str:
-        return self.framework if len(self.runs) == 1 else f"{self.framework} (n={len(self.runs)})"
+        name = self.framework if self.replicas == 1 else f"{self.framework} ×{self.replicas}"
+        return name if len(self.runs) == 1 else f"{name} (n={len(self.runs)})"
 
     def values(self, key: str) -> list[float]:
         return [r.summary[key] for r in self.runs if r.summary.get(key) is not None]
@@ -96,9 +98,24 @@ def group_runs(runs: list[Run]) -> list[Group]:
     groups: dict[tuple, Group] = {}
     for run in runs:
         s = run.summary
-        key = (s["framework"], s["device_name"], s["dtype"])
+        key = (s["framework"], s["device_name"], s["dtype"], s.get("replicas", 1))
         groups.setdefault(key, Group(*key)).runs.append(run)
-    return sorted(groups.values(), key=lambda g: (g.device_name, g.dtype, FRAMEWORK_ORDER.get(g.framework, 9)))
+    return sorted(groups.values(), key=lambda g: (g.device_name, g.dtype, FRAMEWORK_ORDER.get(g.framework, 9),
+                                                  g.replicas))
+
+
+def scaling_rows(groups: list[Group]) -> tuple[list[str], list[list[str]]]:
+    """Data-parallel scaling: tokens/s on N replicas against N times the one-replica figure."""
+    single = {(g.framework, g.device_name, g.dtype): g.mean("tokens_per_s") for g in groups if g.replicas == 1}
+    header = ["framework", "device", "replicas", "tokens/s", "speed-up", "scaling efficiency"]
+    rows = []
+    for g in groups:
+        base = single.get((g.framework, g.device_name, g.dtype))
+        if g.replicas > 1 and base:
+            tps = g.mean("tokens_per_s")
+            rows.append([g.framework, g.device_name, str(g.replicas), _fmt(tps, 0), _fmt(tps / base, 2) + "×",
+                         _fmt(tps / (base * g.replicas), 1, percent=True)])
+    return header, rows
 
 
 # --- numbers -------------------------------------------------------------------------------------
@@ -254,6 +271,9 @@ def write_report(run_dirs: list[Path], out: Path, problems: list[str] | None = N
         (out / name).write_bytes(data)
     tables = {"Training, throughput and memory": summary_rows(groups),
               "Sample quality": quality_rows(groups), "Environment": environment_rows(groups)}
+    scaling = scaling_rows(groups)
+    if scaling[1]:
+        tables["Data-parallel scaling"] = scaling
     first = groups[0].runs[0]
     model = first.config["model"]
     title = (f"{first.config['preset']} on {first.config['dataset']}: {model['n_layer']} layers, "
@@ -371,6 +391,9 @@ def write_benchmarks_md(run_sets: list[Path], path: Path, figures_dir: Path) -> 
         lines += [markdown_table(header, rows), ""]
         header, rows = quality_rows(groups)
         lines += ["Sample quality:", "", markdown_table(header, rows), ""]
+        header, rows = scaling_rows(groups)
+        if rows:
+            lines += ["Data-parallel scaling:", "", markdown_table(header, rows), ""]
         rows = checks(groups)
         if rows:
             lines += ["Bars from the issues, measured here:", "", markdown_table(["bar", "measured", "met"], rows), ""]
