@@ -59,7 +59,6 @@ def trained_params(shakespeare_tokens):
     pytest.importorskip("torch", reason="PyTorch trains the shared test model")
     from common.data import get_batch
     from common.params import init_params
-    from common.schedule import learning_rate
     from pytorch_impl.backend import Backend
     from tests.test_parity import CONFIG, TRAIN
     backend = Backend(CONFIG, TRAIN, init_params(CONFIG, 0), device="cpu")
