@@ -136,13 +136,32 @@ class GPT(nnx.Module):
         B, T = idx.shape
         assert T <= self.config.block_size, f"{T} positions > block_size"
         start = cache.length if cache is not None else 0
-        x = self.drop(self.wte(idx) + self.wpe(start + jnp.arange(T)))  # (B, T, C)
+        x = self.drop(embed_tokens(self.wte, idx) + self.wpe(start + jnp.arange(T)))  # (B, T, C)
         for block in self.h:
             x, cache = block(x, cache)
         logits = self.wte.attend(self.ln_f(x))  # (B, T, vocab_size)
         if cache is not None:
             return logits, cache._replace(length=cache.length + T)
         return logits, None if targets is None else cross_entropy(logits, targets)
+
+
+# Up to this many tokens the embedding lookup is a one-hot matmul (see embed_tokens); its cost,
+# 2 * vocab_size * n_embd flops a token each way, is then around 1% of a step or less.
+ONE_HOT_MAX_VOCAB = 1024
+
+
+def embed_tokens(wte: nnx.Embed, idx):
+    """wte(idx), for a small vocabulary as one_hot(idx) @ table: the same values, another gradient.
+
+    The gradient of a lookup adds every position's vector into its token's row. jnp.take's is a
+    scatter-add, and on a GPU positions holding the same token serialise on atomic adds, so text,
+    where a few characters are most of the positions, made the shakespeare-char step ~2.7x slower
+    on an H100 than uniformly random ids did. The one-hot form's gradient is a dense matmul.
+    """
+    if wte.num_embeddings > ONE_HOT_MAX_VOCAB:
+        return wte(idx)
+    table = wte.embedding[...].astype(wte.dtype or wte.embedding[...].dtype)
+    return jax.nn.one_hot(idx, wte.num_embeddings, dtype=table.dtype) @ table
 
 
 def cross_entropy(logits, targets):
