@@ -42,11 +42,13 @@ class Group:
     device_name: str
     dtype: str
     replicas: int = 1
+    compiled: bool = False  # torch.compile; JAX and Keras always compile, so only PyTorch sets it
     runs: list[Run] = field(default_factory=list)
 
     @property
     def label(self) -> str:
-        name = self.framework if self.replicas == 1 else f"{self.framework} ×{self.replicas}"
+        name = f"{self.framework} compiled" if self.compiled else self.framework
+        name = name if self.replicas == 1 else f"{name} ×{self.replicas}"
         return name if len(self.runs) == 1 else f"{name} (n={len(self.runs)})"
 
     def values(self, key: str) -> list[float]:
@@ -98,19 +100,21 @@ def group_runs(runs: list[Run]) -> list[Group]:
     groups: dict[tuple, Group] = {}
     for run in runs:
         s = run.summary
-        key = (s["framework"], s["device_name"], s["dtype"], s.get("replicas", 1))
+        key = (s["framework"], s["device_name"], s["dtype"], s.get("replicas", 1),
+               bool(s.get("compile")) and s["framework"] == "pytorch")
         groups.setdefault(key, Group(*key)).runs.append(run)
     return sorted(groups.values(), key=lambda g: (g.device_name, g.dtype, FRAMEWORK_ORDER.get(g.framework, 9),
-                                                  g.replicas))
+                                                  g.compiled, g.replicas))
 
 
 def scaling_rows(groups: list[Group]) -> tuple[list[str], list[list[str]]]:
     """Data-parallel scaling: tokens/s on N replicas against N times the one-replica figure."""
-    single = {(g.framework, g.device_name, g.dtype): g.mean("tokens_per_s") for g in groups if g.replicas == 1}
+    single = {(g.framework, g.device_name, g.dtype, g.compiled): g.mean("tokens_per_s")
+              for g in groups if g.replicas == 1}
     header = ["framework", "device", "replicas", "tokens/s", "speed-up", "scaling efficiency"]
     rows = []
     for g in groups:
-        base = single.get((g.framework, g.device_name, g.dtype))
+        base = single.get((g.framework, g.device_name, g.dtype, g.compiled))
         if g.replicas > 1 and base:
             tps = g.mean("tokens_per_s")
             rows.append([g.framework, g.device_name, str(g.replicas), _fmt(tps, 0), _fmt(tps / base, 2) + "×",
@@ -243,7 +247,7 @@ def figures(groups: list[Group]) -> dict[str, bytes]:
         out[name] = png(fig)
 
     fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(9, 3.5))
-    labels = [f"{g.framework}\n{g.device_name[:18]}\n{g.dtype}" for g in groups]
+    labels = [f"{g.label}\n{g.device_name[:18]}\n{g.dtype}" for g in groups]
     colors = [COLORS.get(g.framework, "grey") for g in groups]
     ax1.bar(labels, [g.mean("tokens_per_s") or 0 for g in groups], color=colors,
             yerr=[g.spread("tokens_per_s") or 0 for g in groups])
@@ -345,7 +349,7 @@ def checks(groups: list[Group]) -> list[list[str]]:
         fastest = max(speeds.values())
         for label, value in speeds.items():
             check(f"{label}: tokens/s within 1.5× of the fastest", f"{fastest / value:.2f}×", fastest / value <= 1.5)
-    eager = [g.mean("tokens_per_s") for g in groups if g.framework == "pytorch" and not g.runs[0].summary["compile"]]
+    eager = [g.mean("tokens_per_s") for g in groups if g.framework == "pytorch" and not g.compiled]
     if eager and len(speeds) > 1:
         best = max(speeds.values())
         check("some framework ≥ 1.3× eager PyTorch's tokens/s", f"{best / eager[0]:.2f}×", best / eager[0] >= 1.3)

@@ -133,8 +133,9 @@ def environment(backend, args) -> dict:
         except md.PackageNotFoundError:
             pass
     try:
-        commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=REPO, capture_output=True,
-                                text=True, timeout=5).stdout.strip() or None
+        # "-dirty" when tracked files differ from the commit: the figures are then not of that commit.
+        commit = subprocess.run(["git", "describe", "--always", "--dirty", "--abbrev=7"], cwd=REPO,
+                                capture_output=True, text=True, timeout=5).stdout.strip() or None
     except (OSError, subprocess.SubprocessError):
         commit = None
     commit = commit or os.environ.get("NANOGPT_GIT_COMMIT")  # a copy of the tree without .git

@@ -1,30 +1,40 @@
 """Report arithmetic on made-up runs: grouping by replicas, scaling efficiency, the bars."""
 from pathlib import Path
 
-from benchmarks.report import Group, Run, checks, scaling_rows
+from benchmarks.report import Group, Run, checks, group_runs, scaling_rows
 
 
-def _run(framework, replicas, tokens_per_s, best=1.95, final=1.95, seed=0):
+def _run(framework, replicas, tokens_per_s, best=1.95, final=1.95, seed=0, compile=False):
     summary = {"framework": framework, "device_name": "cpu", "dtype": "float32", "replicas": replicas,
-               "tokens_per_s": tokens_per_s, "best_val_loss": best, "final_val_loss": final, "compile": False,
+               "tokens_per_s": tokens_per_s, "best_val_loss": best, "final_val_loss": final, "compile": compile,
                "kv_cache_speedup": 6.0, "generation_timed_tokens": 63, "harness_overhead_frac": 0.01}
     config = {"preset": "cpu-baby", "model": {"block_size": 64}, "train": {"max_iters": 2000}}
     return Run(Path(f"{framework}-{replicas}-{seed}"), summary, config, {}, [], [], "")
 
 
 def test_scaling_efficiency_against_the_one_replica_run():
-    groups = [Group("jax", "cpu", "float32", 1, [_run("jax", 1, 1000.0)]),
-              Group("jax", "cpu", "float32", 2, [_run("jax", 2, 1500.0)])]
+    groups = [Group("jax", "cpu", "float32", 1, runs=[_run("jax", 1, 1000.0)]),
+              Group("jax", "cpu", "float32", 2, runs=[_run("jax", 2, 1500.0)])]
     _, rows = scaling_rows(groups)
     assert rows == [["jax", "cpu", "2", "1500", "1.50×", "75.0%"]]
 
 
 def test_bars_use_best_val_and_compare_speeds():
-    groups = [Group("pytorch", "cpu", "float32", 1, [_run("pytorch", 1, 1000.0, best=1.89, final=1.93)]),
-              Group("jax", "cpu", "float32", 1, [_run("jax", 1, 1400.0, best=1.91, final=1.92)])]
+    groups = [Group("pytorch", "cpu", "float32", 1, runs=[_run("pytorch", 1, 1000.0, best=1.89, final=1.93)]),
+              Group("jax", "cpu", "float32", 1, runs=[_run("jax", 1, 1400.0, best=1.91, final=1.92)])]
     verdicts = {row[0]: (row[1], row[2]) for row in checks(groups)}
     assert verdicts["pytorch: best val loss ≤ 1.9 (nanoGPT's reference figure)"] == ("1.8900", "yes")
     assert verdicts["jax: best val loss ≤ 1.9 (nanoGPT's reference figure)"] == ("1.9100", "**no**")
     assert verdicts["final val losses within 0.03 of each other"] == ("0.0100", "yes")
     assert verdicts["some framework ≥ 1.3× eager PyTorch's tokens/s"] == ("1.40×", "yes")
     assert verdicts["pytorch: tokens/s within 1.5× of the fastest"] == ("1.40×", "yes")
+
+
+def test_compiled_pytorch_is_its_own_row_and_not_the_eager_baseline():
+    runs = [_run("pytorch", 1, 1000.0), _run("pytorch", 1, 1250.0, compile=True), _run("jax", 1, 1200.0)]
+    groups = group_runs(runs)
+    assert [g.label for g in groups] == ["pytorch", "pytorch compiled", "jax"]
+    verdicts = {row[0]: (row[1], row[2]) for row in checks(groups)}
+    # The baseline is the eager run (1000), whichever order the runs come in.
+    assert verdicts["some framework ≥ 1.3× eager PyTorch's tokens/s"] == ("1.25×", "**no**")
+    assert verdicts["pytorch compiled: tokens/s within 1.5× of the fastest"] == ("1.00×", "yes")
