@@ -367,6 +367,11 @@ def checks(groups: list[Group]) -> list[list[str]]:
     return rows
 
 
+def _version(group: Group) -> str:
+    version = str(group.runs[0].env.get("framework_version"))
+    return version if version.startswith(group.framework) else f"{group.framework} {version}"
+
+
 def write_benchmarks_md(run_sets: list[Path], path: Path, figures_dir: Path) -> Path:
     """One section per run set (a folder of runs made by one command), each with its tables and checks."""
     figures_dir.mkdir(parents=True, exist_ok=True)
@@ -380,17 +385,23 @@ def write_benchmarks_md(run_sets: list[Path], path: Path, figures_dir: Path) -> 
         env, model = first.env, first.config["model"]
         device = "GPU" if env.get("device") != "cpu" else "CPU"
         name = run_set.name
+        runs = [run for g in groups for run in g.runs]
+        commands = list(dict.fromkeys(run.env.get("command") for run in runs))
+        commits = list(dict.fromkeys(str(run.env.get("git_commit")) for run in runs))
         lines += [f"## {first.config['preset']} on {device}: {groups[0].device_name if device == 'GPU' else env.get('cpu')}",
                   "",
-                  f"- command: `{env.get('command')}`",
-                  f"- date: {env.get('date')}, commit {env.get('git_commit')}",
+                  *[f"- command: `{command}`" for command in commands],
+                  f"- date: {env.get('date')}, commit {', '.join(commits)}",
                   f"- machine: {env.get('cpu')} ({env.get('cpu_count')} cores), {env.get('platform')}, "
                   f"Python {env.get('python')}",
-                  "- versions: " + ", ".join(f"{g.framework} {g.runs[0].env.get('framework_version')}" for g in groups),
+                  "- versions: " + ", ".join(dict.fromkeys(_version(g) for g in groups)),
                   f"- model: {model['n_layer']} layers × {model['n_head']} heads × {model['n_embd']} wide, block "
                   f"{model['block_size']}, {first.summary['params']:,} parameters; "
                   f"{first.config['train']['max_iters']} steps of batch {first.config['train']['batch_size']}",
                   ""]
+        notes = run_set / "NOTES.md"  # what the numbers alone do not say, written by whoever ran them
+        if notes.exists():
+            lines += [notes.read_text(encoding="utf-8").strip(), ""]
         header, rows = summary_rows(groups)
         lines += [markdown_table(header, rows), ""]
         header, rows = quality_rows(groups)

@@ -215,3 +215,23 @@ def test_profile_writes_the_framework_trace(tmp_path, shakespeare_path):
     assert result.returncode == 0, result.stderr
     traces = list((tmp_path / "pytorch" / "profile").glob("*.pt.trace.json"))
     assert len(traces) == 1 and '"traceEvents"' in traces[0].read_text()
+
+
+@pytest.mark.pytorch
+def test_benchmarks_md_section_lists_every_command_commit_and_the_notes(pytorch_run, tmp_path):
+    import shutil
+    from benchmarks.report import write_benchmarks_md
+    folder, _ = pytorch_run
+    run_set = tmp_path / "set"
+    for name, command in (("pytorch", "python -m benchmarks.run A"), ("pytorch-compiled", "python -m benchmarks.run B")):
+        shutil.copytree(folder, run_set / name, ignore=shutil.ignore_patterns("checkpoints", "*.safetensors"))
+        env = json.loads((run_set / name / "env.json").read_text())
+        (run_set / name / "env.json").write_text(json.dumps({**env, "command": command}))
+    summary = json.loads((run_set / "pytorch-compiled" / "summary.json").read_text())
+    (run_set / "pytorch-compiled" / "summary.json").write_text(json.dumps({**summary, "compile": True}))
+    (run_set / "NOTES.md").write_text("Ran with the fan on.\n")
+    text = write_benchmarks_md([run_set], tmp_path / "BENCHMARKS.md", tmp_path / "figures").read_text()
+    assert "- command: `python -m benchmarks.run A`\n- command: `python -m benchmarks.run B`" in text
+    assert "Ran with the fan on." in text
+    assert "| pytorch compiled |" in text and "| pytorch |" in text
+    assert text.count("![") == len(list((tmp_path / "figures").iterdir())) > 0
