@@ -30,7 +30,7 @@ def filter_logits(logits, temperature, top_k=None, top_p=None):
     return logits
 
 
-def sample_next(logits, key, temperature, top_k, top_p, greedy: bool):
+def sample_next(logits, temperature, top_k, top_p, key, greedy: bool):
     """(B, V) logits -> (B,) token ids."""
     if greedy:
         return jnp.argmax(logits, axis=-1)
@@ -54,7 +54,7 @@ def generate(model: GPT, tokens, prompt_len, key, temperature=1.0, top_k=None, t
     assert S >= block_size, "the token buffer must hold at least block_size positions"
 
     def sample(logits, i):
-        return sample_next(logits, jax.random.fold_in(key, i), temperature, top_k, top_p, greedy)
+        return sample_next(logits, temperature, top_k, top_p, jax.random.fold_in(key, i), greedy)
 
     def write(tokens, at, ids):
         return jax.lax.dynamic_update_slice(tokens, ids[:, None].astype(tokens.dtype), (0, at))
@@ -78,7 +78,7 @@ def generate(model: GPT, tokens, prompt_len, key, temperature=1.0, top_k=None, t
     if use_cache:
         # Prefill on a padded block_size window, like windowed_step; the padding's keys land in cache
         # slots at positions >= prompt_len, which every later query masks until decoding overwrites them.
-        cache = KVCache.create(model.config, B, model.wte.dtype)
+        cache = KVCache.empty(model.config, B, model.wte.dtype)
         logits, cache = model(tokens[:, :block_size], cache=cache)
         cache = cache._replace(length=prompt_len)
         last = jax.lax.dynamic_index_in_dim(logits, prompt_len - 1, axis=1, keepdims=False)  # (B, V)

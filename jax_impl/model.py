@@ -25,7 +25,7 @@ class KVCache(NamedTuple):
     length: jax.Array  # int32 scalar: positions filled, the same in every layer
 
     @classmethod
-    def create(cls, config: GPTConfig, batch_size: int, dtype=jnp.float32) -> "KVCache":
+    def empty(cls, config: GPTConfig, batch_size: int, dtype=jnp.float32) -> "KVCache":
         shape = (config.n_layer, batch_size, config.n_head, config.block_size, config.head_size)
         return cls(jnp.zeros(shape, dtype), jnp.zeros(shape, dtype), jnp.zeros((), jnp.int32))
 

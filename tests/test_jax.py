@@ -90,7 +90,7 @@ def test_kv_cache_logits_equal_full_forward():
     model = _model()
     x, _ = _batch()
     full, _ = model(jnp.asarray(x))
-    cache = KVCache.create(CONFIG, batch_size=3)
+    cache = KVCache.empty(CONFIG, batch_size=3)
     prefix, cache = model(jnp.asarray(x[:, :9]), cache=cache)
     steps = [prefix]
     for t in range(9, CONFIG.block_size):
