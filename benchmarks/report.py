@@ -140,7 +140,7 @@ def _bytes(value) -> str:
 
 def summary_rows(groups: list[Group]) -> tuple[list[str], list[list[str]]]:
     fastest = max((g.mean("tokens_per_s") or 0 for g in groups), default=0)
-    header = ["framework", "device", "dtype", "final val loss", "best val loss", "val bpc", "tokens/s",
+    header = ["framework", "device", "dtype", "final val loss", "best val loss", "whole val split", "val bpc", "tokens/s",
               "× fastest", "step ms median (p10–p90)", "first step s", "MFU", "peak memory",
               "gen tok/s (KV cache)", "KV speedup", "harness overhead"]
     rows = []
@@ -152,6 +152,7 @@ def summary_rows(groups: list[Group]) -> tuple[list[str], list[list[str]]]:
             g.label, g.device_name, g.dtype,
             _fmt(g.mean("final_val_loss"), 4, g.spread("final_val_loss")),
             _fmt(g.mean("best_val_loss"), 4, g.spread("best_val_loss")),
+            _fmt(g.mean("whole_val_loss"), 4, g.spread("whole_val_loss")),
             _fmt(g.mean("final_val_bpc"), 3),
             _fmt(tps, 0, g.spread("tokens_per_s")),
             _fmt(tps / fastest if tps and fastest else None, 2),

@@ -28,12 +28,13 @@ import numpy as np
 from common.backend import FRAMEWORKS, canonical_framework, is_installed, load_backend, missing_modules
 from common.checkpoint import load_training_state, save_checkpoint, save_training_state
 from common.config import PRESET_NAMES, GPTConfig, TrainConfig, apply_overrides, get_preset
-from common.data import eval_batches, get_batch, prepare
+from common.data import eval_batches, get_batch, prepare, split_batches
 from common.errors import UserError, one_line
 from common.flops import accelerator_peak, cpu_peak_flops, flops_per_token
 from common.quality import sample_quality
 from common.sampling import cut_at_stop
 from common.schedule import learning_rate
+from common.spec import LOSS_IGNORE_INDEX
 from common.tokenizers import bits_per_char
 
 REPO = Path(__file__).resolve().parents[1]
@@ -167,6 +168,13 @@ def _percentile(values, q):
 
 def evaluate(backend, batches) -> float:
     return float(np.mean([backend.eval_loss(x, y) for x, y in batches]))
+
+
+def evaluate_split(backend, batches) -> float:
+    """Mean loss over every real target of common.data.split_batches (padding targets are ignored)."""
+    counts = [int(np.count_nonzero(y != LOSS_IGNORE_INDEX)) for _, y in batches]
+    losses = [backend.eval_loss(x, y) for x, y in batches]
+    return float(np.dot(losses, counts) / sum(counts))
 
 
 def _fresh_setup(args, framework: str, run_dir: Path):
@@ -344,6 +352,11 @@ def run_one(args, framework: str, run_dir: Path, resume: bool = False) -> dict:
     tokens_per_s = tokens_per_step / median_step if median_step else None
     overhead = loop_wall - sum(step_times) - eval_time - checkpoint_time
 
+    start = time.perf_counter()
+    whole_val = evaluate_split(backend, split_batches(data.val, train_cfg.batch_size, model_cfg.block_size))
+    whole_val_s = time.perf_counter() - start
+    progress.message(f"val loss over the whole validation split: {whole_val:.4f} ({whole_val_s:.1f} s)")
+
     generation = sample(backend, tokenizer, prompt_ids, args, data)
     (run_dir / "samples.txt").write_text(generation.pop("text"), encoding="utf-8")
 
@@ -356,6 +369,8 @@ def run_one(args, framework: str, run_dir: Path, resume: bool = False) -> dict:
         "params": int(sum(v.size for v in backend.export_params().values())),
         "final_val_loss": evals[-1]["val_loss"], "best_val_loss": best_val,
         "final_train_loss": evals[-1]["train_loss"], "final_val_bpc": evals[-1]["val_bpc"],
+        "whole_val_loss": whole_val, "whole_val_bpc": bits_per_char(whole_val, len(data.val), data.val_chars),
+        "whole_val_s": whole_val_s,
         "time_to_first_step_s": first_step_time, "median_step_ms": median_step * 1e3 if median_step else None,
         "p10_step_ms": _percentile(steady, 10) * 1e3, "p90_step_ms": _percentile(steady, 90) * 1e3,
         "tokens_per_s": tokens_per_s, "flops_per_token": flops, "peak_flops": peak,

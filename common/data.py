@@ -17,6 +17,7 @@ from typing import Callable
 import numpy as np
 
 from common.errors import UserError
+from common.spec import LOSS_IGNORE_INDEX
 from common.tokenizers import (AnyTokenizer, build_tokenizer, check_kind, load_tokenizer,
                                resolve_vocab_size)
 
@@ -302,3 +303,25 @@ def eval_batches(tokens: np.ndarray, batch_size: int, block_size: int, seed: int
     return [_batch(tokens, batch_size, block_size,
                    np.random.default_rng(np.random.SeedSequence(seed, spawn_key=(_EVAL_STREAM, i))))
             for i in range(n)]
+
+
+def split_batches(tokens: np.ndarray, batch_size: int,
+                  block_size: int) -> list[tuple[np.ndarray, np.ndarray]]:
+    """A whole split as consecutive, non-overlapping windows, batch_size at a time.
+
+    eval_batches samples a split (nanoGPT's estimate, noisy by a few hundredths at eval_iters=20);
+    these batches cover every position but the last partial window, so their loss is exact. The
+    last batch is filled up with windows whose targets are all LOSS_IGNORE_INDEX, keeping the
+    training shape (one compiled program) while counting for nothing: weight each batch's mean
+    loss by its number of real targets, as evaluate_split in benchmarks/run.py does.
+    """
+    _check_batch_args(tokens, batch_size, block_size, seed=0)
+    n_windows = (len(tokens) - 1) // block_size
+    ids = np.asarray(tokens[:n_windows * block_size + 1], dtype=np.int32)
+    x = ids[:-1].reshape(n_windows, block_size)
+    y = ids[1:].reshape(n_windows, block_size)
+    padding = -n_windows % batch_size
+    x = np.concatenate([x, np.zeros((padding, block_size), np.int32)])
+    y = np.concatenate([y, np.full((padding, block_size), LOSS_IGNORE_INDEX, np.int32)])
+    return [(np.ascontiguousarray(x[i:i + batch_size]), np.ascontiguousarray(y[i:i + batch_size]))
+            for i in range(0, len(x), batch_size)]

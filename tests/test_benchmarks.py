@@ -6,6 +6,7 @@ import subprocess
 import sys
 from collections import Counter
 
+import numpy as np
 import pytest
 
 from common.backend import FRAMEWORKS, is_installed
@@ -89,6 +90,30 @@ def test_checkpoint_of_a_run_reloads_with_its_val_loss(pytorch_run):
     batches = eval_batches(data.val, train.batch_size, info["config"].block_size, train.seed, train.eval_iters)
     loss = sum(backend.eval_loss(x, y) for x, y in batches) / len(batches)
     assert info["step"] == 200 and loss == pytest.approx(summary["final_val_loss"], abs=1e-5)
+
+
+@pytest.mark.pytorch
+def test_whole_split_val_loss_is_the_mean_over_every_validation_target(pytorch_run):
+    import torch
+    from common.checkpoint import load_checkpoint
+    from common.data import prepare
+    from pytorch_impl.model import GPT, load_canonical
+    folder, _ = pytorch_run
+    params, info = load_checkpoint(folder / "model.safetensors")
+    summary = json.loads((folder / "summary.json").read_text())
+    model = GPT(info["config"])
+    load_canonical(model, params)
+    model.eval()
+    T = info["config"].block_size
+    val = np.asarray(prepare().val, dtype=np.int64)
+    n = (len(val) - 1) // T
+    x, y = torch.from_numpy(val[:n * T].reshape(n, T)), torch.from_numpy(val[1:n * T + 1].reshape(n, T))
+    with torch.no_grad():  # one pass over all windows, summed per target: no batching, no padding
+        logits, _ = model(x)
+        total = torch.nn.functional.cross_entropy(logits.reshape(-1, logits.size(-1)), y.reshape(-1),
+                                                  reduction="sum").item()
+    assert summary["whole_val_loss"] == pytest.approx(total / (n * T), abs=1e-5)
+    assert abs(summary["whole_val_loss"] - summary["final_val_loss"]) < 0.1  # the sample estimates it
 
 
 @pytest.mark.pytorch

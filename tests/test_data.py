@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 
 from common import data
-from common.data import (Corpus, data_dir, eval_batches, get_batch, load_text, prepare,
+from common.data import (Corpus, data_dir, eval_batches, get_batch, load_text, prepare, split_batches,
                          render_plays_csv, split_text)
 from common.errors import UserError
 from common.tokenizers import BPETokenizer, CharTokenizer
@@ -367,3 +367,16 @@ def test_eval_batches_fixed_and_apart_from_training():
     for step in (0, 1, 2, 0xE7A1):
         assert not np.array_equal(first[0][0], get_batch(TOKENS, 4, 8, seed=1, step=step)[0])
     assert not np.array_equal(first[0][0], eval_batches(TOKENS, 4, 8, seed=2, n=1)[0][0])
+
+
+def test_split_batches_cover_every_position_once_with_ignored_padding():
+    tokens = np.arange(1000, dtype=np.uint16)
+    batches = split_batches(tokens, batch_size=4, block_size=16)
+    assert all(x.shape == y.shape == (4, 16) and x.dtype == y.dtype == np.int32 for x, y in batches)
+    x = np.concatenate([b[0] for b in batches])
+    y = np.concatenate([b[1] for b in batches])
+    real = y != -1
+    # 999 targets make 62 whole windows; the 63rd and 64th windows of the last batch are padding.
+    assert len(x) == 64 and real[:62].all() and not real[62:].any()
+    assert np.array_equal(y[real], np.arange(1, 62 * 16 + 1))  # each target exactly once, in order
+    assert np.array_equal(x[:62].ravel() + 1, y[:62].ravel())  # x shifted by one
