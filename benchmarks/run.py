@@ -457,6 +457,8 @@ def main(argv: list[str] | None = None) -> int:
         base_seed = args.seed if args.seed is not None else get_preset(
             "tiny" if args.preset == "auto" else args.preset)[1].seed
         jobs = [(fw, base_seed + r) for fw in names for r in range(args.repeat)]
+        # Checked here too, so a bad --set fails once, at once, not in every subprocess of `all`.
+        apply_overrides(*get_preset(args.preset, args.device in ("gpu", "tpu")), _overrides(args))
         if len(jobs) == 1:
             if not is_installed(names[0]):
                 load_backend(names[0])  # raises the one-line "not installed" error

@@ -134,6 +134,8 @@ def test_existing_run_folder_is_refused_without_force(pytorch_run):
     (["--framework", "torch", "--preset", "tiny", "--dataset", "/no/such/file.txt"], "/no/such/file.txt"),
     (["--framework", "torch", "--preset", "tiny", "--prompt", "héllo€"], "€"),
     (["--framework", "torch", "--preset", "tiny", "--set", "nlayer=3"], "unknown config field 'nlayer'"),
+    # Before any subprocess starts: one line, not one per framework and seed.
+    (["--framework", "all", "--repeat", "2", "--preset", "tiny", "--set", "lr=fast"], "lr"),
     (["--framework", "torch", "--device", "npu"], "invalid choice: 'npu'"),
     (["--framework", "torch", "--preset", "tiny", "--max-iters", "ten"], "invalid int value: 'ten'"),
     (["--resume", "/no/such/run"], "is not a run folder"),

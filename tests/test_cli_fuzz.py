@@ -14,12 +14,13 @@ NUMBER = st.one_of(st.integers(-3, 300).map(str), st.floats(allow_nan=True, allo
 FIELDS = ["n_layer", "n_head", "n_embd", "block_size", "dropout", "bias", "lr", "min_lr", "warmup_iters",
           "lr_decay_iters", "batch_size", "eval_interval", "eval_iters", "grad_clip", "dtype", "compile", "beta2"]
 OPTIONS = st.one_of(
-    st.tuples(st.just("--framework"), st.sampled_from(["pytorch", "torch", "jax", "flax", "tf", "keras", "mxnet", ""])),
+    st.tuples(st.just("--framework"), st.sampled_from(["pytorch", "torch", "jax", "flax", "tf", "keras", "all", "mxnet", ""])),
     st.tuples(st.just("--preset"), st.sampled_from(["tiny", "cpu-baby", "auto", "shakespeare-char", "huge"])),
     st.tuples(st.just("--device"), st.sampled_from(["cpu", "gpu", "tpu", "auto", "npu"])),
     st.tuples(st.just("--dtype"), st.sampled_from(["float32", "bfloat16", "float16"])),
     st.tuples(st.sampled_from(["--max-iters", "--seed", "--num-samples", "--sample-tokens", "--top-k",
-                               "--top-p", "--temperature", "--vocab-size", "--checkpoint-every"]), NUMBER),
+                               "--top-p", "--temperature", "--vocab-size", "--checkpoint-every", "--repeat",
+                               "--replicas"]), NUMBER),
     st.tuples(st.just("--set"), st.builds(lambda f, v: f"{f}={v}", st.sampled_from(FIELDS + ["nope"]), NUMBER)),
     st.tuples(st.just("--set"), TEXT),
     st.tuples(st.just("--tokenizer"), st.sampled_from(["char", "bpe", "word"])),
@@ -41,8 +42,8 @@ def harness(monkeypatch, tmp_path):
     def stop(*args, **kwargs):
         raise ReachedTraining
     monkeypatch.setattr(run, "load_backend", stop)
-    monkeypatch.setattr(run, "_run_many", lambda *a, **k: 0)
-    monkeypatch.setattr(run, "_torchrun", lambda *a, **k: 0)
+    monkeypatch.setattr(run, "_run_many", stop)  # `all` / --repeat: subprocesses would train
+    monkeypatch.setattr(run, "_torchrun", stop)
     monkeypatch.setattr(run, "_accelerator_present", lambda framework, device: device in ("gpu", "tpu"))
     return tmp_path
 
