@@ -20,8 +20,8 @@ from pathlib import Path
 
 from common.errors import UserError, one_line
 
-FRAMEWORK_ORDER = {"pytorch": 0, "tensorflow": 1, "jax": 2}
-COLORS = {"pytorch": "#ee4c2c", "tensorflow": "#ff8f00", "jax": "#4285f4"}
+FRAMEWORK_ORDER = {"pytorch": 0, "tensorflow": 1, "keras-jax": 2, "jax": 3}
+COLORS = {"pytorch": "#ee4c2c", "tensorflow": "#ff8f00", "keras-jax": "#d00000", "jax": "#4285f4"}
 
 
 @dataclass

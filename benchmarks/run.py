@@ -1,6 +1,6 @@
 """Train, evaluate and sample one GPT per framework, writing a run folder as it goes.
 
-    python -m benchmarks.run --framework pytorch|tensorflow|jax|all [--preset auto] [--max-iters N] ...
+    python -m benchmarks.run --framework pytorch|tensorflow|jax|keras-jax|all [--preset auto] [--max-iters N] ...
 
 A run folder holds config.json, env.json, metrics.jsonl (appended while training), samples.txt,
 summary.json and the framework-neutral checkpoint (model.safetensors + optimizer.safetensors).
@@ -49,8 +49,8 @@ class _Parser(argparse.ArgumentParser):
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p = _Parser(prog="python -m benchmarks.run", description=__doc__.split("\n\n")[0],
                 formatter_class=argparse.ArgumentDefaultsHelpFormatter)
-    p.add_argument("--framework", help="pytorch | tensorflow | jax | all "
-                   "(aliases: torch, keras, tf, flax)")
+    p.add_argument("--framework", help="pytorch | tensorflow | jax | keras-jax (the Keras model on Keras' JAX "
+                   "backend) | all (aliases: torch, keras, tf, flax)")
     p.add_argument("--preset", default="auto", help=f"one of {', '.join(PRESET_NAMES)}")
     p.add_argument("--device", default="auto", choices=["auto", "cpu", "gpu", "tpu"])
     p.add_argument("--dtype", choices=["float32", "bfloat16"], help="compute dtype (default: the preset's)")
@@ -84,7 +84,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--run-dir", help=argparse.SUPPRESS)  # set by the parent for each subprocess
     args = p.parse_args(argv)
     if not args.framework and not args.resume:
-        raise UserError("name a framework: --framework pytorch|tensorflow|jax|all (or --resume RUN_DIR).")
+        raise UserError("name a framework: --framework pytorch|tensorflow|jax|keras-jax|all (or --resume RUN_DIR).")
     if args.checkpoint_every is not None and args.checkpoint_every < 1:
         raise UserError("--checkpoint-every must be at least 1.")
     if args.replicas < 1:
@@ -118,7 +118,7 @@ def _accelerator_present(framework: str, device: str) -> bool:
     if framework == "pytorch":
         import torch
         return torch.cuda.is_available()
-    if framework == "jax":
+    if framework in ("jax", "keras-jax"):
         import jax
         return jax.default_backend() != "cpu"
     import tensorflow as tf

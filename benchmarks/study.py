@@ -286,7 +286,7 @@ SECTIONS: tuple[Section, ...] = (
                     "tensorflow_impl.generate:sample_next", "tensorflow_impl.generate:generate",
                     "tensorflow_impl.generate:compiled_generate", "tensorflow_impl.backend:Backend.generate"),
         jax=("jax_impl.model:KVCache", "jax_impl.generate:filter_logits", "jax_impl.generate:sample_next",
-             "jax_impl.generate:generate", "jax_impl.backend:Backend.generate"),
+             "jax_impl.generate:generate", "jax_impl.generate:decode", "jax_impl.backend:Backend.generate"),
         focus=r"\bseed\b|\bkey\b|Generator|stateless|fold_in|multinomial|categorical",
         focus_on="where randomness enters",
         notes=(

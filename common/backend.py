@@ -7,6 +7,8 @@ from __future__ import annotations
 
 import importlib
 import importlib.util
+import os
+import sys
 from abc import ABC, abstractmethod
 from typing import ClassVar
 
@@ -15,11 +17,16 @@ import numpy as np
 from common.config import GPTConfig, TrainConfig
 from common.errors import UserError
 
-FRAMEWORKS = ("pytorch", "tensorflow", "jax")
+# keras-jax is the Keras GPT of tensorflow_impl/ trained on Keras' JAX backend: an extra row, which
+# also measures the Keras model on machines that have JAX but no TensorFlow.
+FRAMEWORKS = ("pytorch", "tensorflow", "jax", "keras-jax")
 ALIASES = {"torch": "pytorch", "pt": "pytorch", "keras": "tensorflow", "tf": "tensorflow",
            "flax": "jax"}
-_MODULES = {"pytorch": ("torch",), "tensorflow": ("tensorflow", "keras"), "jax": ("jax", "flax", "optax")}
-_EXTRAS = {"pytorch": "pytorch", "tensorflow": "tensorflow", "jax": "jax"}
+_MODULES = {"pytorch": ("torch",), "tensorflow": ("tensorflow", "keras"), "jax": ("jax", "flax", "optax"),
+            "keras-jax": ("keras", "jax", "flax", "optax")}  # it shares jax_impl's devices and sampling
+_EXTRAS = {"pytorch": "pytorch", "tensorflow": "tensorflow", "jax": "jax", "keras-jax": "keras-jax"}
+_BACKEND_MODULES = {"keras-jax": "tensorflow_impl.keras_jax"}
+_KERAS_BACKENDS = {"tensorflow": "tensorflow", "keras-jax": "jax"}
 
 
 def canonical_framework(name: str) -> str:
@@ -45,13 +52,31 @@ def load_backend(framework: str) -> type["Backend"]:
     if missing:
         raise UserError(f"{framework} is not installed (missing {', '.join(missing)}): "
                         f"pip install -e \".[{_EXTRAS[framework]}]\".")
+    if framework in _KERAS_BACKENDS:
+        _choose_keras_backend(_KERAS_BACKENDS[framework], framework)
+    name = backend_module(framework)
     try:
-        module = importlib.import_module(f"{framework}_impl.backend")
+        module = importlib.import_module(name)
     except ModuleNotFoundError as e:
-        if e.name == f"{framework}_impl.backend":
+        if e.name == name:
             raise UserError(f"the {framework} implementation is not implemented yet.") from None
         raise
     return module.Backend
+
+
+def backend_module(framework: str) -> str:
+    """The module that defines a framework's Backend class."""
+    return _BACKEND_MODULES.get(framework, f"{framework}_impl.backend")
+
+
+def _choose_keras_backend(backend: str, framework: str) -> None:
+    """Keras reads KERAS_BACKEND once, when it is first imported, for the whole process."""
+    keras = sys.modules.get("keras")
+    if keras is None:
+        os.environ["KERAS_BACKEND"] = backend
+    elif keras.backend.backend() != backend:
+        raise UserError(f"Keras is already running on {keras.backend.backend()} in this process, and {framework} "
+                        f"needs {backend}: run {framework} in a process of its own (benchmarks.run does).")
 
 
 class Backend(ABC):

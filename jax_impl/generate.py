@@ -49,12 +49,22 @@ def generate(model: GPT, tokens, prompt_len, key, temperature=1.0, top_k=None, t
     cache: with learned absolute position embeddings, every token's position changes when the window
     slides.
     """
-    block_size = model.config.block_size
-    B, S = tokens.shape
-    assert S >= block_size, "the token buffer must hold at least block_size positions"
+    def new_cache():
+        return KVCache.empty(model.config, tokens.shape[0], model.wte.dtype)
 
     def sample(logits, i):
         return sample_next(logits, temperature, top_k, top_p, jax.random.fold_in(key, i), greedy)
+
+    return decode(model, new_cache, model.config.block_size, tokens, prompt_len, sample,
+                  max_new_tokens=max_new_tokens, use_cache=use_cache)
+
+
+def decode(forward, new_cache, block_size: int, tokens, prompt_len, sample, *, max_new_tokens: int,
+           use_cache: bool):
+    """The loop of `generate` for any forward(ids, cache=None) -> (logits, cache) and KV cache:
+    the Keras GPT on Keras' JAX backend (tensorflow_impl/keras_jax.py) runs it too."""
+    B, S = tokens.shape
+    assert S >= block_size, "the token buffer must hold at least block_size positions"
 
     def write(tokens, at, ids):
         return jax.lax.dynamic_update_slice(tokens, ids[:, None].astype(tokens.dtype), (0, at))
@@ -64,22 +74,21 @@ def generate(model: GPT, tokens, prompt_len, key, temperature=1.0, top_k=None, t
         # makes the columns after it irrelevant to the logits at its last position.
         length = prompt_len + i
         start = jnp.maximum(length - block_size, 0)
-        logits, _ = model(jax.lax.dynamic_slice_in_dim(tokens, start, block_size, axis=1))  # (B, bs, V)
+        logits, _ = forward(jax.lax.dynamic_slice_in_dim(tokens, start, block_size, axis=1))  # (B, bs, V)
         last = jax.lax.dynamic_index_in_dim(logits, length - 1 - start, axis=1, keepdims=False)  # (B, V)
         return write(tokens, length, sample(last, i))
 
     def cached_step(i, carry):
         tokens, cache = carry
         length = prompt_len + i
-        logits, cache = model(jax.lax.dynamic_slice_in_dim(tokens, length - 1, 1, axis=1), cache=cache)
+        logits, cache = forward(jax.lax.dynamic_slice_in_dim(tokens, length - 1, 1, axis=1), cache=cache)
         return write(tokens, length, sample(logits[:, -1], i)), cache
 
     n_cached = 0
     if use_cache:
         # Prefill on a padded block_size window, like windowed_step; the padding's keys land in cache
         # slots at positions >= prompt_len, which every later query masks until decoding overwrites them.
-        cache = KVCache.empty(model.config, B, model.wte.dtype)
-        logits, cache = model(tokens[:, :block_size], cache=cache)
+        logits, cache = forward(tokens[:, :block_size], cache=new_cache())
         cache = cache._replace(length=prompt_len)
         last = jax.lax.dynamic_index_in_dim(logits, prompt_len - 1, axis=1, keepdims=False)  # (B, V)
         tokens = write(tokens, prompt_len, sample(last, 0))

@@ -1,10 +1,9 @@
-"""AdamW and one training step in Keras 3, compiled with XLA."""
+"""AdamW and one training step in Keras 3, compiled with XLA (on TensorFlow, or on JAX for keras-jax)."""
 import os
 
 os.environ.setdefault("KERAS_BACKEND", "tensorflow")
 
 import keras  # noqa: E402
-import tensorflow as tf  # noqa: E402
 from keras import ops  # noqa: E402
 
 from common.config import TrainConfig  # noqa: E402
@@ -38,6 +37,9 @@ class AdamW(keras.optimizers.AdamW):
         # Under tf.distribute Keras clips each replica's share of the gradient before the shares
         # are summed (tensorflow/tensorflow#33929): clip their sum, the whole batch's gradient,
         # then hand each replica its share of it again.
+        if keras.backend.backend() != "tensorflow":  # the same model trained on Keras' JAX backend
+            return super()._clip_gradients(grads)
+        import tensorflow as tf
         replica = tf.distribute.get_replica_context()
         if self.global_clipnorm and replica is not None and replica.num_replicas_in_sync > 1:
             n = replica.num_replicas_in_sync

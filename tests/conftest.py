@@ -14,6 +14,7 @@ _FRAMEWORK_MODULES = {
     "pytorch": ["torch"],
     "tensorflow": ["tensorflow", "keras"],
     "jax": ["jax", "flax", "optax"],
+    "keras_jax": ["keras", "jax", "flax", "optax"],
 }
 
 
@@ -30,7 +31,7 @@ def pytest_collection_modifyitems(config, items):
             if missing:
                 item.add_marker(pytest.mark.skip(
                     reason=f"{framework} not installed (missing {', '.join(missing)}): "
-                           f'pip install -e ".[{framework}]"'))
+                           f'pip install -e ".[{framework.replace("_", "-")}]"'))
 
 
 @pytest.fixture(scope="session")

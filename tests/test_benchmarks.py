@@ -9,7 +9,7 @@ from collections import Counter
 import numpy as np
 import pytest
 
-from common.backend import FRAMEWORKS, is_installed
+from common.backend import FRAMEWORKS, backend_module, is_installed
 from tests.conftest import REPO
 
 
@@ -215,13 +215,13 @@ def test_all_frameworks_side_by_side_with_one_crashing(tmp_path, shakespeare_pat
         "import importlib.abc, os, sys\n"
         "class _Crash(importlib.abc.MetaPathFinder):\n"
         "    def find_spec(self, name, path=None, target=None):\n"
-        "        if name == os.environ['CRASH_FRAMEWORK'] + '_impl.backend':\n"
+        "        if name == os.environ['CRASH_MODULE']:\n"
         "            raise RuntimeError('injected crash')\n"
         "sys.meta_path.insert(0, _Crash())\n")
     out = tmp_path / "runs"
     result = _run("--framework", "all", "--preset", "tiny", "--max-iters", "30", "--sample-tokens", "60",
                   "--num-samples", "1", "--out", str(out),
-                  env={"PYTHONPATH": str(hook), "CRASH_FRAMEWORK": crashing})
+                  env={"PYTHONPATH": str(hook), "CRASH_MODULE": backend_module(crashing)})
     assert result.returncode == 1  # not everything finished
     survivors = [f for f in installed if f != crashing]
     for framework in survivors:

@@ -3,6 +3,8 @@
 Each framework is compared with PyTorch (and PyTorch with the float64 numpy reference in
 test_pytorch.py). Bounds are the issues' and are not to be widened: a miss has a cause.
 """
+import os
+
 import numpy as np
 import pytest
 
@@ -13,8 +15,11 @@ from common.params import init_params
 from common.schedule import learning_rate
 from tests.reference import assert_trained_params_match, relative_error
 
-OTHERS = [pytest.param("jax", marks=[pytest.mark.jax]),
-          pytest.param("tensorflow", marks=[pytest.mark.tensorflow])]
+# Keras reads its backend once per process. Under KERAS_BACKEND=jax, which tests/test_keras_jax.py
+# sets for a process of its own, the Keras model on JAX (keras-jax) takes the TensorFlow row's place.
+KERAS = (pytest.param("keras-jax", marks=[pytest.mark.keras_jax]) if os.environ.get("KERAS_BACKEND") == "jax"
+         else pytest.param("tensorflow", marks=[pytest.mark.tensorflow]))
+OTHERS = [pytest.param("jax", marks=[pytest.mark.jax]), KERAS]
 pytestmark = [pytest.mark.parity, pytest.mark.pytorch]
 
 CONFIG = GPTConfig(vocab_size=65, block_size=32, n_layer=2, n_head=4, n_embd=64, dropout=0.0, bias=True)

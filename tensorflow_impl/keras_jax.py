@@ -1,0 +1,153 @@
+"""The Keras GPT of tensorflow_impl/model.py, unchanged, on Keras' JAX backend (`--framework keras-jax`).
+
+The same model, loss and AdamW as the TensorFlow row, with Keras' own train step compiled by jax.jit
+instead of TensorFlow's XLA: the Keras row on machines that have JAX but no TensorFlow, and a
+measure of what the backend alone changes. Keras reads its backend once per process, so
+common.backend.load_backend sets KERAS_BACKEND=jax before this module imports Keras.
+"""
+import contextlib
+import functools
+import os
+
+os.environ.setdefault("KERAS_BACKEND", "jax")
+
+import jax  # noqa: E402
+import keras  # noqa: E402
+import numpy as np  # noqa: E402
+from keras import ops  # noqa: E402
+
+from common.backend import Backend as BaseBackend  # noqa: E402
+from common.config import GPTConfig, TrainConfig  # noqa: E402
+from common.errors import UserError  # noqa: E402
+from jax_impl.backend import resolve_device  # noqa: E402
+from jax_impl.generate import decode, sample_next  # noqa: E402
+from tensorflow_impl.model import GPT, KVCache, canonical_variables, load_canonical, to_canonical  # noqa: E402
+from tensorflow_impl.train import compile_model, train_step  # noqa: E402
+
+
+@functools.partial(jax.jit, static_argnums=0, static_argnames=("max_new_tokens", "use_cache", "greedy"))
+def _generate(model: GPT, variables, tokens, prompt_len, key, temperature, top_k, top_p, *,
+              max_new_tokens: int, use_cache: bool, greedy: bool):
+    """jax_impl's generation loop around the Keras model, its variables passed in as arrays."""
+    trainable, non_trainable = variables
+
+    def forward(ids, cache=None):
+        out, _ = model.stateless_call(trainable, non_trainable, ids, cache=cache, training=False)
+        return out if cache is not None else (out, None)
+
+    def new_cache():
+        return KVCache.empty(model.config, tokens.shape[0], model.compute_dtype)
+
+    def sample(logits, i):
+        return sample_next(logits, temperature, top_k, top_p, jax.random.fold_in(key, i), greedy)
+
+    return decode(forward, new_cache, model.config.block_size, tokens, prompt_len, sample,
+                  max_new_tokens=max_new_tokens, use_cache=use_cache)
+
+
+class Backend(BaseBackend):
+    name = "keras-jax"
+
+    def __init__(self, config: GPTConfig, train: TrainConfig, params: dict, device: str = "auto",
+                 replicas: int = 1):
+        super().__init__(config, train, params, device, replicas)
+        if keras.backend.backend() != "jax":
+            raise UserError(f"Keras runs on {keras.backend.backend()} in this process: run keras-jax in a "
+                            "process of its own (benchmarks.run does), or with KERAS_BACKEND=jax.")
+        if replicas > 1:
+            raise UserError("keras-jax runs on one device: use --replicas 1 (data parallelism is in the "
+                            "tensorflow and jax rows).")
+        self.device = resolve_device(device)
+        # float32 means float32, as in jax_impl: no reduced-precision matmul passes on accelerators.
+        self.precision = "highest" if train.dtype == "float32" else "default"
+        with self._placed():
+            self.model = GPT(config, dtype="mixed_bfloat16" if train.dtype == "bfloat16" else "float32")
+            load_canonical(self.model, params)
+            compile_model(self.model, train)
+        self.optimizer = self.model.optimizer
+
+    @contextlib.contextmanager
+    def _placed(self):
+        with jax.default_device(self.device), jax.default_matmul_precision(self.precision):
+            yield
+
+    def train_step(self, x, y, lr):
+        with self._placed():
+            return float(train_step(self.model, np.asarray(x, np.int32), np.asarray(y, np.int32), lr))
+
+    def eval_loss(self, x, y):
+        with self._placed():
+            return float(self.model.test_on_batch(np.asarray(x, np.int32), np.asarray(y, np.int32)))
+
+    def logits(self, x):
+        with self._placed():
+            return np.asarray(self.model.predict_on_batch(np.asarray(x, np.int32)), dtype=np.float32)
+
+    def _variables(self):
+        return ([v.value for v in self.model.trainable_variables],
+                [v.value for v in self.model.non_trainable_variables])
+
+    def loss_and_grads(self, x, y):
+        trainable, non_trainable = self._variables()
+
+        def loss(trainable):
+            logits, _ = self.model.stateless_call(trainable, non_trainable, np.asarray(x, np.int32),
+                                                  training=False)
+            return self.model.loss(np.asarray(y, np.int32), logits)
+
+        with self._placed():
+            value, grads = jax.jit(jax.value_and_grad(loss))(trainable)
+        by_path = {v.path: g for v, g in zip(self.model.trainable_variables, grads)}
+        return float(value), to_canonical(self.model, by_path)
+
+    def export_params(self):
+        return to_canonical(self.model)
+
+    def optimizer_state(self):
+        state = {}
+        for name, variable in canonical_variables(self.model).items():
+            m, v = self.optimizer.moments(variable)
+            state[f"adam_m.{name}"] = np.asarray(ops.convert_to_numpy(m), np.float32)
+            state[f"adam_v.{name}"] = np.asarray(ops.convert_to_numpy(v), np.float32)
+        state["adam_count"] = np.array(int(ops.convert_to_numpy(self.optimizer.iterations)), dtype=np.int64)
+        return state
+
+    def load_optimizer_state(self, state):
+        for name, variable in canonical_variables(self.model).items():
+            m, v = self.optimizer.moments(variable)
+            m.assign(np.asarray(state[f"adam_m.{name}"], dtype=m.dtype))
+            v.assign(np.asarray(state[f"adam_v.{name}"], dtype=v.dtype))
+        self.optimizer.iterations.assign(int(state["adam_count"]))
+
+    def generate(self, prompt, max_new_tokens, *, temperature=1.0, top_k=None, top_p=None, seed=0,
+                 use_cache=True):
+        if not prompt:
+            raise UserError("the prompt is empty: give at least one token to start from.")
+        if max_new_tokens <= 0:
+            return []
+        block_size, P = self.config.block_size, len(prompt)
+        bucket = block_size * max(1, -(-P // block_size))  # as jax_impl: one compiled loop per bucket
+        tokens = np.zeros((1, bucket + max_new_tokens), dtype=np.int32)
+        tokens[0, :P] = prompt
+        greedy = temperature == 0
+        with self._placed():
+            out = _generate(self.model, self._variables(), tokens, np.int32(P), jax.random.key(seed),
+                            None if greedy else np.float32(temperature),
+                            None if greedy or top_k is None else np.int32(top_k),
+                            None if greedy or top_p is None or top_p >= 1.0 else np.float32(top_p),
+                            max_new_tokens=max_new_tokens, use_cache=use_cache and P <= block_size,
+                            greedy=greedy)
+        return np.asarray(out)[0, P:P + max_new_tokens].tolist()
+
+    def device_info(self):
+        kind = {"cuda": "gpu", "rocm": "gpu"}.get(self.device.platform, self.device.platform)
+        return {"framework_version": f"keras {keras.__version__} / jax {jax.__version__}", "device": kind,
+                "device_name": self.device.device_kind, "device_count": len(jax.devices(self.device.platform))}
+
+    def peak_memory_bytes(self):
+        if self.device.platform == "cpu":
+            return None
+        return (self.device.memory_stats() or {}).get("peak_bytes_in_use")
+
+    def profile(self, log_dir):
+        return jax.profiler.trace(log_dir)
