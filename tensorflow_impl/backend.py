@@ -13,8 +13,9 @@ from common.config import GPTConfig, TrainConfig  # noqa: E402
 from common.errors import UserError  # noqa: E402
 from tensorflow_impl import parallel  # noqa: E402
 from tensorflow_impl.generate import compiled_generate  # noqa: E402
-from tensorflow_impl.model import GPT, canonical_variables, load_canonical, to_canonical  # noqa: E402
-from tensorflow_impl.train import compile_model, train_step  # noqa: E402
+from tensorflow_impl.model import GPT, load_canonical, to_canonical  # noqa: E402
+from tensorflow_impl.train import (compile_model, load_optimizer_state, optimizer_state,  # noqa: E402
+                                   train_step)
 
 
 def resolve_device(device: str) -> str:
@@ -106,20 +107,10 @@ class Backend(BaseBackend):
         return to_canonical(self.model)
 
     def optimizer_state(self):
-        state = {}
-        for name, variable in canonical_variables(self.model).items():
-            m, v = self.optimizer.moments(variable)
-            state[f"adam_m.{name}"] = np.asarray(m.numpy(), np.float32)
-            state[f"adam_v.{name}"] = np.asarray(v.numpy(), np.float32)
-        state["adam_count"] = np.array(int(self.optimizer.iterations.numpy()), dtype=np.int64)
-        return state
+        return optimizer_state(self.model)
 
     def load_optimizer_state(self, state):
-        for name, variable in canonical_variables(self.model).items():
-            m, v = self.optimizer.moments(variable)
-            m.assign(np.asarray(state[f"adam_m.{name}"], dtype=m.dtype))
-            v.assign(np.asarray(state[f"adam_v.{name}"], dtype=v.dtype))
-        self.optimizer.iterations.assign(int(state["adam_count"]))
+        load_optimizer_state(self.model, state)
 
     def generate(self, prompt, max_new_tokens, *, temperature=1.0, top_k=None, top_p=None, seed=0,
                  use_cache=True):

@@ -14,15 +14,15 @@ os.environ.setdefault("KERAS_BACKEND", "jax")
 import jax  # noqa: E402
 import keras  # noqa: E402
 import numpy as np  # noqa: E402
-from keras import ops  # noqa: E402
 
 from common.backend import Backend as BaseBackend  # noqa: E402
 from common.config import GPTConfig, TrainConfig  # noqa: E402
 from common.errors import UserError  # noqa: E402
 from jax_impl.backend import resolve_device  # noqa: E402
 from jax_impl.generate import decode, sample_next  # noqa: E402
-from tensorflow_impl.model import GPT, KVCache, canonical_variables, load_canonical, to_canonical  # noqa: E402
-from tensorflow_impl.train import compile_model, train_step  # noqa: E402
+from tensorflow_impl.model import GPT, KVCache, load_canonical, to_canonical  # noqa: E402
+from tensorflow_impl.train import (compile_model, load_optimizer_state, optimizer_state,  # noqa: E402
+                                   train_step)
 
 
 @functools.partial(jax.jit, static_argnums=0, static_argnames=("max_new_tokens", "use_cache", "greedy"))
@@ -64,7 +64,6 @@ class Backend(BaseBackend):
             self.model = GPT(config, dtype="mixed_bfloat16" if train.dtype == "bfloat16" else "float32")
             load_canonical(self.model, params)
             compile_model(self.model, train)
-        self.optimizer = self.model.optimizer
 
     @contextlib.contextmanager
     def _placed(self):
@@ -104,20 +103,10 @@ class Backend(BaseBackend):
         return to_canonical(self.model)
 
     def optimizer_state(self):
-        state = {}
-        for name, variable in canonical_variables(self.model).items():
-            m, v = self.optimizer.moments(variable)
-            state[f"adam_m.{name}"] = np.asarray(ops.convert_to_numpy(m), np.float32)
-            state[f"adam_v.{name}"] = np.asarray(ops.convert_to_numpy(v), np.float32)
-        state["adam_count"] = np.array(int(ops.convert_to_numpy(self.optimizer.iterations)), dtype=np.int64)
-        return state
+        return optimizer_state(self.model)
 
     def load_optimizer_state(self, state):
-        for name, variable in canonical_variables(self.model).items():
-            m, v = self.optimizer.moments(variable)
-            m.assign(np.asarray(state[f"adam_m.{name}"], dtype=m.dtype))
-            v.assign(np.asarray(state[f"adam_v.{name}"], dtype=v.dtype))
-        self.optimizer.iterations.assign(int(state["adam_count"]))
+        load_optimizer_state(self.model, state)
 
     def generate(self, prompt, max_new_tokens, *, temperature=1.0, top_k=None, top_p=None, seed=0,
                  use_cache=True):

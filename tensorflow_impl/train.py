@@ -4,6 +4,7 @@ import os
 os.environ.setdefault("KERAS_BACKEND", "tensorflow")
 
 import keras  # noqa: E402
+import numpy as np  # noqa: E402
 from keras import ops  # noqa: E402
 
 from common.config import TrainConfig  # noqa: E402
@@ -77,3 +78,22 @@ def train_step(model: GPT, x, y, lr: float) -> float:
     # step, so a new value does not retrace it.
     model.optimizer.learning_rate = lr
     return model.train_on_batch(x, y)
+
+
+def optimizer_state(model: GPT) -> dict[str, np.ndarray]:
+    """AdamW's moments under canonical names (adam_m.<name>, adam_v.<name>) and its step count."""
+    state = {}
+    for name, variable in canonical_variables(model).items():
+        m, v = model.optimizer.moments(variable)
+        state[f"adam_m.{name}"] = np.asarray(m.numpy(), np.float32)
+        state[f"adam_v.{name}"] = np.asarray(v.numpy(), np.float32)
+    state["adam_count"] = np.array(int(model.optimizer.iterations.numpy()), dtype=np.int64)
+    return state
+
+
+def load_optimizer_state(model: GPT, state: dict[str, np.ndarray]) -> None:
+    for name, variable in canonical_variables(model).items():
+        m, v = model.optimizer.moments(variable)
+        m.assign(np.asarray(state[f"adam_m.{name}"], dtype=m.dtype))
+        v.assign(np.asarray(state[f"adam_v.{name}"], dtype=v.dtype))
+    model.optimizer.iterations.assign(int(state["adam_count"]))
