@@ -154,9 +154,9 @@ def embed_tokens(wte: nnx.Embed, idx):
     """wte(idx), for a small vocabulary as one_hot(idx) @ table: the same values, another gradient.
 
     The gradient of a lookup adds every position's vector into its token's row. jnp.take's is a
-    scatter-add, and on a GPU positions holding the same token serialise on atomic adds, so text,
-    where a few characters are most of the positions, made the shakespeare-char step ~2.7x slower
-    on an H100 than uniformly random ids did. The one-hot form's gradient is a dense matmul.
+    scatter-add, and on a GPU positions holding the same token serialise on atomic adds: on text,
+    where a few characters are most of the positions, the shakespeare-char step took 31 ms on an
+    H100 (10.6 ms on uniformly random ids). The one-hot form's gradient is a dense matmul: 9.3 ms.
     """
     if wte.num_embeddings > ONE_HOT_MAX_VOCAB:
         return wte(idx)
