@@ -111,8 +111,10 @@ class MLP(layers.Layer):
         self.c_proj.build((*input_shape[:-1], MLP_RATIO * self.config.n_embd))
 
     def call(self, x, training=None):
-        h = ops.gelu(self.c_fc(x), approximate=GELU_APPROXIMATE)  # (B, T, 4C)
-        return self.dropout(self.c_proj(h), training=training)
+        # Tokens as rows of one (B*T, C) matrix, as in the JAX model: on (B, T, C) XLA:CPU fuses
+        # GELU's backward into a transposing copy for the weight gradient.
+        h = ops.gelu(self.c_fc(ops.reshape(x, (-1, self.config.n_embd))), approximate=GELU_APPROXIMATE)
+        return ops.reshape(self.dropout(self.c_proj(h), training=training), ops.shape(x))  # (B, T, C)
 
     def get_config(self):
         return {**super().get_config(), "config": dataclasses.asdict(self.config)}
