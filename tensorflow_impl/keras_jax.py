@@ -45,6 +45,15 @@ def _generate(model: GPT, variables, tokens, prompt_len, key, temperature, top_k
                   max_new_tokens=max_new_tokens, use_cache=use_cache)
 
 
+@functools.partial(jax.jit, static_argnums=0)
+def _loss_and_grads(model: GPT, trainable, non_trainable, x, y):
+    """The loss and its gradients with respect to the trainable variables, compiled once per model."""
+    def loss(trainable):
+        logits, _ = model.stateless_call(trainable, non_trainable, x, training=False)
+        return model.loss(y, logits)
+    return jax.value_and_grad(loss)(trainable)
+
+
 class Backend(BaseBackend):
     name = "keras-jax"
 
@@ -87,15 +96,9 @@ class Backend(BaseBackend):
                 [v.value for v in self.model.non_trainable_variables])
 
     def loss_and_grads(self, x, y):
-        trainable, non_trainable = self._variables()
-
-        def loss(trainable):
-            logits, _ = self.model.stateless_call(trainable, non_trainable, np.asarray(x, np.int32),
-                                                  training=False)
-            return self.model.loss(np.asarray(y, np.int32), logits)
-
         with self._placed():
-            value, grads = jax.jit(jax.value_and_grad(loss))(trainable)
+            value, grads = _loss_and_grads(self.model, *self._variables(), np.asarray(x, np.int32),
+                                           np.asarray(y, np.int32))
         by_path = {v.path: g for v, g in zip(self.model.trainable_variables, grads)}
         return float(value), to_canonical(self.model, by_path)
 

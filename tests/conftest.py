@@ -1,5 +1,4 @@
 """Shared fixtures; each framework's tests skip with a reason when it is not installed."""
-import importlib.util
 import os
 from pathlib import Path
 
@@ -8,30 +7,24 @@ import pytest
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 os.environ.setdefault("KERAS_BACKEND", "tensorflow")
 
+from common.backend import FRAMEWORKS, missing_modules  # noqa: E402  (after KERAS_BACKEND is set)
+
 REPO = Path(__file__).resolve().parents[1]
 
-_FRAMEWORK_MODULES = {
-    "pytorch": ["torch"],
-    "tensorflow": ["tensorflow", "keras"],
-    "jax": ["jax", "flax", "optax"],
-    "keras_jax": ["keras", "jax", "flax", "optax"],
-}
-
-
-def missing_modules(framework: str) -> list[str]:
-    return [m for m in _FRAMEWORK_MODULES[framework] if importlib.util.find_spec(m) is None]
+# Pytest markers are identifiers: the keras-jax row's marker is keras_jax.
+_MARKERS = {framework.replace("-", "_"): framework for framework in FRAMEWORKS}
 
 
 def pytest_collection_modifyitems(config, items):
     for item in items:
-        for framework in _FRAMEWORK_MODULES:
-            if item.get_closest_marker(framework) is None:
+        for marker, framework in _MARKERS.items():
+            if item.get_closest_marker(marker) is None:
                 continue
             missing = missing_modules(framework)
             if missing:
                 item.add_marker(pytest.mark.skip(
                     reason=f"{framework} not installed (missing {', '.join(missing)}): "
-                           f'pip install -e ".[{framework.replace("_", "-")}]"'))
+                           f'pip install -e ".[{framework}]"'))
 
 
 @pytest.fixture(scope="session")
