@@ -509,11 +509,20 @@ def _run_many(args, argv, out: Path, jobs) -> int:
 
 
 def _host_devices_for_jax(framework: str, replicas: int, device: str) -> None:
-    """JAX sees one CPU device unless XLA is told, before jax is first imported, to make one per replica."""
+    """JAX sees one CPU device unless XLA is told, before jax is first imported, to make one per replica.
+
+    Each host device then runs its own program, so the devices already keep the cores busy; XLA's
+    concurrency-optimised scheduler, which orders each program to run independent ops side by side,
+    only oversubscribes them. Measured on the 2-core CPU, cpu-baby with 2 replicas: median step
+    37.5-45.4 ms with it, 35.9-39.1 ms without (one replica: no difference, so it stays on there).
+    """
     flags = os.environ.get("XLA_FLAGS", "")
     if (replicas > 1 and framework.strip().lower() in ("jax", "flax", "all") and device in ("cpu", "auto")
             and "xla_force_host_platform_device_count" not in flags):
-        os.environ["XLA_FLAGS"] = f"{flags} --xla_force_host_platform_device_count={replicas}".strip()
+        extra = f"--xla_force_host_platform_device_count={replicas}"
+        if "xla_cpu_enable_concurrency_optimized_scheduler" not in flags:
+            extra += " --xla_cpu_enable_concurrency_optimized_scheduler=false"
+        os.environ["XLA_FLAGS"] = f"{flags} {extra}".strip()
 
 
 def _needs_torchrun(framework: str, args) -> bool:

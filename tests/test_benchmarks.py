@@ -262,3 +262,21 @@ def test_benchmarks_md_section_lists_every_command_commit_and_the_notes(pytorch_
     assert "Ran with the fan on." in text
     assert "| pytorch compiled |" in text and "| pytorch |" in text
     assert text.count("![") == len(list((tmp_path / "figures").iterdir())) > 0
+
+
+@pytest.mark.parametrize("framework, replicas, device, user_flags, expected", [
+    ("jax", 2, "cpu", "", "--xla_force_host_platform_device_count=2 "
+                          "--xla_cpu_enable_concurrency_optimized_scheduler=false"),
+    ("all", 4, "auto", "--xla_cpu_enable_concurrency_optimized_scheduler=true",
+     "--xla_cpu_enable_concurrency_optimized_scheduler=true --xla_force_host_platform_device_count=4"),
+    ("jax", 2, "cpu", "--xla_force_host_platform_device_count=8", "--xla_force_host_platform_device_count=8"),
+    ("jax", 1, "cpu", "", ""),
+    ("jax", 2, "gpu", "", ""),
+    ("pytorch", 2, "cpu", "", ""),
+])
+def test_jax_host_devices_for_cpu_replicas_keep_the_users_flags(framework, replicas, device, user_flags,
+                                                                 expected, monkeypatch):
+    from benchmarks.run import _host_devices_for_jax
+    monkeypatch.setenv("XLA_FLAGS", user_flags)
+    _host_devices_for_jax(framework, replicas, device)
+    assert os.environ["XLA_FLAGS"] == expected
