@@ -96,7 +96,29 @@ def find_runs(paths: list[Path]) -> list[Run]:
     return [load_run(f) for f in folders]
 
 
+def share_cpu_peak(runs: list[Run]) -> float | None:
+    """Put every CPU run's MFU over the highest peak any of them measured; return that peak.
+
+    Each run measures the CPU's float32 matmul peak (best of 10) unless a parent hands it one. A
+    reading taken while something else held a core comes out low, one taken inside a one-thread
+    torchrun process half as high, and either inflates that run's MFU: runs made by separate
+    commands measured 159-208 GFLOP/s on this machine, PyTorch x2's processes 102. Runs compared
+    in one report share the highest reading, the best estimate of the peak.
+    """
+    cpu = [r for r in runs if r.summary.get("device") == "cpu" and r.summary.get("peak_flops")]
+    if not cpu:
+        return None
+    peak = max(r.summary["peak_flops"] for r in cpu)
+    for run in cpu:
+        s = run.summary
+        s["peak_flops"] = peak
+        if s.get("tokens_per_s") and s.get("flops_per_token"):
+            s["mfu"] = s["tokens_per_s"] * s["flops_per_token"] / peak
+    return peak
+
+
 def group_runs(runs: list[Run]) -> list[Group]:
+    share_cpu_peak(runs)
     groups: dict[tuple, Group] = {}
     for run in runs:
         s = run.summary
@@ -323,6 +345,8 @@ def write_report(run_dirs: list[Path], out: Path, problems: list[str] | None = N
 # --- BENCHMARKS.md ----------------------------------------------------------------------------
 
 VAL_LOSS_BARS = {"cpu-baby": 1.90, "shakespeare-char": 1.47}
+# On CPU, training tokens/s against eager PyTorch's in the same run set (the JAX and Keras issues).
+SPEED_BARS_VS_EAGER_PYTORCH = {"jax": 1.0, "tensorflow": 0.8}
 
 
 def checks(groups: list[Group]) -> list[list[str]]:
@@ -350,10 +374,18 @@ def checks(groups: list[Group]) -> list[list[str]]:
         fastest = max(speeds.values())
         for label, value in speeds.items():
             check(f"{label}: tokens/s within 1.5× of the fastest", f"{fastest / value:.2f}×", fastest / value <= 1.5)
-    eager = [g.mean("tokens_per_s") for g in groups if g.framework == "pytorch" and not g.compiled]
+    # The baseline is plain PyTorch: eager, one process.
+    eager = [g.mean("tokens_per_s") for g in groups
+             if g.framework == "pytorch" and not g.compiled and g.replicas == 1]
     if eager and len(speeds) > 1:
         best = max(speeds.values())
         check("some framework ≥ 1.3× eager PyTorch's tokens/s", f"{best / eager[0]:.2f}×", best / eager[0] >= 1.3)
+        # The JAX and Keras issues' own bars against the same baseline.
+        for g in groups:
+            least = SPEED_BARS_VS_EAGER_PYTORCH.get(g.framework)
+            if least is not None and g.device_name == "cpu" and g.label in speeds:
+                ratio = speeds[g.label] / eager[0]
+                check(f"{g.label}: tokens/s ≥ {least}× eager PyTorch's", f"{ratio:.2f}×", ratio >= least)
     for g in groups:
         speedup = g.mean("kv_cache_speedup")
         timed = g.runs[0].summary.get("generation_timed_tokens")
@@ -389,7 +421,8 @@ def write_benchmarks_md(run_sets: list[Path], path: Path, figures_dir: Path) -> 
         runs = [run for g in groups for run in g.runs]
         commands = list(dict.fromkeys(run.env.get("command") for run in runs))
         commits = list(dict.fromkeys(str(run.env.get("git_commit")) for run in runs))
-        lines += [f"## {first.config['preset']} on {device}: {groups[0].device_name if device == 'GPU' else env.get('cpu')}",
+        lines += [f"## {first.config['preset']} on {device}: {groups[0].device_name if device == 'GPU' else env.get('cpu')} "
+                  f"({name})",
                   "",
                   *[f"- command: `{command}`" for command in commands],
                   f"- date: {env.get('date')}, commit {', '.join(commits)}",
@@ -399,6 +432,8 @@ def write_benchmarks_md(run_sets: list[Path], path: Path, figures_dir: Path) -> 
                   f"- model: {model['n_layer']} layers × {model['n_head']} heads × {model['n_embd']} wide, block "
                   f"{model['block_size']}, {first.summary['params']:,} parameters; "
                   f"{first.config['train']['max_iters']} steps of batch {first.config['train']['batch_size']}",
+                  *([f"- MFU: against {first.summary['peak_flops'] / 1e9:.0f} GFLOP/s, the highest float32 matmul "
+                     f"peak these runs measured"] if device == "CPU" else []),
                   ""]
         notes = run_set / "NOTES.md"  # what the numbers alone do not say, written by whoever ran them
         if notes.exists():

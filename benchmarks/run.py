@@ -440,7 +440,7 @@ def main(argv: list[str] | None = None) -> int:
             replicas = saved.get("replicas", 1)
             _host_devices_for_jax(saved.get("framework", ""), replicas, saved.get("device", "auto"))
             if saved.get("framework") == "pytorch" and replicas > 1 and "WORLD_SIZE" not in os.environ:
-                return _torchrun(argv, replicas)
+                return _torchrun(argv, replicas, saved.get("device", "auto"))
             run_one(args, None, run_dir, resume=True)
             return 0
         _host_devices_for_jax(args.framework, args.replicas, args.device)
@@ -449,7 +449,7 @@ def main(argv: list[str] | None = None) -> int:
             raise UserError(f"unknown preset {args.preset!r}: choose one of {', '.join(PRESET_NAMES)}.")
         if args.run_dir:  # a subprocess of `all` / `--repeat`
             if _needs_torchrun(names[0], args):
-                return _torchrun(argv, args.replicas)
+                return _torchrun(argv, args.replicas, args.device)
             run_one(args, names[0], Path(args.run_dir))
             return 0
         stamp = dt.datetime.now().strftime("%Y%m%d-%H%M%S")
@@ -464,7 +464,7 @@ def main(argv: list[str] | None = None) -> int:
                 load_backend(names[0])  # raises the one-line "not installed" error
             run_dir = _run_folder(out, names[0], base_seed, 1)
             if _needs_torchrun(names[0], args):
-                return _torchrun([*argv, "--run-dir", str(run_dir)], args.replicas)
+                return _torchrun([*argv, "--run-dir", str(run_dir)], args.replicas, args.device)
             run_one(args, names[0], run_dir)
             return 0
         return _run_many(args, argv, out, jobs)
@@ -529,12 +529,16 @@ def _needs_torchrun(framework: str, args) -> bool:
     return framework == "pytorch" and args.replicas > 1 and "WORLD_SIZE" not in os.environ
 
 
-def _torchrun(argv: list[str], replicas: int) -> int:
+def _torchrun(argv: list[str], replicas: int, device: str) -> int:
     """Start this same command once per replica under torchrun (DDP needs a process each)."""
     command = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={replicas}",
                "-m", "benchmarks.run", *argv]
-    return subprocess.run(command, cwd=REPO, env={**os.environ, "OMP_NUM_THREADS": os.environ.get(
-        "OMP_NUM_THREADS", str(max(1, (os.cpu_count() or 1) // replicas)))}).returncode
+    env = {**os.environ, "OMP_NUM_THREADS": os.environ.get("OMP_NUM_THREADS",
+                                                           str(max(1, (os.cpu_count() or 1) // replicas)))}
+    if not _accelerator_present("pytorch", device):
+        # The peak of the whole CPU, measured here: each process has only its share of the threads.
+        env.setdefault("NANOGPT_CPU_PEAK_FLOPS", repr(cpu_peak_flops()))
+    return subprocess.run(command, cwd=REPO, env=env).returncode
 
 
 def _strip_option(argv: list[str], name: str) -> list[str]:

@@ -260,6 +260,7 @@ def test_benchmarks_md_section_lists_every_command_commit_and_the_notes(pytorch_
     text = write_benchmarks_md([run_set], tmp_path / "BENCHMARKS.md", tmp_path / "figures").read_text()
     assert "- command: `python -m benchmarks.run A`\n- command: `python -m benchmarks.run B`" in text
     assert "Ran with the fan on." in text
+    assert text.startswith("# Benchmarks") and "\n## tiny on CPU: " in text and " (set)\n" in text
     assert "| pytorch compiled |" in text and "| pytorch |" in text
     assert text.count("![") == len(list((tmp_path / "figures").iterdir())) > 0
 
@@ -280,3 +281,17 @@ def test_jax_host_devices_for_cpu_replicas_keep_the_users_flags(framework, repli
     monkeypatch.setenv("XLA_FLAGS", user_flags)
     _host_devices_for_jax(framework, replicas, device)
     assert os.environ["XLA_FLAGS"] == expected
+
+
+def test_torchrun_processes_get_the_whole_cpus_peak(monkeypatch):
+    """Each DDP process has its share of the threads: a peak measured inside one would be a fraction."""
+    from benchmarks import run
+    seen = []
+    monkeypatch.setattr(run.subprocess, "run", lambda command, cwd, env: seen.append(env) or
+                        subprocess.CompletedProcess(command, 0))
+    monkeypatch.setattr(run, "cpu_peak_flops", lambda: 123e9)
+    monkeypatch.delenv("NANOGPT_CPU_PEAK_FLOPS", raising=False)
+    assert run._torchrun(["--framework", "pytorch"], 2, "cpu") == 0
+    monkeypatch.setenv("NANOGPT_CPU_PEAK_FLOPS", "456e9")  # a parent's figure, shared by a whole comparison
+    run._torchrun(["--framework", "pytorch"], 2, "cpu")
+    assert [float(env["NANOGPT_CPU_PEAK_FLOPS"]) for env in seen] == [123e9, 456e9]

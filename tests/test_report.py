@@ -38,3 +38,25 @@ def test_compiled_pytorch_is_its_own_row_and_not_the_eager_baseline():
     # The baseline is the eager run (1000), whichever order the runs come in.
     assert verdicts["some framework ≥ 1.3× eager PyTorch's tokens/s"] == ("1.25×", "**no**")
     assert verdicts["pytorch compiled: tokens/s within 1.5× of the fastest"] == ("1.00×", "yes")
+
+
+def test_speed_bars_take_single_process_eager_pytorch_as_the_baseline():
+    runs = [_run("pytorch", 2, 800.0), _run("pytorch", 1, 1000.0), _run("jax", 1, 900.0), _run("jax", 2, 1100.0),
+            _run("tensorflow", 1, 790.0)]
+    verdicts = {row[0]: (row[1], row[2]) for row in checks(group_runs(runs))}
+    assert verdicts["some framework ≥ 1.3× eager PyTorch's tokens/s"] == ("1.10×", "**no**")
+    assert verdicts["jax: tokens/s ≥ 1.0× eager PyTorch's"] == ("0.90×", "**no**")
+    assert verdicts["jax ×2: tokens/s ≥ 1.0× eager PyTorch's"] == ("1.10×", "yes")
+    assert verdicts["tensorflow: tokens/s ≥ 0.8× eager PyTorch's"] == ("0.79×", "**no**")
+    assert not any(what.startswith("pytorch") and "eager PyTorch's" in what for what in verdicts)
+
+
+def test_cpu_runs_share_the_highest_measured_peak():
+    runs = [_run("pytorch", 1, 1000.0), _run("pytorch", 2, 900.0), _run("jax", 1, 800.0)]
+    for run, peak in zip(runs, [200e9, 100e9, 160e9]):
+        run.summary.update(device="cpu", peak_flops=peak, flops_per_token=1e6, mfu=run.summary["tokens_per_s"] * 1e6 / peak)
+    gpu = _run("jax", 1, 5000.0)
+    gpu.summary.update(device="gpu", device_name="H100", peak_flops=900e12, flops_per_token=1e6, mfu=0.1)
+    groups = group_runs([*runs, gpu])
+    assert [round(g.mean("mfu"), 6) for g in groups if g.device_name == "cpu"] == [0.005, 0.0045, 0.004]
+    assert gpu.summary["mfu"] == 0.1 and gpu.summary["peak_flops"] == 900e12
