@@ -134,6 +134,9 @@ SECTIONS: tuple[Section, ...] = (
             "Same dataflow everywhere: one `c_attn` projection to q, k, v (C wide each), heads split "
             "(B, T, C) -> (B, nh, T, hs), scores `q @ k.T / sqrt(hs)`, causal mask, softmax, dropout on the "
             "weights, heads merged, `c_proj`.",
+            "Keras applies both projections to the tokens as rows of one (B*T, C) matrix, as its and JAX's MLPs "
+            "do: a layout choice for XLA:CPU, whose backward otherwise computed the weight "
+            "gradients from transposed copies (the comment in `call` has the measurement).",
             "PyTorch calls the fused `F.scaled_dot_product_attention` (`is_causal=T > 1`), which may pick a "
             "flash or memory-efficient kernel; Keras and JAX write the softmax out, because neither "
             "`keras.ops.dot_product_attention` nor `jax.nn.dot_product_attention` applies dropout to the "
@@ -151,16 +154,16 @@ SECTIONS: tuple[Section, ...] = (
     Section(
         "mlp", "MLP (feed-forward)",
         pytorch=("pytorch_impl.model:MLP",),
-        tensorflow=("tensorflow_impl.model:MLP",),
+        tensorflow=("tensorflow_impl.model:gelu", "tensorflow_impl.model:MLP"),
         jax=("jax_impl.model:gelu", "jax_impl.model:MLP"),
         focus=r"gelu|GELU", focus_on="the GELU and its approximation flag",
         notes=(
             "Linear(C, 4C) -> GELU -> Linear(4C, C) -> dropout, applied to every position independently.",
             "GELU defaults differ: `nn.GELU()` is the exact erf form, `keras.ops.gelu` and `jax.nn.gelu` "
             "(`nnx.gelu`) default to the tanh approximation. The two differ by up to 4.7e-4 (at x = 2.7), far "
-            "more than the 1e-5 parity bound, so every model follows `GELU_APPROXIMATE` (False): torch and "
-            "Keras pass it to their GELU, and the JAX model writes the exact form with `jax.lax.erf` itself "
-            "(its `gelu` docstring says why: `jax.nn.gelu`'s exact path is slower on XLA:CPU).",
+            "more than the 1e-5 parity bound, so every model follows `GELU_APPROXIMATE` (False): torch passes "
+            "it to its GELU, and the Keras and JAX models write the exact form with `erf` themselves (their "
+            "`gelu` docstrings say why: the libraries' exact paths go through `erfc`, slower on XLA:CPU).",
             "Keras needs an explicit `build` with the hidden width, and `get_config` for serialisation: "
             "the price of its lazy shapes and saving format, visible in the line counts.",
         )),
