@@ -13,9 +13,8 @@ from common.config import GPTConfig, TrainConfig  # noqa: E402
 from common.errors import UserError  # noqa: E402
 from tensorflow_impl import parallel  # noqa: E402
 from tensorflow_impl.generate import compiled_generate  # noqa: E402
-from tensorflow_impl.model import GPT, load_canonical, to_canonical  # noqa: E402
-from tensorflow_impl.train import (compile_model, load_optimizer_state, optimizer_state,  # noqa: E402
-                                   train_step)
+from tensorflow_impl.model import GPT, load_canonical  # noqa: E402
+from tensorflow_impl.train import KerasModelState, compile_model, train_step  # noqa: E402
 
 
 def resolve_device(device: str) -> str:
@@ -32,7 +31,7 @@ def resolve_device(device: str) -> str:
     raise UserError(f"TensorFlow cannot run on device {device!r}: use --device auto, cpu or gpu.")
 
 
-class Backend(BaseBackend):
+class Backend(KerasModelState, BaseBackend):
     name = "tensorflow"
 
     def __init__(self, config: GPTConfig, train: TrainConfig, params: dict, device: str = "auto",
@@ -100,17 +99,7 @@ class Backend(BaseBackend):
         else:
             with tf.device(self.device):
                 loss, grads = self._loss_and_grads(x, y)
-        by_path = {v.path: g for v, g in zip(self.model.trainable_variables, grads)}
-        return float(loss), to_canonical(self.model, by_path)
-
-    def export_params(self):
-        return to_canonical(self.model)
-
-    def optimizer_state(self):
-        return optimizer_state(self.model)
-
-    def load_optimizer_state(self, state):
-        load_optimizer_state(self.model, state)
+        return float(loss), self.canonical_grads(grads)
 
     def generate(self, prompt, max_new_tokens, *, temperature=1.0, top_k=None, top_p=None, seed=0,
                  use_cache=True):

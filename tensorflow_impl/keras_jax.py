@@ -20,9 +20,8 @@ from common.config import GPTConfig, TrainConfig  # noqa: E402
 from common.errors import UserError  # noqa: E402
 from jax_impl.backend import resolve_device  # noqa: E402
 from jax_impl.generate import decode, sample_next  # noqa: E402
-from tensorflow_impl.model import GPT, KVCache, load_canonical, to_canonical  # noqa: E402
-from tensorflow_impl.train import (compile_model, load_optimizer_state, optimizer_state,  # noqa: E402
-                                   train_step)
+from tensorflow_impl.model import GPT, KVCache, load_canonical  # noqa: E402
+from tensorflow_impl.train import KerasModelState, compile_model, train_step  # noqa: E402
 
 
 @functools.partial(jax.jit, static_argnums=0, static_argnames=("max_new_tokens", "use_cache", "greedy"))
@@ -54,7 +53,7 @@ def _loss_and_grads(model: GPT, trainable, non_trainable, x, y):
     return jax.value_and_grad(loss)(trainable)
 
 
-class Backend(BaseBackend):
+class Backend(KerasModelState, BaseBackend):
     name = "keras-jax"
 
     def __init__(self, config: GPTConfig, train: TrainConfig, params: dict, device: str = "auto",
@@ -99,17 +98,7 @@ class Backend(BaseBackend):
         with self._placed():
             value, grads = _loss_and_grads(self.model, *self._variables(), np.asarray(x, np.int32),
                                            np.asarray(y, np.int32))
-        by_path = {v.path: g for v, g in zip(self.model.trainable_variables, grads)}
-        return float(value), to_canonical(self.model, by_path)
-
-    def export_params(self):
-        return to_canonical(self.model)
-
-    def optimizer_state(self):
-        return optimizer_state(self.model)
-
-    def load_optimizer_state(self, state):
-        load_optimizer_state(self.model, state)
+        return float(value), self.canonical_grads(grads)
 
     def generate(self, prompt, max_new_tokens, *, temperature=1.0, top_k=None, top_p=None, seed=0,
                  use_cache=True):

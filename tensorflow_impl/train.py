@@ -9,7 +9,7 @@ from keras import ops  # noqa: E402
 
 from common.config import TrainConfig  # noqa: E402
 from common.params import decays  # noqa: E402
-from tensorflow_impl.model import GPT, PACKAGE, canonical_variables, loss_fn  # noqa: E402
+from tensorflow_impl.model import GPT, PACKAGE, canonical_variables, loss_fn, to_canonical  # noqa: E402
 
 
 @keras.saving.register_keras_serializable(package=PACKAGE)
@@ -97,3 +97,23 @@ def load_optimizer_state(model: GPT, state: dict[str, np.ndarray]) -> None:
         m.assign(np.asarray(state[f"adam_m.{name}"], dtype=m.dtype))
         v.assign(np.asarray(state[f"adam_v.{name}"], dtype=v.dtype))
     model.optimizer.iterations.assign(int(state["adam_count"]))
+
+
+class KerasModelState:
+    """The Backend methods that read and write the Keras model's own variables: the same whether
+    Keras runs on TensorFlow (tensorflow_impl.backend) or on JAX (keras_jax), so both mix this in."""
+
+    model: GPT
+
+    def canonical_grads(self, grads) -> dict[str, np.ndarray]:
+        """Gradients listed in trainable_variables order, under canonical names and layouts."""
+        return to_canonical(self.model, {v.path: g for v, g in zip(self.model.trainable_variables, grads)})
+
+    def export_params(self) -> dict[str, np.ndarray]:
+        return to_canonical(self.model)
+
+    def optimizer_state(self) -> dict[str, np.ndarray]:
+        return optimizer_state(self.model)
+
+    def load_optimizer_state(self, state: dict[str, np.ndarray]) -> None:
+        load_optimizer_state(self.model, state)
