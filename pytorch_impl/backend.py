@@ -42,7 +42,7 @@ class Backend(BaseBackend):
         torch.backends.cudnn.allow_tf32 = False
         self.model = GPT(config).to(self.device)
         load_canonical(self.model, params)
-        self.optimizer = configure_optimizer(self.model, train, self.device.type)
+        self.optimizer = configure_optimizer(self.model, train)
         self.amp = autocast(self.device.type, train.dtype)
         trained = parallel.wrap(self.model, self.device) if self.world_size > 1 else self.model
         self.forward = torch.compile(trained) if train.compile else trained
