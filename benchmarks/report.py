@@ -205,13 +205,24 @@ def quality_rows(groups: list[Group]) -> tuple[list[str], list[list[str]]]:
     return header, rows
 
 
+def cpu_description(env: dict) -> str:
+    """"AMD EPYC (AVX2, 2 cores)": with the vector ISA where the run recorded it (runs since it did)."""
+    details = [env["cpu_isa"]] if env.get("cpu_isa") else []
+    details.append(f"{env.get('cpu_count')} cores")
+    return f"{env.get('cpu')} ({', '.join(details)})"
+
+
+def _cpu_title(env: dict) -> str:
+    return f"{env.get('cpu')}, {env['cpu_isa']}" if env.get("cpu_isa") else str(env.get("cpu"))
+
+
 def environment_rows(groups: list[Group]) -> tuple[list[str], list[list[str]]]:
     header = ["framework", "version", "device", "CPU", "date", "git", "command"]
     rows = []
     for g in groups:
         env = g.runs[0].env
         rows.append([g.framework, env.get("framework_version", "?"), f"{env.get('device_name')} ×{env.get('device_count', 1)}",
-                     f"{env.get('cpu')} ({env.get('cpu_count')} cores)", env.get("date", "?"),
+                     cpu_description(env), env.get("date", "?"),
                      env.get("git_commit") or "?", f"`{env.get('command', '?')}`"])
     return header, rows
 
@@ -421,12 +432,12 @@ def write_benchmarks_md(run_sets: list[Path], path: Path, figures_dir: Path) -> 
         runs = [run for g in groups for run in g.runs]
         commands = list(dict.fromkeys(run.env.get("command") for run in runs))
         commits = list(dict.fromkeys(str(run.env.get("git_commit")) for run in runs))
-        lines += [f"## {first.config['preset']} on {device}: {groups[0].device_name if device == 'GPU' else env.get('cpu')} "
+        lines += [f"## {first.config['preset']} on {device}: {groups[0].device_name if device == 'GPU' else _cpu_title(env)} "
                   f"({name})",
                   "",
                   *[f"- command: `{command}`" for command in commands],
                   f"- date: {env.get('date')}, commit {', '.join(commits)}",
-                  f"- machine: {env.get('cpu')} ({env.get('cpu_count')} cores), {env.get('platform')}, "
+                  f"- machine: {cpu_description(env)}, {env.get('platform')}, "
                   f"Python {env.get('python')}",
                   "- versions: " + ", ".join(dict.fromkeys(_version(g) for g in groups)),
                   f"- model: {model['n_layer']} layers × {model['n_head']} heads × {model['n_embd']} wide, block "

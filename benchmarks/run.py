@@ -140,9 +140,10 @@ def environment(backend, args) -> dict:
     except (OSError, subprocess.SubprocessError):
         commit = None
     commit = commit or os.environ.get("NANOGPT_GIT_COMMIT")  # a copy of the tree without .git
-    from common.flops import _cpu_model
+    from common.flops import _cpu_model, cpu_vector_isa
     return {"framework": backend.name, **backend.device_info(), "python": platform.python_version(),
-            "platform": platform.platform(), "cpu": _cpu_model(), "cpu_count": os.cpu_count(),
+            "platform": platform.platform(), "cpu": _cpu_model(), "cpu_isa": cpu_vector_isa(),
+            "cpu_count": os.cpu_count(),
             "versions": versions, "git_commit": commit,
             "command": os.environ.get("NANOGPT_COMMAND") or " ".join(["python -m benchmarks.run", *sys.argv[1:]]),
             "date": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds")}

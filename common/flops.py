@@ -86,6 +86,29 @@ def _cpu_model() -> str:
     return platform.processor() or platform.machine()
 
 
+# Widest first. Two machines sold under one model name ("AMD EPYC") can differ here, and float32
+# matmul speed, with each framework's ranking, follows the vector width (BENCHMARKS.md).
+_VECTOR_ISAS = (("avx512f", "AVX-512"), ("avx2", "AVX2"), ("avx", "AVX"), ("sve", "SVE"), ("asimd", "NEON"))
+
+
+def cpu_vector_isa(cpuinfo: str | None = None) -> str | None:
+    """The CPU's widest vector extension from /proc/cpuinfo ("AVX-512", "AVX2", ...), with "+ AMX"
+    where it has Intel's matrix tiles; None where /proc/cpuinfo is not there to say."""
+    if cpuinfo is None:
+        try:
+            cpuinfo = Path("/proc/cpuinfo").read_text()
+        except OSError:
+            return None
+    flags = set()
+    for line in cpuinfo.splitlines():
+        key, _, value = line.partition(":")
+        if key.strip() in ("flags", "Features"):  # x86, Arm
+            flags = set(value.split())
+            break
+    isa = next((name for flag, name in _VECTOR_ISAS if flag in flags), None)
+    return f"{isa} + AMX" if isa and "amx_tile" in flags else isa
+
+
 def mfu(tokens_per_second: float, config: GPTConfig, peak_flops: float | None) -> float | None:
     if not peak_flops:
         return None

@@ -40,6 +40,8 @@ def test_run_folder_has_every_file(pytorch_run):
     assert len(list((folder / "checkpoints").glob("step_*"))) == 2  # older ones pruned
     env = json.loads((folder / "env.json").read_text())
     assert env["framework"] == "pytorch" and env["device"] == "cpu" and "torch" in env["versions"]
+    from common.flops import cpu_vector_isa
+    assert env["cpu_isa"] == cpu_vector_isa()
     config = json.loads((folder / "config.json").read_text())
     assert config["model"]["vocab_size"] == 65 and config["train"]["max_iters"] == 200
 
@@ -253,14 +255,15 @@ def test_benchmarks_md_section_lists_every_command_commit_and_the_notes(pytorch_
     for name, command in (("pytorch", "python -m benchmarks.run A"), ("pytorch-compiled", "python -m benchmarks.run B")):
         shutil.copytree(folder, run_set / name, ignore=shutil.ignore_patterns("checkpoints", "*.safetensors"))
         env = json.loads((run_set / name / "env.json").read_text())
-        (run_set / name / "env.json").write_text(json.dumps({**env, "command": command}))
+        (run_set / name / "env.json").write_text(json.dumps({**env, "command": command, "cpu_isa": "AVX2"}))
     summary = json.loads((run_set / "pytorch-compiled" / "summary.json").read_text())
     (run_set / "pytorch-compiled" / "summary.json").write_text(json.dumps({**summary, "compile": True}))
     (run_set / "NOTES.md").write_text("Ran with the fan on.\n")
     text = write_benchmarks_md([run_set], tmp_path / "BENCHMARKS.md", tmp_path / "figures").read_text()
     assert "- command: `python -m benchmarks.run A`\n- command: `python -m benchmarks.run B`" in text
     assert "Ran with the fan on." in text
-    assert text.startswith("# Benchmarks") and "\n## tiny on CPU: " in text and " (set)\n" in text
+    assert text.startswith("# Benchmarks") and "\n## tiny on CPU: " in text and ", AVX2 (set)\n" in text
+    assert f"- machine: {env['cpu']} (AVX2, {env['cpu_count']} cores), " in text
     assert "| pytorch compiled |" in text and "| pytorch |" in text
     assert text.count("![") == len(list((tmp_path / "figures").iterdir())) > 0
 

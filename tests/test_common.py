@@ -8,7 +8,7 @@ from common.backend import canonical_framework, load_backend
 from common.checkpoint import load_checkpoint, load_optimizer_state, save_checkpoint, save_optimizer_state
 from common.config import GPTConfig, TrainConfig, get_preset
 from common.errors import UserError
-from common.flops import accelerator_peak, flops_per_token, mfu
+from common.flops import accelerator_peak, cpu_vector_isa, flops_per_token, mfu
 from common.params import decays, init_params, num_params, param_shapes
 from common.sampling import cut_at_stop, filter_logits
 from common.schedule import learning_rate
@@ -102,6 +102,18 @@ def test_flops_per_token_matches_nanogpt():
     assert accelerator_peak("NVIDIA H100 80GB HBM3", "bfloat16") == 989e12
     assert accelerator_peak("NVIDIA H100 PCIe", "bfloat16") == 756e12
     assert accelerator_peak("Some Unknown GPU", "bfloat16") is None
+
+
+@pytest.mark.parametrize("cpuinfo, isa", [
+    ("model name\t: AMD EPYC\nflags\t\t: fpu sse2 avx fma avx2 bmi2\n", "AVX2"),
+    ("flags\t\t: fpu avx avx2 avx512f avx512bw avx512_bf16\n", "AVX-512"),
+    ("flags\t\t: avx2 avx512f amx_bf16 amx_tile amx_int8\n", "AVX-512 + AMX"),
+    ("Features\t: fp asimd evtstrm aes sve\n", "SVE"),
+    ("Features\t: fp asimd\n", "NEON"),
+    ("processor\t: 0\n", None),
+])
+def test_cpu_vector_isa_reads_the_widest_extension(cpuinfo, isa):
+    assert cpu_vector_isa(cpuinfo) == isa
 
 
 def test_filter_logits_rules():
