@@ -75,15 +75,23 @@ def cpu_peak_flops() -> float:
     return float(given) if given else measure_cpu_peak()
 
 
+def _cpuinfo_field(*keys: str, cpuinfo: str | None = None) -> str | None:
+    """The value of the first /proc/cpuinfo line whose key is one of `keys`; None if there is none."""
+    if cpuinfo is None:
+        try:
+            cpuinfo = Path("/proc/cpuinfo").read_text()
+        except OSError:
+            return None
+    for line in cpuinfo.splitlines():
+        key, _, value = line.partition(":")
+        if key.strip() in keys:
+            return value.strip()
+    return None
+
+
 def _cpu_model() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
     import platform
-    return platform.processor() or platform.machine()
+    return _cpuinfo_field("model name") or platform.processor() or platform.machine()
 
 
 # Widest first. Two machines sold under one model name ("AMD EPYC") can differ here, and float32
@@ -94,17 +102,7 @@ _VECTOR_ISAS = (("avx512f", "AVX-512"), ("avx2", "AVX2"), ("avx", "AVX"), ("sve"
 def cpu_vector_isa(cpuinfo: str | None = None) -> str | None:
     """The CPU's widest vector extension from /proc/cpuinfo ("AVX-512", "AVX2", ...), with "+ AMX"
     where it has Intel's matrix tiles; None where /proc/cpuinfo is not there to say."""
-    if cpuinfo is None:
-        try:
-            cpuinfo = Path("/proc/cpuinfo").read_text()
-        except OSError:
-            return None
-    flags = set()
-    for line in cpuinfo.splitlines():
-        key, _, value = line.partition(":")
-        if key.strip() in ("flags", "Features"):  # x86, Arm
-            flags = set(value.split())
-            break
+    flags = set((_cpuinfo_field("flags", "Features", cpuinfo=cpuinfo) or "").split())  # x86, Arm
     isa = next((name for flag, name in _VECTOR_ISAS if flag in flags), None)
     return f"{isa} + AMX" if isa and "amx_tile" in flags else isa
 
