@@ -439,6 +439,7 @@ def write_benchmarks_md(run_sets: list[Path], path: Path, figures_dir: Path) -> 
                   f"- date: {env.get('date')}, commit {', '.join(commits)}",
                   f"- machine: {cpu_description(env)}, {env.get('platform')}, "
                   f"Python {env.get('python')}",
+                  *([f"- host malloc: {env['host_malloc']}"] if env.get("host_malloc") else []),
                   "- versions: " + ", ".join(dict.fromkeys(_version(g) for g in groups)),
                   f"- model: {model['n_layer']} layers × {model['n_head']} heads × {model['n_embd']} wide, block "
                   f"{model['block_size']}, {first.summary['params']:,} parameters; "

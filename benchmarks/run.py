@@ -25,6 +25,7 @@ from pathlib import Path
 
 import numpy as np
 
+from common.allocator import retain_freed_memory
 from common.backend import FRAMEWORKS, canonical_framework, is_installed, load_backend, missing_modules
 from common.checkpoint import load_training_state, save_checkpoint, save_training_state
 from common.config import PRESET_NAMES, GPTConfig, TrainConfig, apply_overrides, get_preset
@@ -125,7 +126,7 @@ def _accelerator_present(framework: str, device: str) -> bool:
     return bool(tf.config.list_physical_devices("GPU"))
 
 
-def environment(backend, args) -> dict:
+def environment(backend, args, host_malloc: str) -> dict:
     import importlib.metadata as md
     versions = {}
     for package in ("numpy", "torch", "jax", "flax", "optax", "tensorflow-cpu", "tensorflow", "keras"):
@@ -143,7 +144,7 @@ def environment(backend, args) -> dict:
     from common.flops import _cpu_model, cpu_vector_isa
     return {"framework": backend.name, **backend.device_info(), "python": platform.python_version(),
             "platform": platform.platform(), "cpu": _cpu_model(), "cpu_isa": cpu_vector_isa(),
-            "cpu_count": os.cpu_count(),
+            "cpu_count": os.cpu_count(), "host_malloc": host_malloc,
             "versions": versions, "git_commit": commit,
             "command": os.environ.get("NANOGPT_COMMAND") or " ".join(["python -m benchmarks.run", *sys.argv[1:]]),
             "date": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds")}
@@ -245,6 +246,7 @@ def run_one(args, framework: str, run_dir: Path, resume: bool = False) -> dict:
     if not prompt_ids:
         raise UserError("the prompt is empty after tokenization: pass a non-empty --prompt.")
 
+    host_malloc = retain_freed_memory()  # before the framework allocates anything (common/allocator.py)
     Backend = load_backend(framework)
     backend = Backend(model_cfg, train_cfg, params, device=run_config["device"],
                       replicas=run_config.get("replicas", 1))
@@ -257,7 +259,7 @@ def run_one(args, framework: str, run_dir: Path, resume: bool = False) -> dict:
             backend.train_step(x, y, learning_rate(step, train_cfg))
         backend.close()
         return {}
-    env = environment(backend, args)
+    env = environment(backend, args, host_malloc)
     (run_dir / "config.json").write_text(json.dumps(run_config, indent=2))
     (run_dir / "env.json").write_text(json.dumps(env, indent=2))
 

@@ -2,6 +2,7 @@
 import json
 import math
 import os
+import platform
 import subprocess
 import sys
 from collections import Counter
@@ -42,6 +43,8 @@ def test_run_folder_has_every_file(pytorch_run):
     assert env["framework"] == "pytorch" and env["device"] == "cpu" and "torch" in env["versions"]
     from common.flops import cpu_vector_isa
     assert env["cpu_isa"] == cpu_vector_isa()
+    if platform.libc_ver()[0] == "glibc":
+        assert env["host_malloc"] == "glibc mallopt mmap_max=0 trim_threshold=1073741824 top_pad=67108864"
     config = json.loads((folder / "config.json").read_text())
     assert config["model"]["vocab_size"] == 65 and config["train"]["max_iters"] == 200
 
@@ -264,6 +267,7 @@ def test_benchmarks_md_section_lists_every_command_commit_and_the_notes(pytorch_
     assert "Ran with the fan on." in text
     assert text.startswith("# Benchmarks") and "\n## tiny on CPU: " in text and ", AVX2 (set)\n" in text
     assert f"- machine: {env['cpu']} (AVX2, {env['cpu_count']} cores), " in text
+    assert f"\n- host malloc: {env['host_malloc']}\n" in text
     assert "| pytorch compiled |" in text and "| pytorch |" in text
     assert text.count("![") == len(list((tmp_path / "figures").iterdir())) > 0
 

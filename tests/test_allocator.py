@@ -1,0 +1,63 @@
+"""common/allocator.py: freed host memory stays in the process, so reusing it costs no page faults."""
+import os
+import platform
+import subprocess
+import sys
+
+import pytest
+
+from common import allocator
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+glibc_only = pytest.mark.skipif(platform.libc_ver()[0] != "glibc",
+                                reason="the settings are glibc's mallopt; other C libraries keep their defaults")
+
+# Allocate, touch and free a block as large as XLA's scratch memory for cpu-baby, several times,
+# and count the page faults after the first round: the first round has to fault the pages in.
+_FAULTS_AFTER_FIRST_ROUND = """
+import ctypes, resource, sys
+from common.allocator import retain_freed_memory
+if sys.argv[1] == "retain":
+    print(retain_freed_memory(), file=sys.stderr)
+libc = ctypes.CDLL("libc.so.6")
+libc.malloc.restype, libc.malloc.argtypes = ctypes.c_void_p, (ctypes.c_size_t,)
+libc.free.argtypes = (ctypes.c_void_p,)
+size = 47 * 2**20
+for round in range(6):
+    if round == 1:
+        before = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
+    block = libc.malloc(size)
+    ctypes.memset(block, 1, size)
+    libc.free(block)
+print(resource.getrusage(resource.RUSAGE_SELF).ru_minflt - before)
+"""
+
+
+def _faults_after_first_round(mode: str, **env) -> int:
+    env = {**{k: v for k, v in os.environ.items() if k != "GLIBC_TUNABLES"}, **env}
+    result = subprocess.run([sys.executable, "-c", _FAULTS_AFTER_FIRST_ROUND, mode], cwd=REPO, env=env,
+                            capture_output=True, text=True, check=True, timeout=60)
+    return int(result.stdout)
+
+
+@glibc_only
+def test_a_freed_block_is_reused_without_faulting_its_pages_in_again():
+    pages_per_round = 47 * 2**20 // os.sysconf("SC_PAGE_SIZE")
+    # glibc's defaults unmap the block on free, so every round faults all its pages in again ...
+    assert _faults_after_first_round("default") > 4 * pages_per_round
+    # ... and with the settings the rounds after the first reuse the pages already there.
+    assert _faults_after_first_round("retain") < pages_per_round // 10
+
+
+@glibc_only
+def test_the_settings_are_reported_and_a_users_own_tunables_win(monkeypatch):
+    monkeypatch.delenv("GLIBC_TUNABLES", raising=False)
+    assert allocator.retain_freed_memory() == ("glibc mallopt mmap_max=0 trim_threshold=1073741824 "
+                                               "top_pad=67108864")
+    tunables = "glibc.malloc.mmap_threshold=131072"
+    monkeypatch.setenv("GLIBC_TUNABLES", tunables)
+    assert allocator.retain_freed_memory() == f"the user's GLIBC_TUNABLES={tunables}"
+    # The user's setting is not overridden: a process started with it faults as glibc's defaults do.
+    pages_per_round = 47 * 2**20 // os.sysconf("SC_PAGE_SIZE")
+    assert _faults_after_first_round("retain", GLIBC_TUNABLES=tunables) > 4 * pages_per_round
