@@ -4,9 +4,9 @@ XLA:CPU allocates each compiled program's scratch memory afresh on every call: 4
 cpu-baby. glibc's malloc hands an allocation that large to mmap and unmaps it again when it is
 freed, and smaller ones in a thread's heap are released once that heap empties; either way the next
 step touches fresh pages, and the kernel faults and zeroes them one by one (about 12,000 a step, a
-quarter to a third of the JAX and TensorFlow steps on the 2-core CPU). Allocators such as tcmalloc and jemalloc keep freed memory
-for reuse; glibc does when told to, which is all this does. Every framework's run gets the same
-setting, so the comparison stays fair.
+quarter to a third of the JAX and TensorFlow steps on the 2-core CPU). Allocators such as tcmalloc
+and jemalloc keep freed memory for reuse; glibc does when told to, which is all this does. Every
+framework's run gets the same setting, so the comparison stays fair.
 
 A user's own GLIBC_TUNABLES malloc settings are left as they are; on a C library other than glibc
 (macOS, musl) nothing changes.
