@@ -3,6 +3,7 @@ import os
 import platform
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 
@@ -38,7 +39,7 @@ def _huge_pages_always() -> bool:
     """With transparent huge pages always on, the kernel faults a large block in 2 MB at a time, so
     glibc's defaults cost a few hundred faults a round, not thousands."""
     try:
-        return "[always]" in open("/sys/kernel/mm/transparent_hugepage/enabled").read()
+        return "[always]" in Path("/sys/kernel/mm/transparent_hugepage/enabled").read_text()
     except OSError:
         return False
 
