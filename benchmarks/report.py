@@ -281,7 +281,8 @@ def figures(groups: list[Group]) -> dict[str, bytes]:
         out[name] = png(fig)
 
     fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(9, 3.5))
-    labels = [f"{g.label}\n{g.device_name[:18]}\n{g.dtype}" for g in groups]
+    # The seed count on a line of its own: at five bars, "tensorflow (n=5)" runs into its neighbours.
+    labels = ["\n".join((g.label.replace(" (", "\n("), g.device_name[:18], g.dtype)) for g in groups]
     colors = [COLORS.get(g.framework, "grey") for g in groups]
     ax1.bar(labels, [g.mean("tokens_per_s") or 0 for g in groups], color=colors,
             yerr=[g.spread("tokens_per_s") or 0 for g in groups])
