@@ -60,8 +60,11 @@ def test_tiny_run_learns_well_below_the_unigram_entropy(pytorch_run, shakespeare
     assert summary["final_val_loss"] < unigram_entropy - 0.5
     assert summary["final_val_bpc"] == pytest.approx(summary["final_val_loss"] / math.log(2), rel=1e-9)
     for key in ("tokens_per_s", "median_step_ms", "p10_step_ms", "p90_step_ms", "mfu", "peak_rss_bytes",
-                "generation_tokens_per_s", "kv_cache_speedup", "time_to_first_step_s"):
+                "generation_tokens_per_s", "kv_cache_speedup", "kv_cache_speedup_whole_sample",
+                "time_to_first_step_s"):
         assert summary[key] > 0, key
+    # Generation is timed over the window after the one-token prompt and over the whole sample.
+    assert (summary["generation_timed_tokens"], summary["sample_tokens"]) == (31, 300)
     assert summary["p10_step_ms"] <= summary["median_step_ms"] <= summary["p90_step_ms"]
     assert set(summary["quality"]) == {"word_validity", "char4_jsd", "distinct_2", "copy_rate",
                                        "speaker_line_share"}

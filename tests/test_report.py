@@ -1,7 +1,7 @@
 """Report arithmetic on made-up runs: grouping by replicas, scaling efficiency, the bars."""
 from pathlib import Path
 
-from benchmarks.report import Group, Run, checks, group_runs, scaling_rows
+from benchmarks.report import Group, Run, checks, group_runs, scaling_rows, summary_rows
 
 
 def _run(framework, replicas, tokens_per_s, best=1.95, final=1.95, seed=0, compile=False):
@@ -60,3 +60,21 @@ def test_cpu_runs_share_the_highest_measured_peak():
     groups = group_runs([*runs, gpu])
     assert [round(g.mean("mfu"), 6) for g in groups if g.device_name == "cpu"] == [0.005, 0.0045, 0.004]
     assert gpu.summary["mfu"] == 0.1 and gpu.summary["peak_flops"] == 900e12
+
+
+def test_kv_speedup_over_the_whole_sample_is_a_bar_of_its_own_where_it_was_timed():
+    timed = _run("jax", 1, 1000.0)
+    timed.summary.update(sample_tokens=500, kv_cache_speedup_whole_sample=1.8)
+    older = _run("tensorflow", 1, 1000.0)
+    older.summary.update(sample_tokens=500)  # made before the whole sample was timed
+    fits = _run("pytorch", 1, 1000.0)
+    fits.summary.update(sample_tokens=40, generation_timed_tokens=40, kv_cache_speedup_whole_sample=6.0)
+    groups = group_runs([timed, older, fits])
+    verdicts = {row[0]: (row[1], row[2]) for row in checks(groups)}
+    assert verdicts["jax: KV-cache generation ≥ 5× no-cache (63 tokens within one block of 64)"] == ("6.0×", "yes")
+    assert verdicts["jax: KV-cache generation ≥ 5× no-cache (all 500 tokens of a sample, block 64)"] == ("1.8×", "**no**")
+    assert [what for what in verdicts if "of a sample" in what] == [
+        "jax: KV-cache generation ≥ 5× no-cache (all 500 tokens of a sample, block 64)"]
+    header, rows = summary_rows(groups)
+    cells = {row[0]: row[header.index("KV speedup (one window · whole sample)")] for row in rows}
+    assert cells == {"jax": "6.0× · 1.8× over 500", "tensorflow": "6.0×", "pytorch": "6.0×"}
