@@ -8,8 +8,7 @@ from pathlib import Path
 import pytest
 
 from common import allocator
-
-REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+from tests.conftest import REPO
 
 glibc_only = pytest.mark.skipif(platform.libc_ver()[0] != "glibc",
                                 reason="the settings are glibc's mallopt; other C libraries keep their defaults")
