@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import dataclasses
+import math
 from dataclasses import dataclass, fields, replace
 
 from common.errors import UserError
@@ -18,6 +19,7 @@ class GPTConfig:
     bias: bool = False
 
     def __post_init__(self):
+        _check_finite(self)
         for name in ("vocab_size", "block_size", "n_layer", "n_head", "n_embd"):
             if getattr(self, name) <= 0:
                 raise UserError(f"{name} must be a positive integer, got {getattr(self, name)}.")
@@ -52,6 +54,7 @@ class TrainConfig:
     compile: bool = False
 
     def __post_init__(self):
+        _check_finite(self)
         for name in ("batch_size", "eval_interval", "eval_iters"):
             if getattr(self, name) <= 0:
                 raise UserError(f"{name} must be a positive integer, got {getattr(self, name)}.")
@@ -68,6 +71,44 @@ class TrainConfig:
             raise UserError("eps must be positive and weight_decay, grad_clip non-negative.")
         if self.dtype not in ("float32", "bfloat16"):
             raise UserError(f"dtype must be float32 or bfloat16, got {self.dtype!r}.")
+        if not 0 <= self.seed < STEP_LIMIT or self.max_iters > STEP_LIMIT:
+            # The batch of a step is drawn from the RNG words [seed, step]; a larger one would take two.
+            raise UserError(f"seed must be in [0, {STEP_LIMIT}) and max_iters at most {STEP_LIMIT}, "
+                            f"got seed={self.seed}, max_iters={self.max_iters}.")
+
+
+STEP_LIMIT = 2**32
+
+
+def _check_finite(config) -> None:
+    """nan slips through every range check (each comparison is False), and inf through half of them."""
+    for f in fields(config):
+        value = getattr(config, f.name)
+        if isinstance(value, float) and not math.isfinite(value):
+            raise UserError(f"{f.name} must be a finite number, got {value}: pass a number like the "
+                            f"preset's {getattr(type(config)(), f.name)}.")
+
+
+def training_bytes(model: GPTConfig, train: TrainConfig) -> int:
+    """A lower bound on the memory a training run takes: what its tensors need at the least.
+
+    Parameters, gradients and AdamW's two moments are four float32 copies of the weights; one step
+    keeps at least eight (B, T, C) activations a layer (attention weights left out: fused attention
+    never holds them) and the logits with their gradient; the evaluation batches stay for the run.
+    """
+    C, T, B, L = model.n_embd, model.block_size, train.batch_size, model.n_layer
+    params = (model.vocab_size + T) * C + L * 12 * C * C
+    activations = B * T * (L * 8 * C + 2 * model.vocab_size)
+    eval_tokens = 2 * train.eval_iters * B * (T + 1) * 2  # train and val batches, x and y
+    return 4 * (4 * params + activations + eval_tokens)
+
+
+def check_fits_memory(model: GPTConfig, train: TrainConfig, available_bytes: int) -> None:
+    need = training_bytes(model, train)
+    if need > available_bytes:
+        raise UserError(f"this config needs at least {need / 2**30:,.1f} GiB to train and "
+                        f"{available_bytes / 2**30:,.1f} GiB are available: lower block_size, n_embd, "
+                        f"n_layer, batch_size or eval_iters with --set.")
 
 
 def _cpu_baby() -> tuple[GPTConfig, TrainConfig]:
@@ -118,7 +159,7 @@ def _parse_value(field: dataclasses.Field, text: str):
     kind = {"int": int, "float": float, "str": str}.get(field.type, str)
     try:
         return kind(float(text)) if kind is int and "e" in text.lower() else kind(text)
-    except ValueError:
+    except (ValueError, OverflowError):  # int(float("1e400")) overflows
         raise UserError(f"{field.name} takes a {kind.__name__}, got {text!r}.") from None
 
 
