@@ -210,7 +210,10 @@ def _resume_setup(run_dir: Path):
     except (OSError, ValueError, KeyError, TypeError):
         raise UserError(f"{run_dir} holds no readable config.json of a run to resume.") from None
     data = prepare(run_config["dataset"], run_config["tokenizer"], run_config["vocab_size"])
-    params, optimizer, step = load_training_state(run_dir, model_cfg, data.tokenizer.to_json())
+    state = load_training_state(run_dir, model_cfg, data.tokenizer.to_json())
+    if state is None:
+        raise UserError(f"{run_dir} has no checkpoint to resume from; start a new run instead.")
+    params, optimizer, step = state.params, state.optimizer, state.step
     if os.environ.get("RANK", "0") == "0":
         _truncate_metrics(run_dir / "metrics.jsonl", step)
         (run_dir / "summary.json").unlink(missing_ok=True)

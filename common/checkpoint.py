@@ -4,14 +4,16 @@
 its metadata, so any framework can load what any other wrote. Optimizer state for resuming goes in
 a second file, `optimizer.safetensors`, in the same canonical names (AdamW moments per parameter).
 Every write goes to a temporary file first and is renamed into place, so a crash never leaves a
-half-written checkpoint where a good one was.
+half-written checkpoint where a good one was; a checksum of the tensors in the metadata catches a
+file damaged afterwards, which safetensors alone would load as silently wrong weights.
 """
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import tempfile
-from dataclasses import asdict
+from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import numpy as np
@@ -25,8 +27,17 @@ from common.params import check_params
 FORMAT = "nanogpt-compare/1"
 
 
+def _checksum(tensors: dict[str, np.ndarray]) -> str:
+    digest = hashlib.sha256()
+    for name in sorted(tensors):
+        digest.update(name.encode())
+        digest.update(np.ascontiguousarray(tensors[name]).tobytes())
+    return digest.hexdigest()
+
+
 def _atomic_save(tensors: dict[str, np.ndarray], path: Path, metadata: dict[str, str]) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
+    metadata = {**metadata, "sha256": _checksum(tensors)}
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     os.close(fd)
     try:
@@ -65,6 +76,9 @@ def _read(path: Path) -> tuple[dict[str, np.ndarray], dict[str, str]]:
     except (SafetensorError, OSError, ValueError) as e:
         raise UserError(f"checkpoint {path} is corrupt or truncated ({e}); use an earlier checkpoint "
                         f"or retrain.") from None
+    if "sha256" in metadata and _checksum(tensors) != metadata["sha256"]:  # older files have none
+        raise UserError(f"checkpoint {path} is corrupt (its tensors do not match their checksum); use an "
+                        f"earlier checkpoint or retrain.")
     return tensors, metadata
 
 
@@ -134,17 +148,40 @@ def save_training_state(run_dir: str | Path, params: dict[str, np.ndarray], opti
     return folder
 
 
+@dataclass
+class TrainingState:
+    params: dict[str, np.ndarray]
+    optimizer: dict[str, np.ndarray]
+    step: int
+    skipped: list[str]  # "step_NNNNNNN (why)" for each newer checkpoint that could not be read
+
+
 def load_training_state(run_dir: str | Path, expect_config: GPTConfig | None = None,
-                        expect_tokenizer_json: str | None = None):
-    """(params, optimizer_state, step) of the newest complete checkpoint in run_dir."""
+                        expect_tokenizer_json: str | None = None) -> TrainingState | None:
+    """The newest readable complete checkpoint in run_dir, or None if the run never wrote one.
+
+    A step folder newer than `latest` names was being written when the run stopped and is passed
+    over silently; an unreadable one `latest` names (a truncated or corrupted file) is skipped for
+    the one before it, and the reason is kept in `skipped` for the caller to report.
+    """
     root = Path(run_dir) / "checkpoints"
+    folders = sorted((p for p in root.glob("step_*") if p.is_dir()), reverse=True)
     try:
-        folder = root / (root / "latest").read_text().strip()
+        latest = (root / "latest").read_text().strip()
+        folders = [f for f in folders if f.name <= latest]
     except OSError:
-        raise UserError(f"{run_dir} has no checkpoint to resume from; start a new run instead.") from None
-    params, info = load_checkpoint(folder / "model.safetensors", expect_config, expect_tokenizer_json)
-    optimizer, step = load_optimizer_state(folder / "optimizer.safetensors")
-    if step != info["step"]:
-        raise UserError(f"{folder} holds a model and an optimizer state of different steps; "
-                        f"remove it and point checkpoints/latest at an earlier step folder.")
-    return params, optimizer, step
+        pass  # no pointer (or an unreadable one): every folder is a candidate, newest first
+    skipped = []
+    for folder in folders:
+        try:
+            params, info = load_checkpoint(folder / "model.safetensors", expect_config, expect_tokenizer_json)
+            optimizer, step = load_optimizer_state(folder / "optimizer.safetensors")
+            if step != info["step"]:
+                raise UserError("its model and optimizer state are of different steps")
+        except UserError as e:
+            skipped.append(f"{folder.name} ({str(e).rstrip('.')})")
+            continue
+        return TrainingState(params, optimizer, step, skipped)
+    if skipped:
+        raise UserError(f"no checkpoint in {root} can be read ({'; '.join(skipped)}): start a new run instead.")
+    return None

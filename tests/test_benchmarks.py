@@ -197,9 +197,8 @@ def test_non_finite_loss_stops_with_the_last_good_checkpoint(tmp_path, shakespea
     lines = result.stderr.strip().splitlines()
     assert result.returncode == 2 and "loss" in lines[-1] and "--resume" in lines[-1], result.stderr
     from common.checkpoint import load_training_state
-    params, _, step = load_training_state(tmp_path / "pytorch")
-    import numpy as np
-    assert step > 0 and all(np.isfinite(v).all() for v in params.values())
+    state = load_training_state(tmp_path / "pytorch")
+    assert state.step > 0 and all(np.isfinite(v).all() for v in state.params.values())
 
 
 def test_missing_framework_is_one_clear_line(monkeypatch, capsys):

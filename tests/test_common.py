@@ -5,7 +5,8 @@ import numpy as np
 import pytest
 
 from common.backend import canonical_framework, load_backend
-from common.checkpoint import load_checkpoint, load_optimizer_state, save_checkpoint, save_optimizer_state
+from common.checkpoint import (load_checkpoint, load_optimizer_state, load_training_state, save_checkpoint,
+                               save_optimizer_state, save_training_state)
 from common.config import GPTConfig, TrainConfig, get_preset
 from common.errors import UserError
 from common.flops import accelerator_peak, cpu_vector_isa, flops_per_token, mfu
@@ -85,6 +86,47 @@ def test_checkpoint_round_trip_and_errors(tmp_path):
     save_file({"weight": np.zeros(3, np.float32)}, str(foreign))
     with pytest.raises(UserError, match="not a nanogpt-compare checkpoint"):
         load_checkpoint(foreign)
+
+
+def test_checkpoint_with_a_flipped_byte_fails_its_checksum(tmp_path):
+    config = GPTConfig(vocab_size=11, block_size=8, n_layer=1, n_head=2, n_embd=8)
+    path = save_checkpoint(tmp_path / "model.safetensors", init_params(config, 0), config, step=1,
+                           tokenizer_json="{}", framework="jax")
+    data = bytearray(path.read_bytes())
+    data[-5] ^= 0xFF  # inside the last tensor: safetensors itself would load it as a wrong weight
+    path.write_bytes(bytes(data))
+    with pytest.raises(UserError, match="corrupt \\(its tensors do not match their checksum\\)"):
+        load_checkpoint(path)
+
+
+def _save_steps(run_dir, config, steps):
+    for step in steps:
+        params = init_params(config, step)
+        save_training_state(run_dir, params, {"adam_m.wte": params["wte"], "adam_count": np.array(step)}, config,
+                            step=step, tokenizer_json="{}", framework="pytorch")
+
+
+def test_training_state_falls_back_past_an_unreadable_newest_checkpoint(tmp_path):
+    config = GPTConfig(vocab_size=11, block_size=8, n_layer=1, n_head=2, n_embd=8)
+    assert load_training_state(tmp_path) is None  # never checkpointed: a fresh start
+    _save_steps(tmp_path, config, [10, 20, 30])
+    root = tmp_path / "checkpoints"
+    assert sorted(p.name for p in root.glob("step_*")) == ["step_0000020", "step_0000030"]
+    (root / "step_0000040").mkdir()  # a write the run did not finish: newer than `latest`, passed over
+    state = load_training_state(tmp_path, config, "{}")
+    assert (state.step, state.skipped) == (30, [])
+    newest = root / "step_0000030" / "model.safetensors"
+    newest.write_bytes(newest.read_bytes()[:1000])
+    state = load_training_state(tmp_path, config, "{}")
+    assert state.step == 20 and int(state.optimizer["adam_count"]) == 20
+    np.testing.assert_array_equal(state.params["wte"], init_params(config, 20)["wte"])
+    assert len(state.skipped) == 1 and state.skipped[0].startswith("step_0000030 (checkpoint ")
+    assert "corrupt or truncated" in state.skipped[0]
+    older = root / "step_0000020" / "optimizer.safetensors"
+    older.write_bytes(b"garbage")
+    with pytest.raises(UserError, match="no checkpoint in .* can be read \\(step_0000030 .*; step_0000020 .*\\): "
+                                        "start a new run instead.$"):
+        load_training_state(tmp_path, config, "{}")
 
 
 def test_optimizer_state_file_round_trip(tmp_path):
