@@ -1,9 +1,12 @@
-"""Compare benchmark runs: report.md and a self-contained report.html, or BENCHMARKS.md.
+"""Compare benchmark runs (report.md and a self-contained report.html), pack them, write BENCHMARKS.md.
 
-    python -m benchmarks.report RUN_DIR [RUN_DIR ...] [--out DIR] [--benchmarks-md BENCHMARKS.md]
+    python -m benchmarks.report RUN_DIR [RUN_DIR ...] [--out DIR]   # the report over any runs
+    python -m benchmarks.report RUN_DIR [RUN_DIR ...] --pack results/NAME   # add runs to a run set
+    python -m benchmarks.report --benchmarks   # BENCHMARKS.md and its plot, from results/
 
-A RUN_DIR is one run folder (it has summary.json) or a folder holding run folders. Runs of the
-same framework on the same device and dtype with different seeds are summarised as mean ± std.
+A RUN_DIR is a harness run folder (it has summary.json), a packed run set (results/NAME), or a folder
+holding either. Runs of the same framework on the same device and dtype with different seeds are
+summarised as mean ± std.
 """
 from __future__ import annotations
 
@@ -11,28 +14,18 @@ import argparse
 import base64
 import html
 import io
-import json
+import re
 import statistics
 import sys
 from collections import defaultdict
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from benchmarks.results import RUNS_FILE, Run, is_run_set, load_run, load_run_set, pack
 from common.errors import UserError, one_line
 
 FRAMEWORK_ORDER = {"pytorch": 0, "tensorflow": 1, "keras-jax": 2, "jax": 3}
 COLORS = {"pytorch": "#ee4c2c", "tensorflow": "#ff8f00", "keras-jax": "#d00000", "jax": "#4285f4"}
-
-
-@dataclass
-class Run:
-    folder: Path
-    summary: dict
-    config: dict
-    env: dict
-    evals: list[dict]
-    steps: list[dict]
-    samples: str
 
 
 @dataclass
@@ -63,37 +56,23 @@ class Group:
         return statistics.stdev(values) if len(values) > 1 else None
 
 
-def load_run(folder: Path) -> Run:
-    def read_json(name):
-        try:
-            return json.loads((folder / name).read_text())
-        except (OSError, ValueError) as e:
-            raise UserError(f"{folder} is not a complete run folder ({name}: {e}); rerun it or leave it out.") from None
-    records = []
-    try:
-        for line in (folder / "metrics.jsonl").read_text().splitlines():
-            if line.strip():
-                records.append(json.loads(line))
-    except (OSError, ValueError) as e:
-        raise UserError(f"{folder}/metrics.jsonl is unreadable ({e}).") from None
-    samples = (folder / "samples.txt").read_text(encoding="utf-8") if (folder / "samples.txt").exists() else ""
-    return Run(folder, read_json("summary.json"), read_json("config.json"), read_json("env.json"),
-               [r for r in records if r.get("type") == "eval"],
-               [r for r in records if r.get("type") == "train"], samples)
-
-
 def find_runs(paths: list[Path]) -> list[Run]:
-    folders = []
+    """The runs under each path: a run folder, a packed run set, or a folder of either (results/)."""
+    runs = []
     for path in paths:
         if (path / "summary.json").exists():
-            folders.append(path)
+            runs.append(load_run(path))
+        elif is_run_set(path):
+            runs.extend(load_run_set(path))
         elif path.is_dir():
-            folders.extend(sorted(p.parent for p in path.glob("*/summary.json")))
+            runs.extend(load_run(p.parent) for p in sorted(path.glob("*/summary.json")))
+            for run_set in sorted(p.parent for p in path.glob(f"*/{RUNS_FILE}")):
+                runs.extend(load_run_set(run_set))
         else:
-            raise UserError(f"{path} is not a run folder or a folder of runs.")
-    if not folders:
-        raise UserError(f"no finished runs (summary.json) under {', '.join(map(str, paths))}.")
-    return [load_run(f) for f in folders]
+            raise UserError(f"{path} is not a run folder, a run set or a folder of them.")
+    if not runs:
+        raise UserError(f"no finished runs (summary.json or {RUNS_FILE}) under {', '.join(map(str, paths))}.")
+    return runs
 
 
 def share_cpu_peak(runs: list[Run]) -> float | None:
@@ -330,6 +309,9 @@ def write_report(run_dirs: list[Path], out: Path, problems: list[str] | None = N
     scaling = scaling_rows(groups)
     if scaling[1]:
         tables["Data-parallel scaling"] = scaling
+    bars = checks(groups)
+    if bars:
+        tables["Bars from the issues, measured here"] = (["bar", "measured", "met"], bars)
     first = groups[0].runs[0]
     model = first.config["model"]
     title = (f"{first.config['preset']} on {first.config['dataset']}: {model['n_layer']} layers, "
@@ -434,84 +416,215 @@ def checks(groups: list[Group]) -> list[list[str]]:
     return rows
 
 
-def _version(group: Group) -> str:
-    version = str(group.runs[0].env.get("framework_version"))
-    return version if version.startswith(group.framework) else f"{group.framework} {version}"
+# --- BENCHMARKS.md: the headline of results/ ---------------------------------------------------
+
+REPO = Path(__file__).resolve().parents[1]
+PAGE_LINES = 200
+MOST_FINDINGS = 10
+REGENERATE = "python -m benchmarks.report --benchmarks"
 
 
-def write_benchmarks_md(run_sets: list[Path], path: Path, figures_dir: Path) -> Path:
-    """One section per run set (a folder of runs made by one command), each with its tables and checks."""
-    figures_dir.mkdir(parents=True, exist_ok=True)
-    lines = ["# Benchmarks", "",
-             "Produced by the harness; regenerate this file with the command at its end. Absolute times on a",
-             "shared 2-core machine are noisy: compare frameworks within one section (one command, one",
-             "machine, run one after another), by medians and ratios.", ""]
-    for run_set in run_sets:
-        groups = group_runs(find_runs([run_set]))
-        first = groups[0].runs[0]
-        env, model = first.env, first.config["model"]
-        device = "GPU" if env.get("device") != "cpu" else "CPU"
-        name = run_set.name
-        runs = [run for g in groups for run in g.runs]
-        commands = list(dict.fromkeys(run.env.get("command") for run in runs))
-        commits = list(dict.fromkeys(str(run.env.get("git_commit")) for run in runs))
-        lines += [f"## {first.config['preset']} on {device}: {groups[0].device_name if device == 'GPU' else _cpu_title(env)} "
-                  f"({name})",
-                  "",
-                  *[f"- command: `{command}`" for command in commands],
-                  f"- date: {env.get('date')}, commit {', '.join(commits)}",
-                  f"- machine: {cpu_description(env)}, {env.get('platform')}, "
-                  f"Python {env.get('python')}",
-                  *([f"- host malloc: {env['host_malloc']}"] if env.get("host_malloc") else []),
-                  "- versions: " + ", ".join(dict.fromkeys(_version(g) for g in groups)),
-                  f"- model: {model['n_layer']} layers × {model['n_head']} heads × {model['n_embd']} wide, block "
-                  f"{model['block_size']}, {first.summary['params']:,} parameters; "
-                  f"{first.config['train']['max_iters']} steps of batch {first.config['train']['batch_size']}",
-                  *([f"- MFU: against {first.summary['peak_flops'] / 1e9:.0f} GFLOP/s, the highest float32 matmul "
-                     f"peak these runs measured"] if device == "CPU" else []),
-                  ""]
-        notes = run_set / "NOTES.md"  # what the numbers alone do not say, written by whoever ran them
-        if notes.exists():
-            lines += [notes.read_text(encoding="utf-8").strip(), ""]
-        header, rows = summary_rows(groups)
-        lines += [markdown_table(header, rows), ""]
-        header, rows = quality_rows(groups)
-        lines += ["Sample quality:", "", markdown_table(header, rows), ""]
-        header, rows = scaling_rows(groups)
-        if rows:
-            lines += ["Data-parallel scaling:", "", markdown_table(header, rows), ""]
-        rows = checks(groups)
-        if rows:
-            lines += ["Bars from the issues, measured here:", "", markdown_table(["bar", "measured", "met"], rows), ""]
-        for figure, data in figures(groups).items():
-            target = figures_dir / f"{name}-{figure}"
-            target.write_bytes(data)
-            lines.append(f"![{figure[:-4]}]({target.relative_to(path.parent).as_posix()})")
-        lines.append("")
-    sets = " ".join(str(p) for p in run_sets)
-    lines += ["## Regenerate", "", "```bash",
-              f"python -m benchmarks.report {sets} --benchmarks-md {path.name}", "```", ""]
-    path.write_text("\n".join(lines), encoding="utf-8")
+@dataclass
+class RunSet:
+    """results/<name>: runs made by one person's commands on one machine, packed, with NOTES.md."""
+    name: str
+    groups: list[Group]
+
+    @property
+    def first(self) -> Run:
+        return self.groups[0].runs[0]
+
+    @property
+    def machine(self) -> str:
+        """The kind of machine the ranking depends on: the GPU's model, or the CPU's with its vector ISA."""
+        summary, env = self.first.summary, self.first.env
+        if summary.get("device") != "cpu":
+            return summary["device_name"]
+        return f"{env.get('cpu')}, {env.get('cpu_isa') or 'vector ISA not recorded'}"
+
+    @property
+    def heading(self) -> str:
+        cores = self.first.env.get("cpu_count")
+        return f"{self.machine}, {cores} cores" if self.first.summary.get("device") == "cpu" and cores else self.machine
+
+    @property
+    def date(self) -> str:
+        return max(run.env.get("date", "") for g in self.groups for run in g.runs)
+
+    @property
+    def eager_pytorch(self) -> Group | None:
+        return next((g for g in self.groups if g.framework == "pytorch" and not g.compiled and g.replicas == 1), None)
+
+    @property
+    def compares_frameworks(self) -> bool:
+        """Eager PyTorch and another row, each trained for its preset's whole schedule: a set made for
+        something else (generation speed after 20 steps, one framework's seeds) heads no table."""
+        from common.config import get_preset
+        full = all(run.config["train"]["max_iters"] == get_preset(run.config["preset"])[1].max_iters
+                   for g in self.groups for run in g.runs)
+        return full and self.eager_pytorch is not None and len(self.groups) > 1
+
+
+def load_run_sets(results: Path) -> list[RunSet]:
+    sets = [RunSet(p.parent.name, group_runs(load_run_set(p.parent))) for p in sorted(results.glob(f"*/{RUNS_FILE}"))]
+    if not sets:
+        raise UserError(f"no run sets ({RUNS_FILE}) under {results}; pack runs with --pack {results}/NAME.")
+    return sets
+
+
+def headline_sets(sets: list[RunSet]) -> list[RunSet]:
+    """The newest set comparing frameworks on each kind of machine: CPUs first, newest first."""
+    newest: dict[str, RunSet] = {}
+    for run_set in sorted((s for s in sets if s.compares_frameworks), key=lambda s: s.date):
+        newest[run_set.machine] = run_set
+    newest_first = sorted(newest.values(), key=lambda s: s.date, reverse=True)
+    return sorted(newest_first, key=lambda s: s.first.summary.get("device") != "cpu")
+
+
+def vs_eager_pytorch(run_set: RunSet, group: Group) -> float:
+    """The group's tokens/s over eager PyTorch's on the same seeds where it ran them all: the runs of one
+    seed were made minutes apart, so the ratio carries less of the machine's drift over hours."""
+    seeds = {run.summary.get("seed") for run in group.runs}
+    eager = run_set.eager_pytorch
+    same = [run.summary["tokens_per_s"] for run in eager.runs if run.summary.get("seed") in seeds]
+    baseline = statistics.fmean(same) if len(same) == len(seeds) else eager.mean("tokens_per_s")
+    return group.mean("tokens_per_s") / baseline
+
+
+def headline_rows(run_set: RunSet) -> tuple[list[str], list[list[str]]]:
+    header = ["framework", "tokens/s vs eager PyTorch", "tokens/s", "best val loss", "MFU", "peak memory",
+              "KV-cache decode speed-up"]
+    rows = []
+    for g in run_set.groups:
+        memory = g.mean("peak_memory_bytes")
+        rows.append([g.label, _fmt(vs_eager_pytorch(run_set, g), 2) + "×", f"{g.mean('tokens_per_s'):,.0f}",
+                     _fmt(g.mean("best_val_loss"), 4, g.spread("best_val_loss")), _fmt(g.mean("mfu"), 1, percent=True),
+                     _bytes(memory) if memory is not None else _bytes(g.mean("peak_rss_bytes")) + " host",
+                     _fmt(g.mean("kv_cache_speedup"), 1) + "×"])
+    return header, rows
+
+
+def _caption(run_set: RunSet) -> str:
+    first = run_set.first
+    model, train, summary = first.config["model"], first.config["train"], first.summary
+    seeds = sorted({run.summary.get("seed") for g in run_set.groups for run in g.runs})
+    peak = (f"the measured float32 matmul peak, {summary['peak_flops'] / 1e9:,.0f} GFLOP/s" if summary.get("device") == "cpu"
+            else f"{summary['peak_flops'] / 1e12:,.0f} TFLOP/s ({summary.get('peak_flops_source')})")
+    window = summary.get("generation_timed_tokens")
+    return (f"{first.config['preset']}: {model['n_layer']} layers × {model['n_head']} heads × {model['n_embd']} wide, "
+            f"block {model['block_size']}, {summary['params'] / 1e6:.1f}M parameters, {train['max_iters']} steps of batch "
+            f"{train['batch_size']}, {first.summary['dtype']}, "
+            + (f"seeds {', '.join(map(str, seeds))} (mean ± std; ratios against eager PyTorch on the same seeds)"
+               if len(seeds) > 1 else f"seed {seeds[0]}")
+            + f". MFU against {peak}; decode speed-up of the KV "
+            f"cache over no cache{f' for {window} tokens in one block' if window else ''}. "
+            f"{run_set.date[:10]}, [{run_set.name}](results/{run_set.name}/NOTES.md).")
+
+
+def headline_figure(sets: list[RunSet]) -> bytes:
+    """Each framework's training tokens/s over eager PyTorch's, one panel per machine."""
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, axes = plt.subplots(1, len(sets), figsize=(5 * len(sets), 3), squeeze=False, layout="constrained")
+    for ax, run_set in zip(axes[0], sets):
+        groups = run_set.groups[::-1]  # the table's first row on top
+        ratios = [vs_eager_pytorch(run_set, g) for g in groups]
+        ax.barh([g.label for g in groups], ratios,
+                xerr=[r * (g.spread("tokens_per_s") or 0) / g.mean("tokens_per_s") for r, g in zip(ratios, groups)],
+                color=[COLORS.get(g.framework, "grey") for g in groups])
+        ax.axvline(1.0, color="black", lw=0.8)
+        ax.set_title(run_set.heading, fontsize=9)
+        ax.set_xlabel("training tokens/s ÷ eager PyTorch's")
+        ax.grid(axis="x", alpha=0.3)
+    buffer = io.BytesIO()
+    fig.savefig(buffer, format="png", dpi=110, bbox_inches="tight", metadata={"Software": None})
+    plt.close(fig)
+    return buffer.getvalue()
+
+
+def _findings(results: Path) -> list[str]:
+    """results/FINDINGS.md's list, its links re-pointed from results/ to the page's folder."""
+    path = results / "FINDINGS.md"
+    if not path.exists():
+        return []
+    lines = [line for line in path.read_text(encoding="utf-8").splitlines() if line.startswith(("- ", "  "))]
+    count = sum(line.startswith("- ") for line in lines)
+    if count > MOST_FINDINGS:
+        raise UserError(f"{path} lists {count} findings; keep the {MOST_FINDINGS} a reader most needs "
+                        "and leave the rest to the run sets' NOTES.md.")
+    return [re.sub(r"\]\((?!https?:|/|#)", "](results/", line) for line in lines]
+
+
+def _set_summary(results: Path, run_set: RunSet) -> str:
+    """The first sentence of the set's NOTES.md under its title."""
+    notes = results / run_set.name / "NOTES.md"
+    text = notes.read_text(encoding="utf-8") if notes.exists() else ""
+    first = next((line for line in text.splitlines() if line.strip() and not line.startswith("#")), "")
+    return f"- [{run_set.name}](results/{run_set.name}/NOTES.md) ({run_set.machine}, {run_set.date[:10]}): {first}"
+
+
+def benchmarks_page(results: Path, figure: str = "docs/benchmarks/headline.png") -> str:
+    """BENCHMARKS.md: a headline table per kind of machine, one plot, the findings, then the run sets."""
+    sets = load_run_sets(results)
+    lines = ["# Benchmarks", ""]
+    for run_set in headline_sets(sets):
+        header, rows = headline_rows(run_set)
+        lines += [f"## {run_set.heading}", "", markdown_table(header, rows), "", _caption(run_set), ""]
+    lines += [f"![training tokens/s against eager PyTorch's, per machine]({figure})", ""]
+    findings = _findings(results)
+    if findings:
+        lines += ["## Findings", "", *findings, ""]
+    lines += ["## Run sets", "", *[_set_summary(results, s) for s in sets], "",
+              "## Setup", "",
+              "Every row trains the same GPT from the same initial weights on the same batches, one framework at a "
+              "time (`python -m benchmarks.run --framework all`);",
+              f"tokens/s from the median step. This page is written by `{REGENERATE}` from results/; add a run set "
+              "with `python -m benchmarks.report RUN_DIR... --pack results/NAME` and its NOTES.md.", ""]
+    return "\n".join(lines)
+
+
+def write_benchmarks(root: Path = REPO) -> Path:
+    """Write root/BENCHMARKS.md and its plot from root/results/."""
+    results, figure = root / "results", Path("docs/benchmarks/headline.png")
+    page = benchmarks_page(results, figure.as_posix())
+    (root / figure).parent.mkdir(parents=True, exist_ok=True)
+    (root / figure).write_bytes(headline_figure(headline_sets(load_run_sets(results))))
+    path = root / "BENCHMARKS.md"
+    path.write_text(page, encoding="utf-8")
     return path
 
 
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="python -m benchmarks.report", description=__doc__.split("\n\n")[0])
-    p.add_argument("runs", nargs="+", type=Path)
-    p.add_argument("--out", type=Path, help="report folder (default: the first RUN_DIR)")
-    p.add_argument("--benchmarks-md", type=Path, help="write this BENCHMARKS.md instead, a section per RUN_DIR")
+    p.add_argument("runs", nargs="*", type=Path, help="run folders, packed run sets (results/NAME), or folders of them")
+    p.add_argument("--out", type=Path, help="report folder (default: the first RUN_DIR, if it is a harness folder)")
+    p.add_argument("--pack", type=Path, metavar="results/NAME", help="pack the RUN_DIRs into this run set instead")
+    p.add_argument("--benchmarks", action="store_true", help="write BENCHMARKS.md and its plot from results/ instead")
     args = p.parse_args(argv)
     try:
-        if args.benchmarks_md:
-            print(write_benchmarks_md(args.runs, args.benchmarks_md,
-                                      args.benchmarks_md.parent / "docs" / "benchmarks"))
-            return 0
-        out = args.out or (args.runs[0] if not (args.runs[0] / "summary.json").exists() else args.runs[0].parent)
-        print(write_report(args.runs, out))
+        if args.benchmarks:
+            if args.runs or args.pack or args.out:
+                raise UserError("--benchmarks reads results/ and takes no other arguments; run it alone.")
+            print(write_benchmarks())
+        elif not args.runs:
+            raise UserError("name the run folders or run sets to compare, e.g. runs/ or results/NAME.")
+        elif args.pack:
+            print(pack(args.runs, args.pack))
+        else:
+            out = args.out or _default_out(args.runs[0])
+            print(write_report(args.runs, out))
     except UserError as e:
         print(f"error: {one_line(e)}", file=sys.stderr)
         return 2
     return 0
+
+
+def _default_out(first: Path) -> Path:
+    if is_run_set(first) or first.name == "results":
+        raise UserError(f"{first} is packed run data under results/; name a folder for the report with --out.")
+    return first if not (first / "summary.json").exists() else first.parent
 
 
 if __name__ == "__main__":

@@ -251,29 +251,6 @@ def test_profile_writes_the_framework_trace(tmp_path, shakespeare_path):
     assert len(traces) == 1 and '"traceEvents"' in traces[0].read_text()
 
 
-@pytest.mark.pytorch
-def test_benchmarks_md_section_lists_every_command_commit_and_the_notes(pytorch_run, tmp_path):
-    import shutil
-    from benchmarks.report import write_benchmarks_md
-    folder, _ = pytorch_run
-    run_set = tmp_path / "set"
-    for name, command in (("pytorch", "python -m benchmarks.run A"), ("pytorch-compiled", "python -m benchmarks.run B")):
-        shutil.copytree(folder, run_set / name, ignore=shutil.ignore_patterns("checkpoints", "*.safetensors"))
-        env = json.loads((run_set / name / "env.json").read_text())
-        (run_set / name / "env.json").write_text(json.dumps({**env, "command": command, "cpu_isa": "AVX2"}))
-    summary = json.loads((run_set / "pytorch-compiled" / "summary.json").read_text())
-    (run_set / "pytorch-compiled" / "summary.json").write_text(json.dumps({**summary, "compile": True}))
-    (run_set / "NOTES.md").write_text("Ran with the fan on.\n")
-    text = write_benchmarks_md([run_set], tmp_path / "BENCHMARKS.md", tmp_path / "figures").read_text()
-    assert "- command: `python -m benchmarks.run A`\n- command: `python -m benchmarks.run B`" in text
-    assert "Ran with the fan on." in text
-    assert text.startswith("# Benchmarks") and "\n## tiny on CPU: " in text and ", AVX2 (set)\n" in text
-    assert f"- machine: {env['cpu']} (AVX2, {env['cpu_count']} cores), " in text
-    assert f"\n- host malloc: {env['host_malloc']}\n" in text
-    assert "| pytorch compiled |" in text and "| pytorch |" in text
-    assert text.count("![") == len(list((tmp_path / "figures").iterdir())) > 0
-
-
 @pytest.mark.parametrize("framework, replicas, device, user_flags, expected", [
     ("jax", 2, "cpu", "", "--xla_force_host_platform_device_count=2 "
                           "--xla_cpu_enable_concurrency_optimized_scheduler=false"),
