@@ -435,17 +435,21 @@ class RunSet:
         return self.groups[0].runs[0]
 
     @property
+    def on_cpu(self) -> bool:
+        return self.first.summary.get("device") == "cpu"
+
+    @property
     def machine(self) -> str:
         """The kind of machine the ranking depends on: the GPU's model, or the CPU's with its vector ISA."""
-        summary, env = self.first.summary, self.first.env
-        if summary.get("device") != "cpu":
-            return summary["device_name"]
+        env = self.first.env
+        if not self.on_cpu:
+            return self.first.summary["device_name"]
         return f"{env.get('cpu')}, {env.get('cpu_isa') or 'vector ISA not recorded'}"
 
     @property
     def heading(self) -> str:
         cores = self.first.env.get("cpu_count")
-        return f"{self.machine}, {cores} cores" if self.first.summary.get("device") == "cpu" and cores else self.machine
+        return f"{self.machine}, {cores} cores" if self.on_cpu and cores else self.machine
 
     @property
     def date(self) -> str:
@@ -478,7 +482,7 @@ def headline_sets(sets: list[RunSet]) -> list[RunSet]:
     for run_set in sorted((s for s in sets if s.compares_frameworks), key=lambda s: s.date):
         newest[run_set.machine] = run_set
     newest_first = sorted(newest.values(), key=lambda s: s.date, reverse=True)
-    return sorted(newest_first, key=lambda s: s.first.summary.get("device") != "cpu")
+    return sorted(newest_first, key=lambda s: not s.on_cpu)
 
 
 def vs_eager_pytorch(run_set: RunSet, group: Group) -> float:
@@ -499,26 +503,27 @@ def headline_rows(run_set: RunSet) -> tuple[list[str], list[list[str]]]:
         memory = g.mean("peak_memory_bytes")
         rows.append([g.label, _fmt(vs_eager_pytorch(run_set, g), 2) + "×", f"{g.mean('tokens_per_s'):,.0f}",
                      _fmt(g.mean("best_val_loss"), 4, g.spread("best_val_loss")), _fmt(g.mean("mfu"), 1, percent=True),
-                     _bytes(memory) if memory is not None else _bytes(g.mean("peak_rss_bytes")) + " host",
+                     _bytes(memory) + " device" if memory is not None else _bytes(g.mean("peak_rss_bytes")) + " host RSS",
                      _fmt(g.mean("kv_cache_speedup"), 1) + "×"])
     return header, rows
 
 
 def _caption(run_set: RunSet) -> str:
+    """What the table's rows ran, and against what its MFU and decode speed-up are measured."""
     first = run_set.first
     model, train, summary = first.config["model"], first.config["train"], first.summary
     seeds = sorted({run.summary.get("seed") for g in run_set.groups for run in g.runs})
-    peak = (f"the measured float32 matmul peak, {summary['peak_flops'] / 1e9:,.0f} GFLOP/s" if summary.get("device") == "cpu"
+    seeds_text = (f"seeds {', '.join(map(str, seeds))} (mean ± std; ratios against eager PyTorch on the same seeds)"
+                  if len(seeds) > 1 else f"seed {seeds[0]}")
+    peak = (f"the measured float32 matmul peak, {summary['peak_flops'] / 1e9:,.0f} GFLOP/s" if run_set.on_cpu
             else f"{summary['peak_flops'] / 1e12:,.0f} TFLOP/s ({summary.get('peak_flops_source')})")
     window = summary.get("generation_timed_tokens")
+    window_text = f" for {window} tokens in one block" if window else ""
     return (f"{first.config['preset']}: {model['n_layer']} layers × {model['n_head']} heads × {model['n_embd']} wide, "
-            f"block {model['block_size']}, {summary['params'] / 1e6:.1f}M parameters, {train['max_iters']} steps of batch "
-            f"{train['batch_size']}, {first.summary['dtype']}, "
-            + (f"seeds {', '.join(map(str, seeds))} (mean ± std; ratios against eager PyTorch on the same seeds)"
-               if len(seeds) > 1 else f"seed {seeds[0]}")
-            + f". MFU against {peak}; decode speed-up of the KV "
-            f"cache over no cache{f' for {window} tokens in one block' if window else ''}. "
-            f"{run_set.date[:10]}, [{run_set.name}](results/{run_set.name}/NOTES.md).")
+            f"block {model['block_size']}, {summary['params'] / 1e6:.1f}M parameters, {train['max_iters']} steps of "
+            f"batch {train['batch_size']}, {summary['dtype']}, {seeds_text}. MFU against {peak}; decode speed-up of "
+            f"the KV cache over no cache{window_text}. {run_set.date[:10]}, "
+            f"[{run_set.name}](results/{run_set.name}/NOTES.md).")
 
 
 def headline_figure(sets: list[RunSet]) -> bytes:
@@ -568,8 +573,12 @@ def _set_summary(results: Path, run_set: RunSet) -> str:
 def benchmarks_page(results: Path, figure: str = "docs/benchmarks/headline.png") -> str:
     """BENCHMARKS.md: a headline table per kind of machine, one plot, the findings, then the run sets."""
     sets = load_run_sets(results)
+    headline = headline_sets(sets)
+    if not headline:
+        raise UserError(f"no run set under {results} compares eager PyTorch with another framework over its "
+                        "preset's whole schedule; pack one (e.g. the runs of `--framework all`) for the headline.")
     lines = ["# Benchmarks", ""]
-    for run_set in headline_sets(sets):
+    for run_set in headline:
         header, rows = headline_rows(run_set)
         lines += [f"## {run_set.heading}", "", markdown_table(header, rows), "", _caption(run_set), ""]
     lines += [f"![training tokens/s against eager PyTorch's, per machine]({figure})", ""]

@@ -19,7 +19,6 @@ from common.errors import UserError
 
 RUNS_FILE = "runs.jsonl"
 TRAIN_EVERY = 10
-TRAIN_KEYS = ("step", "loss", "lr", "step_time", "time")
 
 
 @dataclass
@@ -71,13 +70,16 @@ def is_run_set(path: Path) -> bool:
 
 
 def _thin(steps: list[dict]) -> dict:
+    """Every TRAIN_EVERY-th training row and the last, as one list per field (a missing field is null)."""
     kept = [r for i, r in enumerate(steps) if r["step"] % TRAIN_EVERY == 0 or i == len(steps) - 1]
-    return {"every": TRAIN_EVERY, **{key: [r.get(key) for r in kept] for key in TRAIN_KEYS}}
+    keys = dict.fromkeys(key for r in kept for key in r if key != "type")
+    return {"every": TRAIN_EVERY, **{key: [r.get(key) for r in kept] for key in keys}}
 
 
 def _unthin(columns: dict) -> list[dict]:
-    keys = [key for key in TRAIN_KEYS if key in columns]
-    return [{"type": "train", **dict(zip(keys, values))} for values in zip(*(columns[key] for key in keys))]
+    keys = [key for key in columns if key != "every"]
+    return [{"type": "train", **{k: v for k, v in zip(keys, values) if v is not None}}
+            for values in zip(*(columns[key] for key in keys))]
 
 
 def packed(run: Run) -> dict:

@@ -123,7 +123,7 @@ def test_headline_takes_the_newest_set_comparing_frameworks_per_machine(tmp_path
     assert chosen == ["new", "other-cpu"]
     assert page.index("## Test CPU, AVX2, 2 cores\n\n| framework") < page.index("## Test CPU, AVX-512 + AMX, 2 cores")
     # MFU from the set's shared peak: 1,200 tokens/s × 2e7 FLOP / 1e11 FLOP/s.
-    assert "| jax | 1.20× | 1,200 | 1.9500 | 24.0% | 300 MiB host | 6.0× |" in page
+    assert "| jax | 1.20× | 1,200 | 1.9500 | 24.0% | 300 MiB host RSS | 6.0× |" in page
     assert "[newest-but-20-steps](results/newest-but-20-steps/NOTES.md)" in page  # listed, not headlined
 
 
@@ -153,3 +153,11 @@ def test_cli_mistakes_are_one_line_and_exit_2(argv, message, tmp_path, capsys):
     assert main(argv) == 2
     err = capsys.readouterr().err
     assert err.startswith("error: ") and message in err and err.count("\n") == 1
+
+
+def test_a_page_without_a_set_comparing_frameworks_says_what_to_pack(tmp_path):
+    pack([make_run(tmp_path / "a" / "pytorch")], tmp_path / "results" / "pytorch-alone")
+    with pytest.raises(UserError, match="no run set under .* compares eager PyTorch with another framework"):
+        benchmarks_page(tmp_path / "results")
+    with pytest.raises(UserError, match="no run sets"):
+        benchmarks_page(tmp_path / "empty")
