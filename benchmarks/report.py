@@ -588,9 +588,10 @@ def benchmarks_page(results: Path, figure: str = "docs/benchmarks/headline.png")
     lines += ["## Run sets", "", *[_set_summary(results, s) for s in sets], "",
               "## Setup", "",
               "Every row trains the same GPT from the same initial weights on the same batches, one framework at a "
-              "time (`python -m benchmarks.run --framework all`);",
-              f"tokens/s from the median step. This page is written by `{REGENERATE}` from results/; add a run set "
-              "with `python -m benchmarks.report RUN_DIR... --pack results/NAME` and its NOTES.md.", ""]
+              "time (`python -m benchmarks.run --framework all`), tokens/s from the median step; each table is the "
+              "newest run set on its machine that trains eager PyTorch and another framework for the whole preset.",
+              f"This page is written by `{REGENERATE}` from results/; add a run set with "
+              "`python -m benchmarks.report RUN_DIR... --pack results/NAME`, then write its NOTES.md.", ""]
     return "\n".join(lines)
 
 
