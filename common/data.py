@@ -313,7 +313,7 @@ def split_batches(tokens: np.ndarray, batch_size: int,
     these batches cover every position but the last partial window, so their loss is exact. The
     last batch is filled up with windows whose targets are all LOSS_IGNORE_INDEX, keeping the
     training shape (one compiled program) while counting for nothing: weight each batch's mean
-    loss by its number of real targets, as evaluate_split in benchmarks/run.py does.
+    loss by its number of real targets, as evaluate_split in benchmarks/loop.py does.
     """
     _check_batch_args(tokens, batch_size, block_size, seed=0)
     n_windows = (len(tokens) - 1) // block_size

@@ -147,6 +147,11 @@ def test_existing_run_folder_is_refused_without_force(pytorch_run):
     (["--framework", "torch", "--device", "npu"], "invalid choice: 'npu'"),
     (["--framework", "torch", "--preset", "tiny", "--max-iters", "ten"], "invalid int value: 'ten'"),
     (["--resume", "/no/such/run"], "is not a run folder"),
+    # Values that cannot work are refused before anything runs, the field named.
+    (["--framework", "torch", "--preset", "tiny", "--set", "lr=nan"], "lr must be a finite number, got nan"),
+    (["--framework", "all", "--preset", "tiny", "--set", "weight_decay=inf"], "weight_decay must be a finite"),
+    (["--framework", "torch", "--preset", "tiny", "--set", "block_size=100000000"], "block_size 100000000 is larger"),
+    (["--framework", "torch", "--preset", "tiny", "--set", "n_embd=65536", "--set", "n_head=1"], "GiB to train"),
 ])
 def test_bad_arguments_get_one_clear_line(args, message, tmp_path, shakespeare_path):
     result = _run(*args, "--out", str(tmp_path), "--max-iters", "1")
@@ -175,18 +180,103 @@ def test_corrupt_plays_csv_gets_one_clear_line(tmp_path):
     assert result.returncode == 2 and len(lines) == 1 and "column" in lines[0].lower(), result.stderr
 
 
-@pytest.mark.pytorch
-def test_truncated_checkpoint_refuses_to_resume_and_keeps_the_run(pytorch_run, tmp_path):
+def _copy_run(pytorch_run, tmp_path):
     import shutil
     folder = tmp_path / "pytorch"
     shutil.copytree(pytorch_run[0], folder)
-    latest = folder / "checkpoints" / (folder / "checkpoints" / "latest").read_text() / "model.safetensors"
-    latest.write_bytes(latest.read_bytes()[:1000])
+    return folder
+
+
+def _records(folder):
+    return [json.loads(line) for line in (folder / "metrics.jsonl").read_text().splitlines()]
+
+
+@pytest.mark.pytorch
+def test_resume_finishes_a_run_killed_after_its_last_training_step(pytorch_run, tmp_path):
+    """Killed between the final checkpoint and summary.json: the resume evaluates, samples, summarises."""
+    folder = _copy_run(pytorch_run, tmp_path)
+    expected = json.loads((folder / "summary.json").read_text())
+    for written_last in ("summary.json", "samples.txt", "model.safetensors"):
+        (folder / written_last).unlink()
+    result = _run("--resume", str(folder))
+    assert result.returncode == 0, result.stderr
+    summary = json.loads((folder / "summary.json").read_text())
+    assert summary["final_val_loss"] == pytest.approx(expected["final_val_loss"], abs=1e-5)
+    assert summary["whole_val_loss"] == pytest.approx(expected["whole_val_loss"], abs=1e-5)
+    # The step times are those the training process logged, not of a process that trained nothing.
+    for key in ("median_step_ms", "p10_step_ms", "p90_step_ms", "tokens_per_s", "time_to_first_step_s"):
+        assert summary[key] == expected[key], key
+    assert [r["step"] for r in _records(folder) if r["type"] == "eval"] == [0, 50, 100, 150, 200]
+    assert (folder / "samples.txt").read_text().count("-" * 72) == 1  # two samples, as the run asked
+
+
+@pytest.mark.pytorch
+def test_resume_falls_back_past_a_truncated_newest_checkpoint(pytorch_run, tmp_path):
+    folder = _copy_run(pytorch_run, tmp_path)
+    expected = {r["step"]: r["loss"] for r in _records(folder) if r["type"] == "train"}
+    newest = folder / "checkpoints" / "step_0000200" / "model.safetensors"
+    newest.write_bytes(newest.read_bytes()[:1000])
+    result = _run("--resume", str(folder))
+    assert result.returncode == 0, result.stderr
+    warnings = [line for line in result.stderr.splitlines() if "warning" in line]
+    assert len(warnings) == 1 and warnings[0].startswith("[pytorch] warning: skipped unreadable checkpoint(s) "
+                                                         "step_0000200 (checkpoint ")
+    assert "corrupt or truncated" in warnings[0] and warnings[0].endswith("resuming from step 150.")
+    resumed = {r["step"]: r["loss"] for r in _records(folder) if r["type"] == "train"}
+    assert sorted(resumed) == list(range(200))
+    for step in range(150, 200):  # replayed from the step-150 checkpoint, which was kept
+        assert abs(resumed[step] - expected[step]) <= 1e-5, step
+    assert sorted(p.name for p in (folder / "checkpoints").glob("step_*")) == ["step_0000150", "step_0000200"]
+    assert json.loads((folder / "summary.json").read_text())["max_iters"] == 200
+
+
+@pytest.mark.pytorch
+def test_no_readable_checkpoint_refuses_to_resume_and_keeps_the_run(pytorch_run, tmp_path):
+    folder = _copy_run(pytorch_run, tmp_path)
+    for step_folder in (folder / "checkpoints").glob("step_*"):
+        (step_folder / "optimizer.safetensors").write_bytes(b"not a checkpoint")
     before = (folder / "metrics.jsonl").read_text()
     result = _run("--resume", str(folder))
     lines = result.stderr.strip().splitlines()
-    assert result.returncode == 2 and len(lines) == 1 and "corrupt or truncated" in lines[0], result.stderr
+    assert result.returncode == 2 and len(lines) == 1, result.stderr
+    assert lines[0].startswith("error: no checkpoint in ") and "step_0000200 (" in lines[0] and "step_0000150 (" in lines[0]
     assert (folder / "metrics.jsonl").read_text() == before  # nothing written so far is lost
+
+
+@pytest.mark.pytorch
+def test_event_file_holds_the_curves_for_tensorboard(pytorch_run):
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+    folder, _ = pytorch_run
+    events = EventAccumulator(str(folder))
+    events.Reload()
+    assert set(events.Tags()["scalars"]) == {"train/loss", "train/lr", "train/step_ms", "eval/train_loss",
+                                             "eval/val_loss"}
+    records = _records(folder)
+    train = [r for r in records if r["type"] == "train"]
+    loss = events.Scalars("train/loss")
+    assert [e.step for e in loss] == list(range(200))
+    assert [e.value for e in loss] == pytest.approx([r["loss"] for r in train], rel=1e-6)  # float32 in the file
+    assert [e.value for e in events.Scalars("train/lr")] == pytest.approx([r["lr"] for r in train], rel=1e-6)
+    val = events.Scalars("eval/val_loss")
+    assert [(e.step, pytest.approx(e.value, rel=1e-6)) for e in val] == [
+        (r["step"], r["val_loss"]) for r in records if r["type"] == "eval"]
+
+
+def test_resumed_event_file_tells_tensorboard_to_drop_the_replayed_steps(tmp_path):
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+    from benchmarks.tensorboard import ScalarWriter
+    first = ScalarWriter(tmp_path)
+    for step in range(10):
+        first.scalars(step, {"train/loss": 1.0})
+    first.close()
+    resumed = ScalarWriter(tmp_path, start_step=6)  # a resume from the step-6 checkpoint
+    for step in range(6, 12):
+        resumed.scalars(step, {"train/loss": 2.0})
+    resumed.close()
+    events = EventAccumulator(str(tmp_path))
+    events.Reload()
+    assert [(e.step, e.value) for e in events.Scalars("train/loss")] == [(s, 1.0) for s in range(6)] + [
+        (s, 2.0) for s in range(6, 12)]
 
 
 @pytest.mark.pytorch
@@ -269,15 +359,31 @@ def test_jax_host_devices_for_cpu_replicas_keep_the_users_flags(framework, repli
     assert os.environ["XLA_FLAGS"] == expected
 
 
-def test_torchrun_processes_get_the_whole_cpus_peak(monkeypatch):
-    """Each DDP process has its share of the threads: a peak measured inside one would be a fraction."""
+def test_torchrun_processes_get_the_whole_cpus_peak(monkeypatch, tmp_path):
+    """Each DDP process has its share of the threads: a peak measured inside one would be a fraction.
+    The launcher measures it and puts it in the run's config.json, which every worker reads."""
     from benchmarks import run
+    from benchmarks.run_config import RunConfig
+    from common.config import get_preset
     seen = []
-    monkeypatch.setattr(run.subprocess, "run", lambda command, cwd, env: seen.append(env) or
+    monkeypatch.setattr(run.subprocess, "run", lambda command, cwd, env: seen.append(command) or
                         subprocess.CompletedProcess(command, 0))
     monkeypatch.setattr(run, "cpu_peak_flops", lambda: 123e9)
-    monkeypatch.delenv("NANOGPT_CPU_PEAK_FLOPS", raising=False)
-    assert run._torchrun(["--framework", "pytorch"], 2, "cpu") == 0
-    monkeypatch.setenv("NANOGPT_CPU_PEAK_FLOPS", "456e9")  # a parent's figure, shared by a whole comparison
-    run._torchrun(["--framework", "pytorch"], 2, "cpu")
-    assert [float(env["NANOGPT_CPU_PEAK_FLOPS"]) for env in seen] == [123e9, 456e9]
+    config = RunConfig("pytorch", "tiny", "tinyshakespeare", "tinyshakespeare", "char", None, "cpu", 2,
+                       *get_preset("tiny"))
+    assert run._torchrun(tmp_path, config, verbose=False) == 0
+    assert RunConfig.load(tmp_path).cpu_peak_flops == 123e9
+    assert seen[0][-2:] == ["--run-dir", str(tmp_path)] and "--nproc_per_node=2" in seen[0]
+    config.cpu_peak_flops = 456e9  # a parent's figure, shared by a whole comparison
+    config.save(tmp_path)
+    run._torchrun(tmp_path, config, verbose=False)
+    assert RunConfig.load(tmp_path).cpu_peak_flops == 456e9
+
+
+def test_out_naming_a_file_is_one_clear_line(tmp_path):
+    file = tmp_path / "notes.txt"
+    file.write_text("mine")
+    result = _run("--framework", "torch", "--preset", "tiny", "--out", str(file))
+    assert result.returncode == 2 and result.stderr.strip().splitlines() == [
+        f"error: --out {file} is a file: name a folder (it is made if it does not exist)."]
+    assert file.read_text() == "mine"

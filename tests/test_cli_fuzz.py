@@ -1,4 +1,5 @@
 """The harness CLI under generated arguments: every outcome is a clean exit, never a traceback."""
+import dataclasses
 import io
 import sys
 from contextlib import redirect_stderr, redirect_stdout
@@ -8,11 +9,21 @@ from hypothesis import HealthCheck, event, given, settings
 from hypothesis import strategies as st
 
 from benchmarks import run
+from common.config import GPTConfig, TrainConfig
 
 TEXT = st.text(alphabet=st.characters(min_codepoint=0x20, max_codepoint=0x2FF), max_size=12)
 NUMBER = st.one_of(st.integers(-3, 300).map(str), st.floats(allow_nan=True, allow_infinity=True).map(str), TEXT)
-FIELDS = ["n_layer", "n_head", "n_embd", "block_size", "dropout", "bias", "lr", "min_lr", "warmup_iters",
-          "lr_decay_iters", "batch_size", "eval_interval", "eval_iters", "grad_clip", "dtype", "compile", "beta2"]
+FIELDS = [f.name for config in (GPTConfig, TrainConfig) for f in dataclasses.fields(config)]
+# Values a user may type for any field: negative, zero, huge, non-finite, past float range, not numbers.
+VALUE = st.one_of(
+    st.integers(-3, 300).map(str),
+    st.integers(-10**30, 10**30).map(str),
+    st.integers(0, 40).map(lambda k: str(10**k)),
+    st.floats(allow_nan=True, allow_infinity=True).map(str),
+    st.sampled_from(["nan", "inf", "-inf", "1e400", "-1e400", "1e-400", "0", "-0", "0.0", "1e3", "true", "off",
+                     "float32", "bfloat16", "", " ", "0x10", "1_000", "½"]),
+    TEXT,
+)
 OPTIONS = st.one_of(
     st.tuples(st.just("--framework"), st.sampled_from(["pytorch", "torch", "jax", "flax", "tf", "keras", "all", "mxnet", ""])),
     st.tuples(st.just("--preset"), st.sampled_from(["tiny", "cpu-baby", "auto", "shakespeare-char", "huge"])),
@@ -41,9 +52,8 @@ class ReachedTraining(Exception):
 def harness(monkeypatch, tmp_path):
     def stop(*args, **kwargs):
         raise ReachedTraining
-    monkeypatch.setattr(run, "load_backend", stop)
+    monkeypatch.setattr(run, "run_folder", stop)  # everything is resolved and checked before it
     monkeypatch.setattr(run, "_run_many", stop)  # `all` / --repeat: subprocesses would train
-    monkeypatch.setattr(run, "_torchrun", stop)
     monkeypatch.setattr(run, "_accelerator_present", lambda framework, device: device in ("gpu", "tpu"))
     return tmp_path
 
@@ -68,3 +78,21 @@ def test_generated_arguments_never_escape_as_tracebacks(harness, options, shakes
     assert status == 2, (argv, err.getvalue())
     lines = err.getvalue().strip().splitlines()
     assert len(lines) == 1 and lines[0].startswith("error: "), (argv, err.getvalue())
+
+
+@settings(max_examples=400, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(settings_=st.lists(st.tuples(st.sampled_from(FIELDS), VALUE), min_size=1, max_size=3))
+def test_generated_config_values_are_refused_in_one_line_or_reach_training(harness, settings_, shakespeare_path):
+    """--set FIELD=VALUE for every field of GPTConfig and TrainConfig, checked without training."""
+    argv = ["--framework", "pytorch", "--preset", "tiny", "--out", str(harness / "runs"), "--force"]
+    argv += [part for field, value in settings_ for part in ("--set", f"{field}={value}")]
+    err = io.StringIO()
+    try:
+        with redirect_stderr(err), redirect_stdout(io.StringIO()):
+            status = run.main(argv)
+    except ReachedTraining:
+        event("reached training")
+        return
+    event("refused")
+    lines = err.getvalue().strip().splitlines()
+    assert status == 2 and len(lines) == 1 and lines[0].startswith("error: "), (argv, err.getvalue())

@@ -1,0 +1,56 @@
+"""What one run is, resolved once by the launcher and written to the run folder as config.json.
+
+The process that trains reads everything from there: a fresh run, a subprocess of `all`, a
+torchrun worker and `--resume` all start from the same file, so nothing about a run has to travel
+on command lines or in environment variables.
+"""
+from __future__ import annotations
+
+import json
+from dataclasses import asdict, dataclass, field, fields
+from pathlib import Path
+
+from common.config import GPTConfig, TrainConfig
+from common.errors import UserError
+
+CONFIG_FILE = "config.json"
+
+
+@dataclass
+class RunConfig:
+    framework: str                 # canonical name (common.backend.FRAMEWORKS)
+    preset: str                    # as asked for: "auto" stays "auto", model and train say what it became
+    dataset: str
+    corpus: str                    # the corpus' own name, e.g. the file stem of a text file
+    tokenizer: str
+    vocab_size: int | None         # the BPE size asked for; the model's vocab_size is the one used
+    device: str                    # auto | cpu | gpu | tpu
+    replicas: int
+    model: GPTConfig
+    train: TrainConfig
+    command: str = ""              # the command line that started the run (or the whole comparison)
+    cpu_peak_flops: float | None = None  # measured by the launcher when several processes share it
+    checkpoint_every: int | None = None  # default: the eval interval
+    profile: bool = False
+    prompt: str = "\n"
+    num_samples: int = 3
+    sample_tokens: int = 500
+    temperature: float = 0.8
+    top_k: int | None = 200
+    top_p: float | None = None
+    stop: list[str] | None = field(default=None)
+
+    def save(self, run_dir: Path) -> None:
+        (run_dir / CONFIG_FILE).write_text(json.dumps(asdict(self), indent=2))
+
+    @classmethod
+    def load(cls, run_dir: Path) -> "RunConfig":
+        """The run's config; runs written before a field existed get its default."""
+        try:
+            saved = json.loads((run_dir / CONFIG_FILE).read_text())
+            known = {f.name for f in fields(cls)}
+            saved = {k: v for k, v in saved.items() if k in known}
+            return cls(**{**saved, "model": GPTConfig(**saved["model"]), "train": TrainConfig(**saved["train"])})
+        except (OSError, ValueError, KeyError, TypeError):
+            raise UserError(f"{run_dir} is not a run folder (no readable {CONFIG_FILE}): pass the folder of "
+                            f"one framework's run, e.g. runs/<name>/pytorch.") from None
