@@ -1,7 +1,9 @@
-"""Character and byte-level BPE tokenizers with one interface and one JSON file format.
+"""Character, byte-level BPE and GPT-2 tokenizers with one interface and one JSON file format.
 
-Both serialise to JSON tagged with their `kind`, so a checkpoint or a prepared-data folder can
+Each serialises to JSON tagged with its `kind`, so a checkpoint or a prepared-data folder can
 carry its tokenizer and anyone can load it back with `load_tokenizer` without knowing the kind.
+Each also writes the `tokenizer.json` of a Hugging Face folder (`to_hf_json`), and `eot_id` is the
+end-of-text id a sampler stops at, None where the vocabulary has none.
 """
 from __future__ import annotations
 
@@ -13,11 +15,11 @@ from pathlib import Path
 from typing import Iterable
 
 import numpy as np
-from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+from tokenizers import Regex, Tokenizer, decoders, models, pre_tokenizers, trainers
 
 from common.errors import UserError
 
-TOKENIZER_KINDS = ("char", "bpe")
+TOKENIZER_KINDS = ("char", "bpe")  # the kinds trained on a corpus; "gpt2" comes with a model's folder
 DEFAULT_BPE_VOCAB = 512
 EOT = "<|endoftext|>"
 # 256 byte tokens plus the end-of-text token: a smaller BPE vocabulary could not encode every text.
@@ -64,6 +66,10 @@ class CharTokenizer(_Common):
     def vocab_size(self) -> int:
         return len(self.chars)
 
+    @property
+    def eot_id(self) -> None:
+        return None  # a character vocabulary has no end-of-text token
+
     def encode(self, text: str) -> list[int]:
         if not text:
             return []
@@ -95,6 +101,14 @@ class CharTokenizer(_Common):
     @classmethod
     def load(cls, path: str | os.PathLike) -> CharTokenizer:
         return cls.from_json(_read(path))
+
+    def to_hf_json(self) -> str:
+        """The same ids as a `tokenizers` model: every character a word of its own, decoded unspaced."""
+        tok = Tokenizer(models.WordLevel({c: i for i, c in enumerate(self.chars)}, unk_token=None))
+        # [\s\S] (not ".") so that newlines are characters too; an unknown character is an error, as here.
+        tok.pre_tokenizer = pre_tokenizers.Split(Regex(r"[\s\S]"), behavior="isolated")
+        tok.decoder = decoders.Fuse()
+        return tok.to_str()
 
 
 @dataclass(eq=False)
@@ -146,7 +160,7 @@ class BPETokenizer(_Common):
 
     @classmethod
     def from_json(cls, s: str) -> BPETokenizer:
-        payload = _parse(s, "bpe")["tokenizer"]
+        payload = _parse(s, cls.kind)["tokenizer"]
         try:
             return cls(Tokenizer.from_str(json.dumps(payload)))
         except Exception as e:  # the library raises a bare Exception on a malformed model
@@ -157,9 +171,34 @@ class BPETokenizer(_Common):
     def load(cls, path: str | os.PathLike) -> BPETokenizer:
         return cls.from_json(_read(path))
 
+    def to_hf_json(self) -> str:
+        return self.tokenizer.to_str()
 
-AnyTokenizer = CharTokenizer | BPETokenizer
-_CLASSES: dict[str, type[CharTokenizer] | type[BPETokenizer]] = {"char": CharTokenizer, "bpe": BPETokenizer}
+
+@dataclass(eq=False)
+class GPT2Tokenizer(BPETokenizer):
+    """A pretrained model's byte-level BPE, read from its Hugging Face tokenizer.json (GPT-2's: 50,257
+    tokens, `<|endoftext|>` the last).
+
+    It encodes and decodes exactly as a trained BPE does; its own kind records that it came with a
+    model, so it is never retrained on a corpus.
+    """
+
+    kind: str = field(default="gpt2", init=False)
+
+    @classmethod
+    def from_hf_file(cls, path: str | os.PathLike) -> GPT2Tokenizer:
+        try:
+            return cls(Tokenizer.from_str(_read(path)))
+        except UserError:
+            raise
+        except Exception as e:  # the library raises a bare Exception on a malformed file
+            raise UserError(f"{path} is not a tokenizer.json that the tokenizers library can read ({e}): "
+                            "download the model folder again.") from None
+
+
+AnyTokenizer = CharTokenizer | BPETokenizer | GPT2Tokenizer
+_CLASSES: dict[str, type[AnyTokenizer]] = {"char": CharTokenizer, "bpe": BPETokenizer, "gpt2": GPT2Tokenizer}
 
 
 def check_kind(kind: str) -> str:
@@ -218,11 +257,11 @@ def _parse(s: str, expected_kind: str | None) -> dict:
     except (json.JSONDecodeError, TypeError) as e:
         raise UserError(f"Tokenizer JSON is corrupt ({e}): delete the file and prepare the data again.") from None
     kind = obj.get("kind") if isinstance(obj, dict) else None
-    if kind not in TOKENIZER_KINDS or (expected_kind is not None and kind != expected_kind):
-        want = expected_kind or " or ".join(TOKENIZER_KINDS)
+    if kind not in _CLASSES or (expected_kind is not None and kind != expected_kind):
+        want = expected_kind or " or ".join(_CLASSES)
         raise UserError(f"Tokenizer JSON has kind {kind!r}, expected {want}: "
                         "load it with load_tokenizer or prepare the data again.")
-    body = {"char": "chars", "bpe": "tokenizer"}[kind]
+    body = "chars" if kind == "char" else "tokenizer"
     if not isinstance(obj.get(body), str if kind == "char" else dict):
         raise UserError(f"Tokenizer JSON of kind {kind!r} lacks a valid {body!r} field: "
                         "delete the file and prepare the data again.")

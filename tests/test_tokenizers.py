@@ -5,10 +5,11 @@ import math
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
+from tokenizers import Tokenizer
 
 from common.data import split_text
 from common.errors import UserError
-from common.tokenizers import (BPETokenizer, CharTokenizer, bits_per_char, build_tokenizer,
+from common.tokenizers import (BPETokenizer, CharTokenizer, GPT2Tokenizer, bits_per_char, build_tokenizer,
                                load_tokenizer, tokenizer_from_json)
 
 ODD_STRINGS = ["", " ", "  leading spaces", "trailing  ", "\n", "\n\n\nA:\n", " \n \n", "\t\r\n",
@@ -191,3 +192,42 @@ def test_bits_per_char_hand_example():
 def test_bits_per_char_needs_characters():
     with pytest.raises(UserError, match="positive character count"):
         bits_per_char(1.0, 10, 0)
+
+
+# --- end of text and Hugging Face tokenizer.json ------------------------------------------------
+
+def test_end_of_text_id_is_none_without_one(small_bpe):
+    assert CharTokenizer.train("ab").eot_id is None
+    assert small_bpe.eot_id == 0
+
+
+def test_char_hf_json_gives_the_same_ids_and_unspaced_text():
+    tok = CharTokenizer.train("To be, or not to be:\nthat is the question.\t é")
+    theirs = Tokenizer.from_str(tok.to_hf_json())
+    text = "to be\n  or not, é\t"
+    assert theirs.encode(text).ids == tok.encode(text)
+    assert theirs.decode(tok.encode(text)) == text
+    with pytest.raises(Exception, match="UNK"):  # unknown characters fail there too, never dropped
+        theirs.encode("xyz")
+
+
+def test_gpt2_tokenizer_reads_a_hf_tokenizer_json(small_bpe, tmp_path):
+    path = tmp_path / "tokenizer.json"
+    path.write_text(small_bpe.to_hf_json(), encoding="utf-8")
+    tok = GPT2Tokenizer.from_hf_file(path)
+    assert tok.kind == "gpt2" and tok.vocab_size == 289 and tok.eot_id == 0
+    for text in ODD_STRINGS:
+        assert tok.encode(text) == small_bpe.encode(text)
+        assert tok.decode(tok.encode(text)) == text
+    assert json.loads(tok.to_json())["kind"] == "gpt2"
+    for loaded in (GPT2Tokenizer.from_json(tok.to_json()), tokenizer_from_json(tok.to_json())):
+        assert isinstance(loaded, GPT2Tokenizer) and loaded.encode("the fox") == tok.encode("the fox")
+    with pytest.raises(UserError, match="expected gpt2"):
+        GPT2Tokenizer.from_json(small_bpe.to_json())
+
+
+def test_gpt2_tokenizer_unreadable_file(tmp_path):
+    path = tmp_path / "tokenizer.json"
+    path.write_text('{"model": 3}', encoding="utf-8")
+    with pytest.raises(UserError, match="not a tokenizer.json that the tokenizers library can read"):
+        GPT2Tokenizer.from_hf_file(path)
