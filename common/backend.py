@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import importlib
 import importlib.util
+import math
 import os
 import sys
 from abc import ABC, abstractmethod
@@ -79,14 +80,87 @@ def _choose_keras_backend(backend: str, framework: str) -> None:
                         f"needs {backend}: run {framework} in a process of its own (benchmarks.run does).")
 
 
+ACCELERATORS = ("gpu", "tpu")  # what --device auto takes, in this order, before the CPU
+
+
+def visible_devices(framework: str, kind: str) -> list:
+    """The devices of one kind ('cpu', 'gpu', 'tpu') that a framework's runtime sees, as its own
+    device objects: [] where it sees none or never runs on that kind. The framework is imported here,
+    when asked, so the launcher can ask before any Backend exists."""
+    runtime = {"pytorch": _torch_devices, "tensorflow": _tensorflow_devices, "jax": _jax_devices,
+               "keras-jax": _jax_devices}  # keras-jax places the Keras model on JAX's devices
+    return runtime[canonical_framework(framework)](kind)
+
+
+def _torch_devices(kind: str) -> list:
+    import torch
+    if kind == "cpu":
+        return [torch.device("cpu")]
+    if kind == "gpu" and torch.cuda.is_available():
+        return [torch.device("cuda", i) for i in range(torch.cuda.device_count())]
+    if kind == "gpu" and torch.backends.mps.is_available():  # Apple's GPU, where there is no CUDA
+        return [torch.device("mps")]
+    return []
+
+
+def _tensorflow_devices(kind: str) -> list:
+    import tensorflow as tf
+    if kind not in ("cpu", "gpu"):
+        return []
+    return [f"/{kind.upper()}:{i}" for i in range(len(tf.config.list_physical_devices(kind.upper())))]
+
+
+def _jax_devices(kind: str) -> list:
+    import jax
+    try:
+        return jax.devices(kind)
+    except RuntimeError:  # no backend for that platform
+        return []
+
+
+def has_accelerator(framework: str, device: str = "auto") -> bool:
+    """Whether `--device device` puts this framework on a GPU or TPU (presets differ on one)."""
+    if device != "auto":
+        return device in ACCELERATORS
+    return any(visible_devices(framework, kind) for kind in ACCELERATORS)
+
+
+def check_sampling(prompt: list[int], max_new_tokens: int, vocab_size: int, temperature: float,
+                   top_k: int | None, top_p: float | None) -> None:
+    """Refuse generation options no framework can honour, with the same sentence in every one."""
+    if len(prompt) == 0:
+        raise UserError("the prompt is empty: give at least one token to start from.")
+    outside = [t for t in prompt if not 0 <= int(t) < vocab_size]
+    if outside:
+        raise UserError(f"prompt token {outside[0]} is outside the vocabulary: use ids from 0 to {vocab_size - 1}.")
+    if int(max_new_tokens) != max_new_tokens or max_new_tokens < 0:
+        raise UserError(f"max_new_tokens must be a whole number, 0 or more, got {max_new_tokens}.")
+    if not temperature >= 0 or not math.isfinite(temperature):  # `not >=` also refuses nan
+        raise UserError(f"temperature must be 0 (greedy) or a finite positive number, got {temperature}.")
+    if top_k is not None and (int(top_k) != top_k or top_k < 1):
+        raise UserError(f"top_k must be a positive integer, got {top_k}.")
+    if top_p is not None and not 0 < top_p <= 1:
+        raise UserError(f"top_p must be above 0 and at most 1, got {top_p}.")
+
+
+def check_replica_split(batch_size: int, replicas: int) -> None:
+    if batch_size % replicas:
+        raise UserError(f"batch_size {batch_size} does not split over {replicas} replicas: "
+                        f"use a multiple of {replicas}.")
+
+
 class Backend(ABC):
     """One GPT in one framework: built from canonical parameters, trained on numpy batches.
 
     Batches are numpy int32 arrays (B, T); parameters and gradients cross this boundary as
     dicts of float32 numpy arrays under the canonical names and layouts of common/params.py.
+    What is the same in every framework (checking input, choosing the device, naming the optimizer
+    state, the generation buffer) is written here once; a framework fills in the abstract methods.
     """
 
     name: ClassVar[str]
+    runtime: ClassVar[str]                # the runtime as users know it, for messages: "PyTorch"
+    device_kinds: ClassVar[dict[str, str]]  # the --device kinds it runs on -> how to get one
     rank: int = 0          # this process among the data-parallel processes; 0 writes the results
     world_size: int = 1    # data-parallel processes (PyTorch's DDP runs one per replica)
 
@@ -96,6 +170,29 @@ class Backend(ABC):
         self.config = config
         self.train_config = train
         self.replicas = replicas
+        check_replica_split(train.batch_size, replicas)
+        self.device = self.resolve_device(device)
+        self._build(params)
+
+    @abstractmethod
+    def _build(self, params: dict[str, np.ndarray]) -> None:
+        """Build the model from canonical parameters, and its optimizer, on self.device."""
+
+    @classmethod
+    def resolve_device(cls, device: str):
+        """The framework's device for --device: auto takes the first GPU or TPU it sees, else the CPU."""
+        if device == "auto":
+            found = [d for kind in ACCELERATORS if kind in cls.device_kinds for d in visible_devices(cls.name, kind)]
+            return (found or visible_devices(cls.name, "cpu"))[0]
+        if device not in cls.device_kinds:
+            *others, last = ("auto", *cls.device_kinds)
+            raise UserError(f"{cls.runtime} cannot run on device {device!r}: use --device {', '.join(others)} "
+                            f"or {last}.")
+        found = visible_devices(cls.name, device)
+        if not found:
+            raise UserError(f"no {device.upper()} is visible to {cls.runtime}: use --device cpu, or "
+                            f"{cls.device_kinds[device]}.")
+        return found[0]
 
     # --- training ---------------------------------------------------------------------------
     @abstractmethod
@@ -119,16 +216,28 @@ class Backend(ABC):
     def export_params(self) -> dict[str, np.ndarray]:
         """The current weights in canonical names and layouts."""
 
-    @abstractmethod
     def optimizer_state(self) -> dict[str, np.ndarray]:
         """AdamW state in canonical names: `adam_m.<param>`, `adam_v.<param>`, and `adam_count`."""
+        m, v, count = self._adam_moments()
+        return {**{f"adam_m.{n}": a for n, a in m.items()}, **{f"adam_v.{n}": a for n, a in v.items()},
+                "adam_count": np.array(int(count), dtype=np.int64)}
 
-    @abstractmethod
     def load_optimizer_state(self, state: dict[str, np.ndarray]) -> None:
         """Restore what `optimizer_state` returned (possibly from another framework)."""
+        m, v = ({k.split(".", 1)[1]: a for k, a in state.items() if k.startswith(f"{prefix}.")}
+                for prefix in ("adam_m", "adam_v"))
+        self._load_adam_moments(m, v, int(state["adam_count"]))
+
+    @abstractmethod
+    def _adam_moments(self) -> tuple[dict[str, np.ndarray], dict[str, np.ndarray], int]:
+        """Adam's first and second moments as float32 arrays under canonical names and layouts
+        (zeros before the first step), and its step count."""
+
+    @abstractmethod
+    def _load_adam_moments(self, m: dict[str, np.ndarray], v: dict[str, np.ndarray], count: int) -> None:
+        """Set what `_adam_moments` returns; the count drives Adam's bias correction."""
 
     # --- generation --------------------------------------------------------------------------
-    @abstractmethod
     def generate(self, prompt: list[int], max_new_tokens: int, *, temperature: float = 1.0,
                  top_k: int | None = None, top_p: float | None = None, seed: int = 0,
                  use_cache: bool = True) -> list[int]:
@@ -136,6 +245,30 @@ class Backend(ABC):
 
         Past block_size the context is cropped to the last block_size tokens, as with no cache.
         """
+        check_sampling(prompt, max_new_tokens, self.config.vocab_size, temperature, top_k, top_p)
+        if max_new_tokens == 0:
+            return []
+        top_k = None if top_k is None or top_k >= self.config.vocab_size else int(top_k)
+        top_p = None if top_p is None or top_p >= 1.0 else float(top_p)  # None: that filter is off
+        return self._generate([int(t) for t in prompt], int(max_new_tokens), float(temperature), top_k, top_p,
+                              seed, use_cache)
+
+    @abstractmethod
+    def _generate(self, prompt: list[int], max_new_tokens: int, temperature: float, top_k: int | None,
+                  top_p: float | None, seed: int, use_cache: bool) -> list[int]:
+        """`generate` for checked options, max_new_tokens >= 1, and filters that do nothing as None."""
+
+    def _token_buffer(self, prompt: list[int], max_new_tokens: int) -> np.ndarray:
+        """A (1, S) int32 buffer holding the prompt, for a compiled loop to fill in place.
+
+        Its length is the only shape the loop compiles for: every prompt that fits in block_size
+        shares one, longer ones are bucketed by multiples of block_size.
+        """
+        block_size = self.config.block_size
+        bucket = block_size * max(1, -(-len(prompt) // block_size))
+        tokens = np.zeros((1, bucket + max_new_tokens), dtype=np.int32)
+        tokens[0, :len(prompt)] = prompt
+        return tokens
 
     # --- environment -------------------------------------------------------------------------
     @abstractmethod

@@ -8,33 +8,12 @@ import numpy as np
 from flax import nnx
 
 from common.backend import Backend as BaseBackend
-from common.config import GPTConfig, TrainConfig
-from common.errors import UserError
 from jax_impl import parallel
 from jax_impl.generate import generate
 from jax_impl.model import GPT, from_canonical_like, load_canonical, to_canonical
 from jax_impl.train import StaticGraph, adam_state, configure_optimizer, loss_fn, train_step
 
 _PLATFORMS = {"cpu": "cpu", "gpu": "gpu", "cuda": "gpu", "rocm": "gpu", "tpu": "tpu"}
-
-
-def _devices(platform: str) -> list:
-    try:
-        return jax.devices(platform)
-    except RuntimeError:  # no backend for that platform
-        return []
-
-
-def resolve_device(device: str) -> jax.Device:
-    if device == "auto":
-        return (_devices("gpu") or _devices("tpu") or jax.devices("cpu"))[0]
-    if device in ("cpu", "gpu", "tpu"):
-        found = _devices(device)
-        if not found:
-            raise UserError(f"no {device.upper()} is visible to JAX: use --device cpu, or install "
-                            f"{'jax[cuda12]' if device == 'gpu' else 'jax[tpu]'} for it.")
-        return found[0]
-    raise UserError(f"JAX cannot run on device {device!r}: use --device auto, cpu, gpu or tpu.")
 
 
 # Jitted functions of the split (model, optimizer) pair, for the same reason as train.train_step.
@@ -58,15 +37,15 @@ def _loss_and_grads(graph: StaticGraph, leaves, x, y):
 
 class Backend(BaseBackend):
     name = "jax"
+    runtime = "JAX"
+    device_kinds = {"cpu": "", "gpu": "install jax[cuda12] for it", "tpu": "install jax[tpu] for it"}
 
-    def __init__(self, config: GPTConfig, train: TrainConfig, params: dict, device: str = "auto",
-                 replicas: int = 1):
-        super().__init__(config, train, params, device, replicas)
-        self.device = resolve_device(device)
+    def _build(self, params):
+        config, train, replicas = self.config, self.train_config, self.replicas
         # Data-parallel: state replicated over a mesh, batches split along it (jax_impl/parallel.py).
         self.mesh = None
         if replicas > 1:
-            self.mesh = parallel.data_mesh(jax.devices(self.device.platform), replicas, train.batch_size)
+            self.mesh = parallel.data_mesh(jax.devices(self.device.platform), replicas)
         self.placement = parallel.replicated(self.mesh) if self.mesh else self.device
         # Parameters stay float32; bfloat16 is the compute dtype of every layer.
         dtype = jnp.bfloat16 if train.dtype == "bfloat16" else jnp.float32
@@ -121,21 +100,16 @@ class Backend(BaseBackend):
         model, _ = self._merged()
         return to_canonical(nnx.state(model, nnx.Param))
 
-    def optimizer_state(self):
+    def _adam_moments(self):
         _, optimizer = self._merged()
         adam = adam_state(optimizer)
-        state = {f"adam_m.{n}": v for n, v in to_canonical(adam.mu).items()}
-        state.update({f"adam_v.{n}": v for n, v in to_canonical(adam.nu).items()})
-        state["adam_count"] = np.array(int(adam.count[...]), dtype=np.int64)
-        return state
+        return to_canonical(adam.mu), to_canonical(adam.nu), int(adam.count[...])
 
-    def load_optimizer_state(self, state):
+    def _load_adam_moments(self, m, v, count):
         model, optimizer = self._merged()
         adam = adam_state(optimizer)
-        for prefix, moments in (("adam_m", adam.mu), ("adam_v", adam.nu)):
-            arrays = {k.split(".", 1)[1]: v for k, v in state.items() if k.startswith(prefix + ".")}
+        for moments, arrays in ((adam.mu, m), (adam.nu, v)):
             nnx.update(moments, from_canonical_like(moments, arrays))
-        count = int(state["adam_count"])
         # Adam's count drives the bias correction; the other two counters are kept in step with it.
         for counter in (adam.count, optimizer.opt_state.count, optimizer.step):
             counter[...] = jnp.asarray(count, dtype=counter[...].dtype)
@@ -143,26 +117,19 @@ class Backend(BaseBackend):
         self._split(model, optimizer)
 
     # --- generation --------------------------------------------------------------------------
-    def generate(self, prompt, max_new_tokens, *, temperature=1.0, top_k=None, top_p=None, seed=0,
-                 use_cache=True):
-        if max_new_tokens <= 0:
-            return []
-        block_size, P = self.config.block_size, len(prompt)
-        # The buffer's length is the only shape the loop compiles for: every prompt that fits in
-        # block_size shares one, longer ones are bucketed by multiples of block_size.
-        bucket = block_size * max(1, -(-P // block_size))
-        tokens = np.zeros((1, bucket + max_new_tokens), dtype=np.int32)
-        tokens[0, :P] = prompt
+    def _generate(self, prompt, max_new_tokens, temperature, top_k, top_p, seed, use_cache):
         greedy = temperature == 0
         sampling = {} if greedy else {
             "temperature": np.float32(temperature),
             "top_k": None if top_k is None else np.int32(top_k),
-            "top_p": None if top_p is None or top_p >= 1.0 else np.float32(top_p)}
+            "top_p": None if top_p is None else np.float32(top_p)}
         model, _ = self._merged()
         out = self._run(functools.partial(generate, max_new_tokens=max_new_tokens,
-                                          use_cache=use_cache and P <= block_size, greedy=greedy),
-                        model, self._ids(tokens), np.int32(P), jax.random.key(seed), *sampling.values())
-        return np.asarray(out)[0, P:P + max_new_tokens].tolist()
+                                          use_cache=use_cache and len(prompt) <= self.config.block_size,
+                                          greedy=greedy),
+                        model, self._ids(self._token_buffer(prompt, max_new_tokens)), np.int32(len(prompt)),
+                        jax.random.key(seed), *sampling.values())
+        return np.asarray(out)[0, len(prompt):len(prompt) + max_new_tokens].tolist()
 
     # --- environment -------------------------------------------------------------------------
     def device_info(self):

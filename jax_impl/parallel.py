@@ -18,7 +18,7 @@ from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 from common.errors import UserError
 
 
-def data_mesh(devices: list, replicas: int, batch_size: int) -> Mesh:
+def data_mesh(devices: list, replicas: int) -> Mesh:
     """A one-axis mesh over the first `replicas` of `devices`."""
     if len(devices) < replicas:
         platform = devices[0].platform if devices else "cpu"
@@ -26,9 +26,6 @@ def data_mesh(devices: list, replicas: int, batch_size: int) -> Mesh:
                if platform == "cpu" else f"use --replicas {len(devices)} or fewer")
         raise UserError(f"{replicas} replicas need {replicas} {platform} devices and JAX sees {len(devices)}: "
                         f"{fix}.")
-    if batch_size % replicas:
-        raise UserError(f"batch_size {batch_size} does not split over {replicas} replicas: "
-                        f"use a multiple of {replicas}.")
     return Mesh(np.array(devices[:replicas]), ("data",))
 
 

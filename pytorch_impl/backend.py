@@ -3,7 +3,6 @@ import numpy as np
 import torch
 
 from common.backend import Backend as BaseBackend
-from common.config import GPTConfig, TrainConfig
 from common.errors import UserError
 from pytorch_impl.generate import generate
 from pytorch_impl import parallel
@@ -11,27 +10,13 @@ from pytorch_impl.model import GPT, from_canonical_like, load_canonical, to_cano
 from pytorch_impl.train import autocast, configure_optimizer, train_step
 
 
-def resolve_device(device: str) -> torch.device:
-    if device in ("auto", "gpu"):
-        if torch.cuda.is_available():
-            return torch.device("cuda")
-        if torch.backends.mps.is_available():
-            return torch.device("mps")
-        if device == "gpu":
-            raise UserError("no GPU is visible to PyTorch: use --device cpu, or install a CUDA build of torch.")
-        return torch.device("cpu")
-    if device == "cpu":
-        return torch.device("cpu")
-    raise UserError(f"PyTorch cannot run on device {device!r}: use --device auto, cpu or gpu.")
-
-
 class Backend(BaseBackend):
     name = "pytorch"
+    runtime = "PyTorch"
+    device_kinds = {"cpu": "", "gpu": "install a CUDA build of torch"}
 
-    def __init__(self, config: GPTConfig, train: TrainConfig, params: dict, device: str = "auto",
-                 replicas: int = 1):
-        super().__init__(config, train, params, device, replicas)
-        self.device = resolve_device(device)
+    def _build(self, params):
+        config, train, replicas = self.config, self.train_config, self.replicas
         if parallel.launched_by_torchrun():
             self.rank, self.world_size, self.device = parallel.init_process_group(self.device)
         elif replicas > 1:
@@ -87,31 +72,24 @@ class Backend(BaseBackend):
     def export_params(self):
         return to_canonical(self.model)
 
-    def optimizer_state(self):
-        state = {}
-        names = dict(self.model.named_parameters())
-        moments = {key: {n: self.optimizer.state[p][key] if p in self.optimizer.state else torch.zeros_like(p)
-                         for n, p in names.items()} for key in ("exp_avg", "exp_avg_sq")}
-        for prefix, key in (("adam_m", "exp_avg"), ("adam_v", "exp_avg_sq")):
-            for name, value in to_canonical(self.model, moments[key]).items():
-                state[f"{prefix}.{name}"] = value
-        steps = [float(s["step"]) for s in self.optimizer.state.values() if "step" in s]
-        state["adam_count"] = np.array(int(steps[0]) if steps else 0, dtype=np.int64)
-        return state
+    def _adam_moments(self):
+        named = dict(self.model.named_parameters())
+        m, v = ({n: self.optimizer.state[p][key] if p in self.optimizer.state else torch.zeros_like(p)
+                 for n, p in named.items()} for key in ("exp_avg", "exp_avg_sq"))
+        steps = [int(s["step"]) for s in self.optimizer.state.values() if "step" in s]
+        return to_canonical(self.model, m), to_canonical(self.model, v), steps[0] if steps else 0
 
-    def load_optimizer_state(self, state):
-        count = int(state["adam_count"])
-        for prefix, key in (("adam_m", "exp_avg"), ("adam_v", "exp_avg_sq")):
-            arrays = {k.split(".", 1)[1]: v for k, v in state.items() if k.startswith(prefix + ".")}
+    def _load_adam_moments(self, m, v, count):
+        named = dict(self.model.named_parameters())
+        for key, arrays in (("exp_avg", m), ("exp_avg_sq", v)):
             for name, value in from_canonical_like(self.model, arrays).items():
-                p = dict(self.model.named_parameters())[name]
-                self.optimizer.state[p][key] = value.to(p.dtype)
-        for p in self.model.parameters():
-            self.optimizer.state[p]["step"] = torch.tensor(float(count), dtype=torch.float32,
-                                                           device=self.device if self.device.type == "cuda" else "cpu")
+                self.optimizer.state[named[name]][key] = value.to(named[name].dtype)
+        # The fused AdamW keeps its step count on the parameters' device.
+        step_device = self.device if self.device.type == "cuda" else "cpu"
+        for p in named.values():
+            self.optimizer.state[p]["step"] = torch.tensor(float(count), dtype=torch.float32, device=step_device)
 
-    def generate(self, prompt, max_new_tokens, *, temperature=1.0, top_k=None, top_p=None, seed=0,
-                 use_cache=True):
+    def _generate(self, prompt, max_new_tokens, temperature, top_k, top_p, seed, use_cache):
         self.model.eval()
         generator = torch.Generator(device=self.device).manual_seed(seed)
         idx = self._tensor(np.asarray(prompt, dtype=np.int64)[None, :])

@@ -11,7 +11,7 @@ import torch
 import torch.distributed as dist
 from torch.nn.parallel import DistributedDataParallel
 
-from common.errors import UserError
+from common.backend import check_replica_split
 
 
 def launched_by_torchrun() -> bool:
@@ -36,9 +36,7 @@ def wrap(model: torch.nn.Module, device: torch.device) -> DistributedDataParalle
 
 def shard(batch: np.ndarray, rank: int, world_size: int) -> np.ndarray:
     """This replica's rows of the global batch: (B, T) -> (B / world_size, T)."""
-    if batch.shape[0] % world_size:
-        raise UserError(f"batch_size {batch.shape[0]} does not split over {world_size} replicas: "
-                        f"use a multiple of {world_size}.")
+    check_replica_split(batch.shape[0], world_size)
     rows = batch.shape[0] // world_size
     return batch[rank * rows:(rank + 1) * rows]
 

@@ -9,7 +9,6 @@ import numpy as np  # noqa: E402
 import tensorflow as tf  # noqa: E402
 
 from common.backend import Backend as BaseBackend  # noqa: E402
-from common.config import GPTConfig, TrainConfig  # noqa: E402
 from common.errors import UserError  # noqa: E402
 from tensorflow_impl import parallel  # noqa: E402
 from tensorflow_impl.generate import compiled_generate  # noqa: E402
@@ -17,34 +16,19 @@ from tensorflow_impl.model import GPT, load_canonical  # noqa: E402
 from tensorflow_impl.train import KerasModelState, compile_model, train_step  # noqa: E402
 
 
-def resolve_device(device: str) -> str:
-    gpus = tf.config.list_physical_devices("GPU")
-    if device in ("auto", "gpu"):
-        if gpus:
-            return "/GPU:0"
-        if device == "gpu":
-            raise UserError("no GPU is visible to TensorFlow: use --device cpu, or install "
-                            "tensorflow[and-cuda] in place of tensorflow-cpu on a CUDA machine.")
-        return "/CPU:0"
-    if device == "cpu":
-        return "/CPU:0"
-    raise UserError(f"TensorFlow cannot run on device {device!r}: use --device auto, cpu or gpu.")
-
-
 class Backend(KerasModelState, BaseBackend):
     name = "tensorflow"
+    runtime = "TensorFlow"
+    device_kinds = {"cpu": "", "gpu": "install tensorflow[and-cuda] in place of tensorflow-cpu on a CUDA machine"}
 
-    def __init__(self, config: GPTConfig, train: TrainConfig, params: dict, device: str = "auto",
-                 replicas: int = 1):
-        super().__init__(config, train, params, device, replicas)
+    def _build(self, params):
+        config, train, replicas = self.config, self.train_config, self.replicas
         if keras.backend.backend() != "tensorflow":
             raise UserError(f"Keras runs on {keras.backend.backend()} here (KERAS_BACKEND): set "
                             "KERAS_BACKEND=tensorflow, or unset it, to use the TensorFlow implementation.")
-        self.device = resolve_device(device)
         # Variables built under a strategy's scope are mirrored on its replicas; Keras' calls find it.
         self.strategy = None
         if replicas > 1:
-            parallel.check_batch(train.batch_size, replicas)
             self.strategy = parallel.mirrored_strategy(replicas, self.device)
         # float32 means float32: no TF32 matmuls, so the GPU agrees with the CPU and the others.
         tf.config.experimental.enable_tensor_float_32_execution(False)
@@ -58,7 +42,7 @@ class Backend(KerasModelState, BaseBackend):
             # which cannot reach the other replicas' variables; Keras' own "auto" turns it off too.
             self.model.jit_compile = False
         self.optimizer = self.model.optimizer
-        self._generate = compiled_generate(self.model)
+        self._compiled_generate = compiled_generate(self.model)
         self._loss_and_grads = tf.function(self._loss_and_grads_fn, jit_compile=not self.strategy)
 
     def _placed(self):
@@ -101,16 +85,11 @@ class Backend(KerasModelState, BaseBackend):
                 loss, grads = self._loss_and_grads(x, y)
         return float(loss), self.canonical_grads(grads)
 
-    def generate(self, prompt, max_new_tokens, *, temperature=1.0, top_k=None, top_p=None, seed=0,
-                 use_cache=True):
+    def _generate(self, prompt, max_new_tokens, temperature, top_k, top_p, seed, use_cache):
         V = self.config.vocab_size
-        if not prompt:
-            raise UserError("the prompt is empty: give at least one token to start from.")
-        if top_k is not None and top_k < 1:
-            raise UserError(f"top_k must be a positive integer, got {top_k}.")
         idx = tf.constant(np.asarray(prompt, dtype=np.int32)[None, :])
         with self._placed():
-            out = self._generate(idx, int(max_new_tokens), tf.constant(float(temperature), tf.float32),
+            out = self._compiled_generate(idx, int(max_new_tokens), tf.constant(float(temperature), tf.float32),
                                  tf.constant(min(top_k or V, V), tf.int32),
                                  tf.constant(1.0 if top_p is None else float(top_p), tf.float32),
                                  tf.constant([seed & 0x7FFFFFFF, (seed >> 31) & 0x7FFFFFFF], tf.int32),

@@ -16,9 +16,7 @@ import keras  # noqa: E402
 import numpy as np  # noqa: E402
 
 from common.backend import Backend as BaseBackend  # noqa: E402
-from common.config import GPTConfig, TrainConfig  # noqa: E402
 from common.errors import UserError  # noqa: E402
-from jax_impl.backend import resolve_device  # noqa: E402
 from jax_impl.generate import decode, sample_next  # noqa: E402
 from tensorflow_impl.model import GPT, KVCache, load_canonical  # noqa: E402
 from tensorflow_impl.train import KerasModelState, compile_model, train_step  # noqa: E402
@@ -55,17 +53,17 @@ def _loss_and_grads(model: GPT, trainable, non_trainable, x, y):
 
 class Backend(KerasModelState, BaseBackend):
     name = "keras-jax"
+    runtime = "JAX"
+    device_kinds = {"cpu": "", "gpu": "install jax[cuda12] for it", "tpu": "install jax[tpu] for it"}
 
-    def __init__(self, config: GPTConfig, train: TrainConfig, params: dict, device: str = "auto",
-                 replicas: int = 1):
-        super().__init__(config, train, params, device, replicas)
-        if keras.backend.backend() != "jax":
-            raise UserError(f"Keras runs on {keras.backend.backend()} in this process: run keras-jax in a "
-                            "process of its own (benchmarks.run does), or with KERAS_BACKEND=jax.")
+    def _build(self, params):
+        config, train, replicas = self.config, self.train_config, self.replicas
         if replicas > 1:
             raise UserError("keras-jax runs on one device: use --replicas 1 (data parallelism is in the "
                             "tensorflow and jax rows).")
-        self.device = resolve_device(device)
+        if keras.backend.backend() != "jax":
+            raise UserError(f"Keras runs on {keras.backend.backend()} in this process: run keras-jax in a "
+                            "process of its own (benchmarks.run does), or with KERAS_BACKEND=jax.")
         # float32 means float32, as in jax_impl: no reduced-precision matmul passes on accelerators.
         self.precision = "highest" if train.dtype == "float32" else "default"
         with self._placed():
@@ -100,25 +98,17 @@ class Backend(KerasModelState, BaseBackend):
                                            np.asarray(y, np.int32))
         return float(value), self.canonical_grads(grads)
 
-    def generate(self, prompt, max_new_tokens, *, temperature=1.0, top_k=None, top_p=None, seed=0,
-                 use_cache=True):
-        if not prompt:
-            raise UserError("the prompt is empty: give at least one token to start from.")
-        if max_new_tokens <= 0:
-            return []
-        block_size, P = self.config.block_size, len(prompt)
-        bucket = block_size * max(1, -(-P // block_size))  # as jax_impl: one compiled loop per bucket
-        tokens = np.zeros((1, bucket + max_new_tokens), dtype=np.int32)
-        tokens[0, :P] = prompt
+    def _generate(self, prompt, max_new_tokens, temperature, top_k, top_p, seed, use_cache):
         greedy = temperature == 0
         with self._placed():
-            out = _generate(self.model, self._variables(), tokens, np.int32(P), jax.random.key(seed),
+            out = _generate(self.model, self._variables(), self._token_buffer(prompt, max_new_tokens),
+                            np.int32(len(prompt)), jax.random.key(seed),
                             None if greedy else np.float32(temperature),
                             None if greedy or top_k is None else np.int32(top_k),
-                            None if greedy or top_p is None or top_p >= 1.0 else np.float32(top_p),
-                            max_new_tokens=max_new_tokens, use_cache=use_cache and P <= block_size,
+                            None if greedy or top_p is None else np.float32(top_p),
+                            max_new_tokens=max_new_tokens, use_cache=use_cache and len(prompt) <= self.config.block_size,
                             greedy=greedy)
-        return np.asarray(out)[0, P:P + max_new_tokens].tolist()
+        return np.asarray(out)[0, len(prompt):len(prompt) + max_new_tokens].tolist()
 
     def device_info(self):
         kind = {"cuda": "gpu", "rocm": "gpu"}.get(self.device.platform, self.device.platform)

@@ -77,8 +77,3 @@ def run_on_slices(strategy: tf.distribute.Strategy, fn, x, y):
     per_replica = strategy.run(fn, args=split_batch(strategy, x, y))
     return strategy.reduce(tf.distribute.ReduceOp.SUM, per_replica, axis=None)
 
-
-def check_batch(batch_size: int, replicas: int) -> None:
-    if batch_size % replicas:
-        raise UserError(f"batch_size {batch_size} does not split over {replicas} replicas: "
-                        f"use a multiple of {replicas}.")

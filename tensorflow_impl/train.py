@@ -80,25 +80,6 @@ def train_step(model: GPT, x, y, lr: float) -> float:
     return model.train_on_batch(x, y)
 
 
-def optimizer_state(model: GPT) -> dict[str, np.ndarray]:
-    """AdamW's moments under canonical names (adam_m.<name>, adam_v.<name>) and its step count."""
-    state = {}
-    for name, variable in canonical_variables(model).items():
-        m, v = model.optimizer.moments(variable)
-        state[f"adam_m.{name}"] = np.asarray(m.numpy(), np.float32)
-        state[f"adam_v.{name}"] = np.asarray(v.numpy(), np.float32)
-    state["adam_count"] = np.array(int(model.optimizer.iterations.numpy()), dtype=np.int64)
-    return state
-
-
-def load_optimizer_state(model: GPT, state: dict[str, np.ndarray]) -> None:
-    for name, variable in canonical_variables(model).items():
-        m, v = model.optimizer.moments(variable)
-        m.assign(np.asarray(state[f"adam_m.{name}"], dtype=m.dtype))
-        v.assign(np.asarray(state[f"adam_v.{name}"], dtype=v.dtype))
-    model.optimizer.iterations.assign(int(state["adam_count"]))
-
-
 class KerasModelState:
     """The Backend methods that read and write the Keras model's own variables: the same whether
     Keras runs on TensorFlow (tensorflow_impl.backend) or on JAX (keras_jax), so both mix this in."""
@@ -112,8 +93,14 @@ class KerasModelState:
     def export_params(self) -> dict[str, np.ndarray]:
         return to_canonical(self.model)
 
-    def optimizer_state(self) -> dict[str, np.ndarray]:
-        return optimizer_state(self.model)
+    def _adam_moments(self) -> tuple[dict, dict, int]:
+        variables = canonical_variables(self.model)
+        m, v = ({name: np.asarray(self.model.optimizer.moments(var)[i].numpy(), np.float32)
+                 for name, var in variables.items()} for i in (0, 1))
+        return m, v, int(self.model.optimizer.iterations.numpy())
 
-    def load_optimizer_state(self, state: dict[str, np.ndarray]) -> None:
-        load_optimizer_state(self.model, state)
+    def _load_adam_moments(self, m: dict, v: dict, count: int) -> None:
+        for name, variable in canonical_variables(self.model).items():
+            for moment, arrays in zip(self.model.optimizer.moments(variable), (m, v)):
+                moment.assign(np.asarray(arrays[name], dtype=moment.dtype))
+        self.model.optimizer.iterations.assign(count)

@@ -16,7 +16,7 @@ from common.errors import UserError  # noqa: E402
 from common.params import init_params  # noqa: E402
 from common.sampling import filter_logits as reference_filter_logits  # noqa: E402
 from common.schedule import learning_rate  # noqa: E402
-from jax_impl.backend import Backend, resolve_device  # noqa: E402
+from jax_impl.backend import Backend  # noqa: E402
 from jax_impl.generate import filter_logits  # noqa: E402
 from jax_impl.model import GPT, KVCache, load_canonical  # noqa: E402
 from jax_impl.train import train_step  # noqa: E402
@@ -257,12 +257,12 @@ def test_generation_compiles_once_for_repeated_calls():
 # --- environment ----------------------------------------------------------------------------
 
 def test_devices_and_info():
-    assert resolve_device("cpu").platform == "cpu"
+    assert Backend.resolve_device("cpu").platform == "cpu"
     if not jax.default_backend() == "gpu":
         with pytest.raises(UserError, match="--device cpu"):
-            resolve_device("gpu")
+            Backend.resolve_device("gpu")
     with pytest.raises(UserError):
-        resolve_device("mps")
+        Backend.resolve_device("mps")
     backend = Backend(CONFIG, TRAIN, init_params(CONFIG, 0), device="cpu")
     info = backend.device_info()
     assert info["framework_version"].startswith("jax ") and "/ flax " in info["framework_version"]
