@@ -21,7 +21,7 @@ from safetensors.numpy import load_file, save_file
 from common.config import GPTConfig
 from common.errors import UserError
 from common.params import check_params, param_shapes
-from common.spec import GELU_APPROXIMATE, LAYER_NORM_EPS, MLP_RATIO
+from common.spec import GELU_APPROXIMATE, INIT_STD, LAYER_NORM_EPS, MLP_RATIO
 from common.tokenizers import EOT, AnyTokenizer, GPT2Tokenizer
 
 PRETRAINED = ("gpt2", "gpt2-medium", "gpt2-large", "gpt2-xl")
@@ -34,6 +34,8 @@ HUB_FILES = [CONFIG_FILE, TOKENIZER_FILE, WEIGHTS_FILE, SHARD_INDEX_FILE, "model
 ACTIVATIONS = {"gelu": False, "gelu_new": True, "gelu_pytorch_tanh": True, "gelu_fast": True}
 # Non-persistent attention-mask buffers that older transformers versions saved with the weights.
 MASK_BUFFERS = (".attn.bias", ".attn.masked_bias")
+# The only names that differ: GPT-2's embeddings are modules with a `.weight`; canonical ones are arrays.
+HF_EMBEDDINGS = {"wte.weight": "wte", "wpe.weight": "wpe"}
 
 
 @dataclass(frozen=True)
@@ -43,7 +45,6 @@ class HFConfig:
     model: GPTConfig          # vocab_size, block_size (n_positions), n_layer, n_head, n_embd; bias on, dropout 0
     gelu_approximate: bool    # True for GPT-2's gelu_new (tanh form), False for exact gelu
     layer_norm_eps: float     # GPT-2's layer_norm_epsilon, 1e-5
-    eot_id: int | None        # eos_token_id: where generation stops (50256 in GPT-2)
 
 
 @dataclass
@@ -52,7 +53,7 @@ class HFModel:
 
     config: HFConfig
     params: dict[str, np.ndarray]  # canonical names and layouts, float32
-    tokenizer: GPT2Tokenizer
+    tokenizer: GPT2Tokenizer       # its eot_id (50256 in GPT-2) is where generation stops
     folder: Path
 
 
@@ -90,9 +91,10 @@ def read_config(folder: str | os.PathLike) -> HFConfig:
     if not isinstance(raw, dict) or raw.get("model_type", "gpt2") != "gpt2":
         kind = raw.get("model_type") if isinstance(raw, dict) else None
         raise UserError(f"{path} describes a {kind!r} model, not GPT-2: only GPT-2 folders load here.")
-    missing = [k for k in ("vocab_size", "n_positions", "n_layer", "n_head", "n_embd") if k not in raw]
-    if missing:
-        raise UserError(f"{path} lacks {', '.join(missing)}: it is not a complete GPT-2 config.")
+    sizes = ("vocab_size", "n_positions", "n_layer", "n_head", "n_embd")
+    bad = [k for k in sizes if not isinstance(raw.get(k), int) or isinstance(raw.get(k), bool)]
+    if bad:
+        raise UserError(f"{path} lacks {', '.join(bad)} as whole numbers: it is not a complete GPT-2 config.")
     activation = raw.get("activation_function", "gelu_new")
     if activation not in ACTIVATIONS:
         raise UserError(f"{path} asks for activation {activation!r}: the models here run "
@@ -116,8 +118,7 @@ def read_config(folder: str | os.PathLike) -> HFConfig:
     # Dropout is a training choice, not part of the weights: 0 for inference, as nanoGPT's fine-tuning.
     model = GPTConfig(vocab_size=raw["vocab_size"], block_size=raw["n_positions"], n_layer=raw["n_layer"],
                       n_head=raw["n_head"], n_embd=raw["n_embd"], dropout=0.0, bias=True)
-    eot = raw.get("eos_token_id")
-    return HFConfig(model, ACTIVATIONS[activation], float(eps), eot if isinstance(eot, int) else None)
+    return HFConfig(model, ACTIVATIONS[activation], float(eps))
 
 
 def read_params(folder: str | os.PathLike, config: GPTConfig) -> dict[str, np.ndarray]:
@@ -139,7 +140,7 @@ def read_params(folder: str | os.PathLike, config: GPTConfig) -> dict[str, np.nd
         if name == "lm_head.weight":
             head = value
         elif not name.endswith(MASK_BUFFERS):
-            params[{"wte.weight": "wte", "wpe.weight": "wpe"}.get(name, name)] = value.astype(np.float32, copy=False)
+            params[HF_EMBEDDINGS.get(name, name)] = value.astype(np.float32, copy=False)
     try:
         check_params(params, config)
     except ValueError as e:
@@ -209,7 +210,7 @@ def write_gpt2(out_dir: str | os.PathLike, params: dict[str, np.ndarray], config
         "model_type": "gpt2",
         "vocab_size": config.vocab_size,
         "n_positions": config.block_size,
-        "n_ctx": config.block_size,  # what transformers before 4.x read as the context length
+        "n_ctx": config.block_size,  # n_positions' older name, which older readers still look for
         "n_layer": config.n_layer,
         "n_head": config.n_head,
         "n_embd": config.n_embd,
@@ -219,7 +220,7 @@ def write_gpt2(out_dir: str | os.PathLike, params: dict[str, np.ndarray], config
         "resid_pdrop": config.dropout,
         "embd_pdrop": config.dropout,
         "attn_pdrop": config.dropout,
-        "initializer_range": 0.02,
+        "initializer_range": INIT_STD,
         "scale_attn_weights": True,
         "scale_attn_by_inverse_layer_idx": False,
         "reorder_and_upcast_attn": False,
@@ -246,8 +247,9 @@ def write_gpt2(out_dir: str | os.PathLike, params: dict[str, np.ndarray], config
 def _hf_tensors(params: dict[str, np.ndarray], config: GPTConfig) -> dict[str, np.ndarray]:
     """GPT-2's names as save_pretrained writes them: `transformer.` prefixed, the tied head left out."""
     tensors = {}
+    hf_names = {canonical: hf for hf, canonical in HF_EMBEDDINGS.items()}
     for name, shape in param_shapes(replace(config, bias=True)).items():
-        hf_name = "transformer." + {"wte": "wte.weight", "wpe": "wpe.weight"}.get(name, name)
+        hf_name = "transformer." + hf_names.get(name, name)
         # GPT-2 always has biases; a model trained without them computes exactly what zero biases do.
         value = params[name] if name in params else np.zeros(shape)
         tensors[hf_name] = np.ascontiguousarray(value, dtype=np.float32)

@@ -99,11 +99,11 @@ def _copy(src, dst):
 
 # --- in ----------------------------------------------------------------------------------------
 
-def test_config_maps_to_project_terms(hf_dir, bpe):
+def test_config_maps_to_project_terms(hf_dir):
     config = read_config(hf_dir)
     assert config == HFConfig(GPTConfig(vocab_size=289, block_size=48, n_layer=2, n_head=4, n_embd=32,
                                         dropout=0.0, bias=True),
-                              gelu_approximate=True, layer_norm_eps=1e-5, eot_id=bpe.eot_id)
+                              gelu_approximate=True, layer_norm_eps=1e-5)
 
 
 @pytest.mark.parametrize("activation, approximate", [("gelu_new", True), ("gelu_pytorch_tanh", True),
@@ -126,6 +126,7 @@ def test_config_activation_and_epsilon(hf_dir, tmp_path, activation, approximate
     ({"model_type": "llama"}, "not GPT-2"),
     ({"layer_norm_epsilon": -1}, "layer_norm_epsilon"),
     ({"n_head": 5}, "divisible by n_head"),
+    ({"n_layer": "2"}, "lacks n_layer as whole numbers"),
 ])
 def test_config_refuses_what_the_models_cannot_compute(hf_dir, tmp_path, change, fragment):
     folder = _copy(hf_dir, tmp_path / "m")
@@ -170,6 +171,24 @@ def test_sharded_weights_load_the_same(hf_model, hf_dir, bpe, tmp_path):
     (folder / "tokenizer.json").write_text(bpe.to_hf_json(), encoding="utf-8")
     loaded, whole = load_gpt2(folder), load_gpt2(hf_dir)
     assert all(np.array_equal(loaded.params[n], whole.params[n]) for n in whole.params)
+
+
+def test_half_precision_weights_load_as_float32(hf_model, hf_dir, bpe, tmp_path):
+    import copy
+    import torch
+    folder = tmp_path / "fp16"
+    copy.deepcopy(hf_model).to(torch.float16).save_pretrained(folder)
+    (folder / "tokenizer.json").write_text(bpe.to_hf_json(), encoding="utf-8")
+    loaded = load_gpt2(folder)
+    for name, value in _canonical(hf_model).items():
+        assert loaded.params[name].dtype == np.float32
+        assert np.array_equal(loaded.params[name], value.astype(np.float16).astype(np.float32)), name
+    # numpy has no bfloat16: such a file is refused in one line rather than misread.
+    folder = tmp_path / "bf16"
+    copy.deepcopy(hf_model).to(torch.bfloat16).save_pretrained(folder)
+    (folder / "tokenizer.json").write_text(bpe.to_hf_json(), encoding="utf-8")
+    with pytest.raises(UserError, match="numpy cannot read.*save the model in float32 or float16 first"):
+        load_gpt2(folder)
 
 
 def test_untied_head_is_refused(hf_dir, tmp_path):
