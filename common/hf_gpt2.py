@@ -60,8 +60,8 @@ class HFModel:
 # --- in ----------------------------------------------------------------------------------------
 
 def resolve_folder(name_or_dir: str | os.PathLike) -> Path:
-    """A local GPT-2 folder as given, or a Hub id (gpt2, gpt2-medium, ..., owner/name) fetched into
-    huggingface_hub's cache (or found there, offline)."""
+    """A local GPT-2 folder as given (a folder wins over a Hub id of the same name), or a Hub id
+    (gpt2, gpt2-medium, ..., owner/name) fetched into huggingface_hub's cache or found there offline."""
     path = Path(name_or_dir).expanduser()
     if path.is_dir():
         return path

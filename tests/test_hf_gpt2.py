@@ -336,3 +336,15 @@ def test_export_refuses_a_tokenizer_larger_than_the_model(bpe, tmp_path):
     config = GPTConfig(vocab_size=100, block_size=8, n_layer=1, n_head=1, n_embd=8, bias=True)
     with pytest.raises(UserError, match="tokenizer has 289 tokens but the model only 100"):
         write_gpt2(tmp_path / "out", init_params(config, 0), config, bpe)
+
+
+def test_loading_and_exporting_import_no_framework(hf_dir, tmp_path):
+    """torch and transformers build the test folder; reading and writing one needs neither."""
+    script = ("import sys\nfrom common.hf_gpt2 import load_gpt2, write_gpt2\n"
+              f"m = load_gpt2({str(hf_dir)!r})\n"
+              f"write_gpt2({str(tmp_path / 'out')!r}, m.params, m.config.model, m.tokenizer)\n"
+              "print(sorted(n for n in ('torch', 'transformers', 'jax', 'tensorflow', 'keras', 'flax') "
+              "if n in sys.modules))\n")
+    out = subprocess.run([sys.executable, "-c", script], cwd=REPO, capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.strip() == "[]" and (tmp_path / "out" / "model.safetensors").is_file()
