@@ -28,33 +28,52 @@ TINY = dict(n_layer=2, n_head=4, n_embd=32, n_positions=48)
 IDS = np.random.default_rng(0).integers(0, 289, size=(2, 48))  # a full context of the odd vocabulary
 
 
-@pytest.fixture(scope="module")
-def bpe():
-    return BPETokenizer.train("the quick brown fox jumps over the lazy dog\n" * 50, vocab_size=300)
+def tiny_bpe() -> BPETokenizer:
+    return BPETokenizer.train("the quick brown fox jumps over the lazy dog\n" * 50, vocab_size=300)  # 289 tokens
 
 
-@pytest.fixture(scope="module")
-def hf_model(bpe):
-    torch = pytest.importorskip("torch", reason="transformers' GPT-2 runs on PyTorch")
-    transformers = pytest.importorskip("transformers", reason="the tests build their GPT-2 with transformers")
-    torch.manual_seed(0)
-    config = transformers.GPT2Config(**TINY, vocab_size=bpe.vocab_size, bos_token_id=bpe.eot_id,
-                                     eos_token_id=bpe.eot_id)
-    assert config.activation_function == "gelu_new" and config.layer_norm_epsilon == 1e-5  # GPT-2's own
+def tiny_gpt2(tokenizer: BPETokenizer, seed: int = 0):
+    """A random transformers GPT2LMHeadModel (GPT-2's gelu_new and epsilon 1e-5) for `tokenizer`.
+
+    Every tensor is perturbed: zero biases and unit LayerNorm gains would hide a swapped or dropped
+    one. Other tests may build their folder with `save_gpt2_folder(tiny_gpt2(tiny_bpe()), ...)`.
+    """
+    import torch
+    import transformers
+    torch.manual_seed(seed)
+    config = transformers.GPT2Config(**TINY, vocab_size=tokenizer.vocab_size, bos_token_id=tokenizer.eot_id,
+                                     eos_token_id=tokenizer.eot_id)
     model = transformers.GPT2LMHeadModel(config).eval()
-    with torch.no_grad():  # zero biases and unit LayerNorm gains would hide a swapped or dropped tensor
+    with torch.no_grad():
         for p in model.parameters():
             p.add_(0.1 * torch.randn_like(p))
     return model
 
 
+def save_gpt2_folder(model, tokenizer: BPETokenizer, folder, **save_pretrained):
+    """As save_pretrained writes it (`transformer.`-prefixed names, no lm_head), plus tokenizer.json."""
+    model.save_pretrained(folder, **save_pretrained)
+    (folder / "tokenizer.json").write_text(tokenizer.to_hf_json(), encoding="utf-8")
+    return folder
+
+
+@pytest.fixture(scope="module")
+def bpe():
+    return tiny_bpe()
+
+
+@pytest.fixture(scope="module")
+def hf_model(bpe):
+    pytest.importorskip("torch", reason="transformers' GPT-2 runs on PyTorch")
+    pytest.importorskip("transformers", reason="the tests build their GPT-2 with transformers")
+    model = tiny_gpt2(bpe)
+    assert model.config.activation_function == "gelu_new" and model.config.layer_norm_epsilon == 1e-5
+    return model
+
+
 @pytest.fixture(scope="module")
 def hf_dir(hf_model, bpe, tmp_path_factory):
-    """A folder as save_pretrained writes it: `transformer.`-prefixed names, no lm_head."""
-    folder = tmp_path_factory.mktemp("hf") / "tiny-gpt2"
-    hf_model.save_pretrained(folder)
-    (folder / "tokenizer.json").write_text(bpe.to_hf_json(), encoding="utf-8")
-    return folder
+    return save_gpt2_folder(hf_model, bpe, tmp_path_factory.mktemp("hf") / "tiny-gpt2")
 
 
 def _canonical(hf_model) -> dict[str, np.ndarray]:
@@ -165,10 +184,8 @@ def test_load_gives_exactly_the_hf_weights_under_canonical_names(hf_model, hf_di
 
 
 def test_sharded_weights_load_the_same(hf_model, hf_dir, bpe, tmp_path):
-    folder = tmp_path / "sharded"
-    hf_model.save_pretrained(folder, max_shard_size="40KB")
+    folder = save_gpt2_folder(hf_model, bpe, tmp_path / "sharded", max_shard_size="40KB")
     assert not (folder / "model.safetensors").exists() and len(list(folder.glob("model-*.safetensors"))) > 1
-    (folder / "tokenizer.json").write_text(bpe.to_hf_json(), encoding="utf-8")
     loaded, whole = load_gpt2(folder), load_gpt2(hf_dir)
     assert all(np.array_equal(loaded.params[n], whole.params[n]) for n in whole.params)
 
@@ -176,17 +193,12 @@ def test_sharded_weights_load_the_same(hf_model, hf_dir, bpe, tmp_path):
 def test_half_precision_weights_load_as_float32(hf_model, hf_dir, bpe, tmp_path):
     import copy
     import torch
-    folder = tmp_path / "fp16"
-    copy.deepcopy(hf_model).to(torch.float16).save_pretrained(folder)
-    (folder / "tokenizer.json").write_text(bpe.to_hf_json(), encoding="utf-8")
-    loaded = load_gpt2(folder)
+    loaded = load_gpt2(save_gpt2_folder(copy.deepcopy(hf_model).to(torch.float16), bpe, tmp_path / "fp16"))
     for name, value in _canonical(hf_model).items():
         assert loaded.params[name].dtype == np.float32
         assert np.array_equal(loaded.params[name], value.astype(np.float16).astype(np.float32)), name
     # numpy has no bfloat16: such a file is refused in one line rather than misread.
-    folder = tmp_path / "bf16"
-    copy.deepcopy(hf_model).to(torch.bfloat16).save_pretrained(folder)
-    (folder / "tokenizer.json").write_text(bpe.to_hf_json(), encoding="utf-8")
+    folder = save_gpt2_folder(copy.deepcopy(hf_model).to(torch.bfloat16), bpe, tmp_path / "bf16")
     with pytest.raises(UserError, match="numpy cannot read.*save the model in float32 or float16 first"):
         load_gpt2(folder)
 
