@@ -28,6 +28,7 @@ from typing import TYPE_CHECKING
 import numpy as np
 from tqdm import tqdm
 
+from benchmarks.quiet import native_logs_filtered
 from benchmarks.run_config import RunConfig
 from benchmarks.summary import WARMUP_STEPS, Generation, StepTimes, Summary
 from benchmarks.tensorboard import ScalarWriter
@@ -57,8 +58,9 @@ def train(run_dir: Path) -> Summary | None:
     state = load_training_state(run_dir, config.model, data.tokenizer.to_json())
     host_malloc = retain_freed_memory()  # before the framework allocates anything (common/allocator.py)
     params = state.params if state else init_params(config.model, config.train.seed)
-    backend = load_backend(config.framework)(config.model, config.train, params, device=config.device,
-                                             replicas=config.replicas)
+    with native_logs_filtered():  # the framework is imported here
+        backend = load_backend(config.framework)(config.model, config.train, params, device=config.device,
+                                                 replicas=config.replicas)
     if state:
         backend.load_optimizer_state(state.optimizer)
     start_step = state.step if state else 0

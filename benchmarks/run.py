@@ -15,16 +15,15 @@ from __future__ import annotations
 
 import argparse
 import datetime as dt
-import logging
 import os
 import shutil
 import subprocess
 import sys
-import warnings
 from pathlib import Path
 
 import psutil
 
+from benchmarks.quiet import native_logs_filtered, quiet_third_party
 from benchmarks.run_config import RunConfig
 from common.backend import FRAMEWORKS, canonical_framework, is_installed, load_backend, missing_modules
 from common.config import PRESET_NAMES, apply_overrides, check_fits_memory, get_preset
@@ -79,7 +78,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--verbose", action="store_true", help="show the frameworks' own log lines and warnings")
     p.add_argument("--run-dir", help=argparse.SUPPRESS)  # a subprocess: train the run this folder's config.json describes
     args = p.parse_args(argv)
-    if not args.framework and not args.resume:
+    if not args.framework and not args.resume and not args.run_dir:
         raise UserError("name a framework: --framework pytorch|tensorflow|jax|keras-jax|all (or --resume RUN_DIR).")
     if args.checkpoint_every is not None and args.checkpoint_every < 1:
         raise UserError("--checkpoint-every must be at least 1.")
@@ -145,19 +144,6 @@ def main(argv: list[str] | None = None) -> int:
         return 130
 
 
-def quiet_third_party(verbose: bool) -> None:
-    """The frameworks' banners and warnings off, unless --verbose: set before any framework is
-    imported, and inherited by every subprocess. A user's own TF_CPP_MIN_LOG_LEVEL is kept."""
-    if verbose:
-        return
-    # TensorFlow's and XLA's C++ INFO and WARNING lines: the oneDNN and CPU-feature banners, absl's.
-    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
-    os.environ.setdefault("GRPC_VERBOSITY", "ERROR")
-    warnings.filterwarnings("ignore")  # deprecation and "this will change" warnings of the frameworks
-    for name in ("absl", "jax", "tensorflow", "keras", "torch", "flax", "orbax"):
-        logging.getLogger(name).setLevel(logging.ERROR)
-
-
 def plan(args, command: str) -> tuple[Path, list[tuple[Path, RunConfig]], list[str]]:
     """Every run the command asks for, resolved and checked before any of them starts.
 
@@ -193,7 +179,8 @@ def plan(args, command: str) -> tuple[Path, list[tuple[Path, RunConfig]], list[s
 
 def resolve(args, framework: str, seed: int, data: Prepared, command: str) -> RunConfig:
     """One run's config: the preset, the command's overrides, and checks that it can run at all."""
-    accelerator = args.preset == "auto" and _accelerator_present(framework, args.device)
+    with native_logs_filtered():  # `auto` asks the framework, which imports it here
+        accelerator = args.preset == "auto" and _accelerator_present(framework, args.device)
     overrides = {**_overrides(args), "seed": str(seed), "vocab_size": str(data.tokenizer.vocab_size)}
     model, train = apply_overrides(*get_preset(args.preset, accelerator), overrides)
     if model.block_size >= min(len(data.train), len(data.val)):

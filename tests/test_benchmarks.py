@@ -3,6 +3,7 @@ import json
 import math
 import os
 import platform
+import re
 import subprocess
 import sys
 from collections import Counter
@@ -15,8 +16,10 @@ from tests.conftest import REPO
 
 
 def _run(*args, env=None, timeout=600):
+    """The harness in a subprocess; env adds to this one's environment, a None value removes a variable."""
+    env = {k: v for k, v in {**os.environ, **(env or {})}.items() if v is not None}
     return subprocess.run([sys.executable, "-m", "benchmarks.run", *args], cwd=REPO, capture_output=True,
-                          text=True, timeout=timeout, env={**os.environ, **(env or {})})
+                          text=True, timeout=timeout, env=env)
 
 
 @pytest.fixture(scope="module")
@@ -318,8 +321,12 @@ def test_all_frameworks_side_by_side_with_one_crashing(tmp_path, shakespeare_pat
     out = tmp_path / "runs"
     result = _run("--framework", "all", "--preset", "tiny", "--max-iters", "30", "--sample-tokens", "60",
                   "--num-samples", "1", "--out", str(out),
-                  env={"PYTHONPATH": str(hook), "CRASH_MODULE": backend_module(crashing)})
+                  env={"PYTHONPATH": str(hook), "CRASH_MODULE": backend_module(crashing),
+                       "TF_CPP_MIN_LOG_LEVEL": None})  # tests/conftest.py sets it: the harness must, itself
     assert result.returncode == 1  # not everything finished
+    # Every line is the harness' own, or the injected crash's traceback: no framework banners.
+    ours = re.compile(r"^(\[(pytorch|tensorflow|jax|keras-jax)\] |report: |note: |Traceback |  |RuntimeError: injected)")
+    assert [line for line in result.stderr.splitlines() if not ours.match(line)] == [], result.stderr
     survivors = [f for f in installed if f != crashing]
     for framework in survivors:
         assert (out / framework / "summary.json").exists(), framework
@@ -387,3 +394,20 @@ def test_out_naming_a_file_is_one_clear_line(tmp_path):
     assert result.returncode == 2 and result.stderr.strip().splitlines() == [
         f"error: --out {file} is a file: name a folder (it is made if it does not exist)."]
     assert file.read_text() == "mine"
+
+
+@pytest.mark.parametrize("level, kept", [
+    ("2", ["E0000 00:00:1.5  7 a.cc:3] an error", "our own line"]),
+    ("0", ["WARNING: All log messages before absl::InitializeLog() is called are written to STDERR",
+           "I0000 00:00:1.5  7 port.cc:153] oneDNN custom operations are on.", "W0000 00:00:1.5  7 a.cc:2] careful",
+           "E0000 00:00:1.5  7 a.cc:3] an error", "our own line"]),
+])
+def test_native_log_lines_below_the_level_are_dropped(level, kept, monkeypatch, capfd):
+    """What TensorFlow's absl prints on import, written where C++ writes it, to file descriptor 2."""
+    from benchmarks.quiet import native_logs_filtered
+    monkeypatch.setenv("TF_CPP_MIN_LOG_LEVEL", level)
+    with native_logs_filtered():
+        os.write(2, b"WARNING: All log messages before absl::InitializeLog() is called are written to STDERR\n"
+                    b"I0000 00:00:1.5  7 port.cc:153] oneDNN custom operations are on.\n"
+                    b"W0000 00:00:1.5  7 a.cc:2] careful\nE0000 00:00:1.5  7 a.cc:3] an error\nour own line\n")
+    assert capfd.readouterr().err.splitlines() == kept
