@@ -15,7 +15,7 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 
 import numpy as np
-from safetensors import SafetensorError
+from safetensors import SafetensorError, deserialize
 from safetensors.numpy import load_file, save_file
 
 from common.config import GPTConfig
@@ -34,6 +34,9 @@ HUB_FILES = [CONFIG_FILE, TOKENIZER_FILE, WEIGHTS_FILE, SHARD_INDEX_FILE, "model
 ACTIVATIONS = {"gelu": False, "gelu_new": True, "gelu_pytorch_tanh": True, "gelu_fast": True}
 # Non-persistent attention-mask buffers that older transformers versions saved with the weights.
 MASK_BUFFERS = (".attn.bias", ".attn.masked_bias")
+# safetensors' dtypes that numpy has; BF16 is widened to float32 by hand.
+NUMPY_DTYPES = {"F64": "f8", "F32": "f4", "F16": "f2", "I64": "i8", "I32": "i4", "I16": "i2", "I8": "i1",
+                "U64": "u8", "U32": "u4", "U16": "u2", "U8": "u1", "BOOL": "?"}
 # The only names that differ: GPT-2's embeddings are modules with a `.weight`; canonical ones are arrays.
 HF_EMBEDDINGS = {"wte.weight": "wte", "wpe.weight": "wpe"}
 
@@ -127,12 +130,9 @@ def read_params(folder: str | os.PathLike, config: GPTConfig) -> dict[str, np.nd
     tensors = {}
     for file in _weight_files(folder):
         try:
-            tensors.update(load_file(str(file)))
+            tensors.update(_load_safetensors(file))
         except (SafetensorError, OSError, ValueError) as e:
             raise UserError(f"{file} is corrupt or truncated ({e}): download the model folder again.") from None
-        except TypeError as e:  # numpy has no bfloat16
-            raise UserError(f"{file} holds tensors numpy cannot read ({e}): save the model in float32 or "
-                            f"float16 first.") from None
     params = {}
     head = None
     for name, value in tensors.items():
@@ -164,6 +164,27 @@ def load_gpt2(name_or_dir: str | os.PathLike) -> HFModel:
         raise UserError(f"{folder}'s tokenizer has {tokenizer.vocab_size} tokens but the model only "
                         f"{config.model.vocab_size}: the tokenizer.json belongs to another model.")
     return HFModel(config, params, tokenizer, folder)
+
+
+def _load_safetensors(file: Path) -> dict[str, np.ndarray]:
+    """Every tensor in the file, bfloat16 ones widened to float32 (numpy has no bfloat16)."""
+    try:
+        return load_file(str(file))
+    except TypeError:  # safetensors.numpy cannot load a file that holds bfloat16
+        pass
+    tensors = {}
+    for name, tensor in deserialize(file.read_bytes()):
+        if tensor["dtype"] == "BF16":
+            # A bfloat16 is the upper half of a float32: widening is exact.
+            bits = np.frombuffer(tensor["data"], dtype="<u2").astype(np.uint32) << 16
+            tensors[name] = bits.view(np.float32).reshape(tensor["shape"])
+        elif tensor["dtype"] not in NUMPY_DTYPES:
+            raise UserError(f"{file} holds {tensor['dtype']} tensors ({name}): save the model in float32, "
+                            f"float16 or bfloat16.")
+        else:
+            dtype = np.dtype(NUMPY_DTYPES[tensor["dtype"]]).newbyteorder("<")
+            tensors[name] = np.frombuffer(tensor["data"], dtype=dtype).reshape(tensor["shape"])
+    return tensors
 
 
 def _weight_files(folder: Path) -> list[Path]:
