@@ -166,7 +166,7 @@ def plan(args, command: str) -> tuple[Path, list[tuple[Path, RunConfig]], list[s
     data = prepare(args.dataset, args.tokenizer, args.vocab_size)
     if not data.tokenizer.encode(args.prompt):
         raise UserError("the prompt is empty after tokenization: pass a non-empty --prompt.")
-    base_seed = args.seed if args.seed is not None else get_preset(args.preset)[1].seed
+    base_seed = apply_overrides(*get_preset(args.preset), _overrides(args))[1].seed  # --seed or --set seed=N
     jobs = []
     for framework in (fw for fw in names if is_installed(fw)):
         for seed in range(base_seed, base_seed + args.repeat):
@@ -229,7 +229,10 @@ def run_folder(run_dir: Path, verbose: bool) -> int:
 
 def _run_many(args, out: Path, jobs: list[tuple[Path, RunConfig]], skipped: list[str]) -> int:
     """Each run in its own subprocess: clean memory figures, and one crash loses nothing of the others."""
-    out.mkdir(parents=True, exist_ok=True)
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+    except OSError as e:
+        raise UserError(f"cannot make the output folder {out} ({e.strerror}): choose another --out.") from None
     for line in skipped:
         print(f"[{line.split(':')[0]}] not installed, skipped", file=sys.stderr)
     peak = cpu_peak_flops()  # one CPU peak for every run of this comparison
