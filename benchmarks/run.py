@@ -130,12 +130,12 @@ def main(argv: list[str] | None = None) -> int:
         if args.resume:
             RunConfig.load(Path(args.resume))  # one line if it is not a run folder, before anything else
             return run_folder(Path(args.resume), args.verbose)
-        out, jobs, skipped = plan(args, " ".join(["python -m benchmarks.run", *argv]))
-        if len(jobs) == 1 and not skipped:
+        out, jobs, missing = plan(args, " ".join(["python -m benchmarks.run", *argv]))
+        if len(jobs) == 1 and not missing:
             run_dir, config = jobs[0]
             start_folder(run_dir, config)
             return run_folder(run_dir, args.verbose)
-        return _run_many(args, out, jobs, skipped)
+        return _run_many(args, out, jobs, missing)
     except UserError as e:
         print(f"error: {one_line(e)}", file=sys.stderr)
         return 2
@@ -147,9 +147,9 @@ def main(argv: list[str] | None = None) -> int:
 def plan(args, command: str) -> tuple[Path, list[tuple[Path, RunConfig]], list[str]]:
     """Every run the command asks for, resolved and checked before any of them starts.
 
-    Returns the output folder, the (run folder, config) of each run and a note for each framework
-    of `all` that is not installed; one bad value fails the whole command at once, not each
-    subprocess in turn.
+    Returns the output folder, the (run folder, config) of each run and the frameworks of `all`
+    that are not installed; one bad value fails the whole command at once, not each subprocess in
+    turn.
     """
     _host_devices_for_jax(args.framework, args.replicas, args.device)  # before `auto` may import jax
     names = FRAMEWORKS if args.framework.strip().lower() == "all" else (canonical_framework(args.framework),)
@@ -157,8 +157,7 @@ def plan(args, command: str) -> tuple[Path, list[tuple[Path, RunConfig]], list[s
         raise UserError(f"unknown preset {args.preset!r}: choose one of {', '.join(PRESET_NAMES)}.")
     if len(names) == 1 and not is_installed(names[0]):
         load_backend(names[0])  # raises the one-line "not installed" error
-    skipped = [f"{fw}: not installed (missing {', '.join(missing_modules(fw))}), skipped"
-               for fw in names if not is_installed(fw)]
+    missing = [fw for fw in names if not is_installed(fw)]
     stamp = dt.datetime.now().strftime("%Y%m%d-%H%M%S")
     out = Path(args.out or REPO / "runs" / f"{stamp}-{args.preset}")
     if out.exists() and not out.is_dir():
@@ -168,13 +167,13 @@ def plan(args, command: str) -> tuple[Path, list[tuple[Path, RunConfig]], list[s
         raise UserError("the prompt is empty after tokenization: pass a non-empty --prompt.")
     base_seed = apply_overrides(*get_preset(args.preset), _overrides(args))[1].seed  # --seed or --set seed=N
     jobs = []
-    for framework in (fw for fw in names if is_installed(fw)):
+    for framework in (fw for fw in names if fw not in missing):
         for seed in range(base_seed, base_seed + args.repeat):
             run_dir = out / (framework if args.repeat == 1 else f"{framework}-seed{seed}")
             config = resolve(args, framework, seed, data, command)
             _check_run_folder(run_dir, args.force)
             jobs.append((run_dir, config))
-    return out, jobs, skipped
+    return out, jobs, missing
 
 
 def resolve(args, framework: str, seed: int, data: Prepared, command: str) -> RunConfig:
@@ -227,16 +226,17 @@ def run_folder(run_dir: Path, verbose: bool) -> int:
     return 0
 
 
-def _run_many(args, out: Path, jobs: list[tuple[Path, RunConfig]], skipped: list[str]) -> int:
+def _run_many(args, out: Path, jobs: list[tuple[Path, RunConfig]], missing: list[str]) -> int:
     """Each run in its own subprocess: clean memory figures, and one crash loses nothing of the others."""
     try:
         out.mkdir(parents=True, exist_ok=True)
     except OSError as e:
         raise UserError(f"cannot make the output folder {out} ({e.strerror}): choose another --out.") from None
-    for line in skipped:
-        print(f"[{line.split(':')[0]}] not installed, skipped", file=sys.stderr)
+    for framework in missing:
+        print(f"[{framework}] not installed, skipped", file=sys.stderr)
     peak = cpu_peak_flops()  # one CPU peak for every run of this comparison
-    finished, problems = [], list(skipped)
+    finished = []
+    problems = [f"{fw}: not installed (missing {', '.join(missing_modules(fw))}), skipped" for fw in missing]
     for run_dir, config in jobs:
         config.cpu_peak_flops = peak
         start_folder(run_dir, config)

@@ -411,3 +411,38 @@ def test_native_log_lines_below_the_level_are_dropped(level, kept, monkeypatch, 
                     b"I0000 00:00:1.5  7 port.cc:153] oneDNN custom operations are on.\n"
                     b"W0000 00:00:1.5  7 a.cc:2] careful\nE0000 00:00:1.5  7 a.cc:3] an error\nour own line\n")
     assert capfd.readouterr().err.splitlines() == kept
+
+
+@pytest.mark.parametrize("verbose, users_level, level", [(False, None, "2"), (False, "0", "0"), (True, None, None)])
+def test_third_party_logs_are_off_unless_verbose(verbose, users_level, level, monkeypatch):
+    from benchmarks.quiet import quiet_third_party
+    if users_level is None:
+        monkeypatch.delenv("TF_CPP_MIN_LOG_LEVEL", raising=False)
+    else:
+        monkeypatch.setenv("TF_CPP_MIN_LOG_LEVEL", users_level)  # a user's own choice is kept
+    monkeypatch.delenv("GRPC_VERBOSITY", raising=False)
+    quiet_third_party(verbose)
+    assert os.environ.get("TF_CPP_MIN_LOG_LEVEL") == level
+
+
+def test_all_writes_each_runs_config_and_children_read_only_their_folder(monkeypatch, tmp_path, shakespeare_path):
+    """The parent resolves every run; a child is told nothing but its folder."""
+    from benchmarks import run
+    from benchmarks.run_config import RunConfig
+    children = []
+    monkeypatch.setattr(run.subprocess, "run", lambda command, cwd: children.append(command) or
+                        subprocess.CompletedProcess(command, 0))
+    monkeypatch.setattr(run, "is_installed", lambda framework: framework != "keras-jax")
+    monkeypatch.setattr(run, "missing_modules", lambda framework: ["keras"])
+    monkeypatch.setattr(run, "cpu_peak_flops", lambda: 321e9)
+    argv = ["--framework", "all", "--preset", "tiny", "--repeat", "2", "--set", "seed=7", "--no-report",
+            "--out", str(tmp_path)]
+    assert run.main(argv) == 0
+    folders = [tmp_path / f"{fw}-seed{seed}" for fw in ("pytorch", "tensorflow", "jax") for seed in (7, 8)]
+    assert children == [[sys.executable, "-m", "benchmarks.run", "--run-dir", str(f)] for f in folders]
+    configs = [RunConfig.load(f) for f in folders]
+    assert [(c.framework, c.train.seed) for c in configs] == [(fw, seed) for fw in ("pytorch", "tensorflow", "jax")
+                                                              for seed in (7, 8)]
+    assert {c.cpu_peak_flops for c in configs} == {321e9}
+    assert {c.command for c in configs} == {" ".join(["python -m benchmarks.run", *argv])}
+    assert (tmp_path / "problems.txt").read_text() == "keras-jax: not installed (missing keras), skipped\n"
