@@ -73,7 +73,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--profile", action="store_true", help="write the framework's trace for a few steps")
     p.add_argument("--report", action=argparse.BooleanOptionalAction, default=True,
                    help="write the comparison report after several runs")
-    p.add_argument("--resume", metavar="RUN_DIR", help="continue a run from its newest checkpoint")
+    p.add_argument("--resume", metavar="RUN_DIR", help="continue a run from its newest readable checkpoint, or "
+                   "finish one stopped after training; it runs as its config.json says, other options unused")
     p.add_argument("--checkpoint-every", type=int, help="steps between checkpoints (default eval_interval)")
     p.add_argument("--verbose", action="store_true", help="show the frameworks' own log lines and warnings")
     p.add_argument("--run-dir", help=argparse.SUPPRESS)  # a subprocess: train the run this folder's config.json describes

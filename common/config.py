@@ -85,8 +85,8 @@ def _check_finite(config) -> None:
     for f in fields(config):
         value = getattr(config, f.name)
         if isinstance(value, float) and not math.isfinite(value):
-            raise UserError(f"{f.name} must be a finite number, got {value}: pass a number like the "
-                            f"preset's {getattr(type(config)(), f.name)}.")
+            raise UserError(f"{f.name} must be a finite number, got {value}: pass one like the default, "
+                            f"{f.name}={getattr(type(config)(), f.name)}.")
 
 
 def training_bytes(model: GPTConfig, train: TrainConfig) -> int:
