@@ -7,7 +7,7 @@ on command lines or in environment variables.
 from __future__ import annotations
 
 import json
-from dataclasses import asdict, dataclass, field, fields
+from dataclasses import asdict, dataclass, fields
 from pathlib import Path
 
 from common.config import GPTConfig, TrainConfig
@@ -38,7 +38,7 @@ class RunConfig:
     temperature: float = 0.8
     top_k: int | None = 200
     top_p: float | None = None
-    stop: list[str] | None = field(default=None)
+    stop: list[str] | None = None
 
     def save(self, run_dir: Path) -> None:
         (run_dir / CONFIG_FILE).write_text(json.dumps(asdict(self), indent=2))

@@ -184,9 +184,12 @@ def test_corrupt_plays_csv_gets_one_clear_line(tmp_path):
 
 
 def _copy_run(pytorch_run, tmp_path):
+    """The module's run, to resume: with shorter samples than it made, which take most of a resume."""
     import shutil
     folder = tmp_path / "pytorch"
     shutil.copytree(pytorch_run[0], folder)
+    config = json.loads((folder / "config.json").read_text())
+    (folder / "config.json").write_text(json.dumps({**config, "sample_tokens": 16, "num_samples": 1}))
     return folder
 
 
@@ -210,7 +213,7 @@ def test_resume_finishes_a_run_killed_after_its_last_training_step(pytorch_run, 
     for key in ("median_step_ms", "p10_step_ms", "p90_step_ms", "tokens_per_s", "time_to_first_step_s"):
         assert summary[key] == expected[key], key
     assert [r["step"] for r in _records(folder) if r["type"] == "eval"] == [0, 50, 100, 150, 200]
-    assert (folder / "samples.txt").read_text().count("-" * 72) == 1  # two samples, as the run asked
+    assert summary["sample_tokens"] == 16 and len((folder / "samples.txt").read_text()) > 16
 
 
 @pytest.mark.pytorch
