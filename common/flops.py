@@ -1,7 +1,6 @@
 """Model FLOPs per token and the peak FLOP/s they are measured against (MFU)."""
 from __future__ import annotations
 
-import os
 import time
 from pathlib import Path
 
@@ -68,11 +67,10 @@ def cpu_peak_flops() -> float:
     """The CPU's float32 peak, measured now, under the conditions the benchmark runs in.
 
     Not cached across runs: a peak measured while something else loaded the machine would make
-    every later MFU too high. A parent process measures once and hands the figure to its runs
-    through NANOGPT_CPU_PEAK_FLOPS, so runs compared side by side share one denominator.
+    every later MFU too high. The launcher measures once for a comparison and writes the figure
+    into each run's config.json, so runs compared side by side share one denominator.
     """
-    given = os.environ.get("NANOGPT_CPU_PEAK_FLOPS")
-    return float(given) if given else measure_cpu_peak()
+    return measure_cpu_peak()
 
 
 def _cpuinfo_field(*keys: str, cpuinfo: str | None = None) -> str | None:
