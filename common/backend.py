@@ -24,7 +24,7 @@ FRAMEWORKS = ("pytorch", "tensorflow", "jax", "keras-jax")
 ALIASES = {"torch": "pytorch", "pt": "pytorch", "keras": "tensorflow", "tf": "tensorflow",
            "flax": "jax"}
 _MODULES = {"pytorch": ("torch",), "tensorflow": ("tensorflow", "keras"), "jax": ("jax", "flax", "optax"),
-            "keras-jax": ("keras", "jax", "flax", "optax")}  # it shares jax_impl's devices and sampling
+            "keras-jax": ("keras", "jax")}  # the Keras model, its loop and optimizer; JAX runs them
 _EXTRAS = {"pytorch": "pytorch", "tensorflow": "tensorflow", "jax": "jax", "keras-jax": "keras-jax"}
 _BACKEND_MODULES = {"keras-jax": "tensorflow_impl.keras_jax"}
 _KERAS_BACKENDS = {"tensorflow": "tensorflow", "keras-jax": "jax"}

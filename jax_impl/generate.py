@@ -61,8 +61,8 @@ def generate(model: GPT, tokens, prompt_len, key, temperature=1.0, top_k=None, t
 
 def decode(forward, new_cache, block_size: int, tokens, prompt_len, sample, *, max_new_tokens: int,
            use_cache: bool):
-    """The loop of `generate` for any forward(ids, cache=None) -> (logits, cache) and KV cache:
-    the Keras GPT on Keras' JAX backend (tensorflow_impl/keras_jax.py) runs it too."""
+    """The loop of `generate` for any forward(ids, cache=None) -> (logits, cache) and KV cache; the
+    Keras GPT has the same loop in keras.ops (tensorflow_impl/generate.py)."""
     B, S = tokens.shape
     assert S >= block_size, "the token buffer must hold at least block_size positions"
 

@@ -128,11 +128,10 @@ class GPT(nnx.Module):
         # No lm_head module: the output projection is wte itself (weight tying), see __call__.
         # Weights come from common.params.init_params through load_canonical, not from here.
 
-    def __call__(self, idx, targets=None, cache: KVCache | None = None):
-        """(B, T) ids -> (logits, loss), or with a cache (logits, updated cache).
-
-        JAX arrays are immutable, so where PyTorch's cache is filled in place this one comes back.
-        """
+    def __call__(self, idx, cache: KVCache | None = None):
+        """(B, T) ids -> (logits, cache): one call for training, prefill and decoding, as in every
+        framework here. JAX arrays are immutable, so where PyTorch's cache is filled in place this
+        one comes back updated; None when none was passed."""
         B, T = idx.shape
         assert T <= self.config.block_size, f"{T} positions > block_size"
         start = cache.length if cache is not None else 0
@@ -140,9 +139,7 @@ class GPT(nnx.Module):
         for block in self.h:
             x, cache = block(x, cache)
         logits = self.wte.attend(self.ln_f(x))  # (B, T, vocab_size)
-        if cache is not None:
-            return logits, cache._replace(length=cache.length + T)
-        return logits, None if targets is None else cross_entropy(logits, targets)
+        return logits, None if cache is None else cache._replace(length=cache.length + T)
 
 
 # Up to this many tokens the embedding lookup is a one-hot matmul (see embed_tokens); its cost,

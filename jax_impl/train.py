@@ -7,7 +7,7 @@ from flax import nnx
 
 from common.config import TrainConfig
 from common.params import decays
-from jax_impl.model import GPT, canonical_name
+from jax_impl.model import GPT, canonical_name, cross_entropy
 
 
 def _decay_mask(params):
@@ -85,8 +85,8 @@ class StaticGraph:
 
 
 def loss_fn(model: GPT, x, y):
-    _, loss = model(x, y)
-    return loss
+    logits, _ = model(x)
+    return cross_entropy(logits, y)
 
 
 @functools.partial(jax.jit, static_argnums=0, donate_argnums=1)

@@ -6,7 +6,7 @@ from common.backend import Backend as BaseBackend
 from common.errors import UserError
 from pytorch_impl.generate import generate
 from pytorch_impl import parallel
-from pytorch_impl.model import GPT, from_canonical_like, load_canonical, to_canonical
+from pytorch_impl.model import GPT, cross_entropy, from_canonical_like, load_canonical, to_canonical
 from pytorch_impl.train import autocast, configure_optimizer, train_step
 
 
@@ -49,8 +49,8 @@ class Backend(BaseBackend):
     def eval_loss(self, x, y):
         self.evaluated.eval()
         with self.amp:
-            _, loss = self.evaluated(self._tensor(x), self._tensor(y))
-        return loss.item()
+            logits, _ = self.evaluated(self._tensor(x))
+            return cross_entropy(logits, self._tensor(y)).item()
 
     @torch.no_grad()
     def logits(self, x):
@@ -62,7 +62,8 @@ class Backend(BaseBackend):
     def loss_and_grads(self, x, y):
         self.model.eval()
         self.model.zero_grad(set_to_none=True)
-        _, loss = self.model(self._tensor(x), self._tensor(y))
+        logits, _ = self.model(self._tensor(x))
+        loss = cross_entropy(logits, self._tensor(y))
         loss.backward()
         grads = {n: p.grad for n, p in self.model.named_parameters()}
         result = loss.item(), to_canonical(self.model, grads)

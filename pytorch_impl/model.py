@@ -90,22 +90,31 @@ class GPT(nn.Module):
         # No lm_head module: the output projection is wte itself (weight tying), see forward.
         # Weights come from common.params.init_params through load_canonical, not from here.
 
-    def forward(self, idx, targets=None, cache: KVCache | None = None):
+    def forward(self, idx, cache: KVCache | None = None):
+        """(B, T) ids -> (logits, cache): one call for training, prefill and decoding, as in every
+        framework here. The cache is filled in place and handed back; None when none was passed."""
         B, T = idx.size()
         start = cache.length if cache is not None else 0
         assert start + T <= self.config.block_size, f"{start + T} positions > block_size"
         pos = torch.arange(start, start + T, dtype=torch.long, device=idx.device)
+        # A plain lookup, unlike the JAX and Keras models' one-hot matmul: torch's embedding backward
+        # sorts the ids and sums each token's rows in one pass (on CUDA too), so the positions that
+        # share a character do not queue on atomic adds. nn.Linear already multiplies (B, T, C) as
+        # one (B*T, C) matrix, so the other models' reshapes would change nothing here.
         x = self.drop(self.wte(idx) + self.wpe(pos))  # (B, T, C)
         for block in self.h:
             x = block(x, cache)
         if cache is not None:
             cache.length += T
         logits = F.linear(self.ln_f(x), self.wte.weight)  # (B, T, vocab_size)
-        if targets is None:
-            return logits, None
-        loss = F.cross_entropy(logits.view(-1, logits.size(-1)), targets.view(-1),
-                               ignore_index=LOSS_IGNORE_INDEX)
-        return logits, loss
+        return logits, cache
+
+
+def cross_entropy(logits, targets):
+    """Mean over the targets that are not LOSS_IGNORE_INDEX, in float32 (or float64) whatever the
+    compute dtype. (B, T, V) -> (B*T, V) rows, the layout F.cross_entropy takes."""
+    logits = logits.to(torch.promote_types(logits.dtype, torch.float32))
+    return F.cross_entropy(logits.view(-1, logits.size(-1)), targets.view(-1), ignore_index=LOSS_IGNORE_INDEX)
 
 
 # Canonical names (common/params.py) are this model's parameter names without the ".weight" of

@@ -5,7 +5,7 @@ import torch
 
 from common.config import TrainConfig
 from common.params import decays
-from pytorch_impl.model import GPT
+from pytorch_impl.model import GPT, cross_entropy
 
 
 def configure_optimizer(model: GPT, train: TrainConfig) -> torch.optim.AdamW:
@@ -32,7 +32,8 @@ def train_step(model, optimizer, x, y, lr: float, grad_clip: float, amp) -> torc
     for group in optimizer.param_groups:  # the common schedule sets the rate every step
         group["lr"] = lr
     with amp:
-        _, loss = model(x, y)
+        logits, _ = model(x)
+        loss = cross_entropy(logits, y)
     loss.backward()
     if grad_clip > 0:
         torch.nn.utils.clip_grad_norm_(model.parameters(), grad_clip)

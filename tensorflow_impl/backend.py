@@ -12,7 +12,7 @@ from common.backend import Backend as BaseBackend  # noqa: E402
 from common.errors import UserError  # noqa: E402
 from tensorflow_impl import parallel  # noqa: E402
 from tensorflow_impl.generate import compiled_generate  # noqa: E402
-from tensorflow_impl.model import GPT, load_canonical  # noqa: E402
+from tensorflow_impl.model import GPT, cross_entropy, load_canonical  # noqa: E402
 from tensorflow_impl.train import KerasModelState, compile_model, train_step  # noqa: E402
 
 
@@ -44,6 +44,7 @@ class Backend(KerasModelState, BaseBackend):
         self.optimizer = self.model.optimizer
         self._compiled_generate = compiled_generate(self.model)
         self._loss_and_grads = tf.function(self._loss_and_grads_fn, jit_compile=not self.strategy)
+        self._logits = tf.function(lambda x: self.model(x, training=False)[0], jit_compile=not self.strategy)
 
     def _placed(self):
         return self.strategy.scope() if self.strategy else tf.device(self.device)
@@ -64,16 +65,15 @@ class Backend(KerasModelState, BaseBackend):
             return float(self.model.test_on_batch(x, y))
 
     def logits(self, x):
-        x = np.asarray(x, np.int32)
-        if self.strategy:  # predict_on_batch would run the whole batch on every replica and concatenate
-            return np.asarray(self.model(x, training=False), dtype=np.float32)
-        with tf.device(self.device):
-            return np.asarray(self.model.predict_on_batch(x), dtype=np.float32)
+        # Not predict_on_batch: on TensorFlow it converts every output of call with .numpy(), the
+        # None cache included; under a strategy it would also run the whole batch on every replica.
+        with self._placed():
+            return np.asarray(self._logits(np.asarray(x, np.int32)), dtype=np.float32)
 
     def _loss_and_grads_fn(self, x, y):
         variables = self.model.trainable_variables
         with tf.GradientTape() as tape:
-            loss = self.model.loss(y, self.model(x, training=False))
+            loss = cross_entropy(self.model(x, training=False)[0], y)
         return loss, tape.gradient(loss, variables)
 
     def loss_and_grads(self, x, y):
@@ -86,15 +86,15 @@ class Backend(KerasModelState, BaseBackend):
         return float(loss), self.canonical_grads(grads)
 
     def _generate(self, prompt, max_new_tokens, temperature, top_k, top_p, seed, use_cache):
-        V = self.config.vocab_size
-        idx = tf.constant(np.asarray(prompt, dtype=np.int32)[None, :])
+        P = len(prompt)
         with self._placed():
-            out = self._compiled_generate(idx, int(max_new_tokens), tf.constant(float(temperature), tf.float32),
-                                 tf.constant(min(top_k or V, V), tf.int32),
-                                 tf.constant(1.0 if top_p is None else float(top_p), tf.float32),
-                                 tf.constant([seed & 0x7FFFFFFF, (seed >> 31) & 0x7FFFFFFF], tf.int32),
-                                 bool(use_cache))
-        return out.numpy()[0, len(prompt):].tolist()
+            out = self._compiled_generate(
+                tf.constant(self._token_buffer(prompt, max_new_tokens)), tf.constant(P, tf.int32), max_new_tokens,
+                tf.constant(temperature, tf.float32), tf.constant(top_k or self.config.vocab_size, tf.int32),
+                tf.constant(top_p or 1.0, tf.float32),
+                tf.constant([seed & 0x7FFFFFFF, (seed >> 31) & 0x7FFFFFFF], tf.int32),
+                use_cache and P <= self.config.block_size)
+        return out.numpy()[0, P:P + max_new_tokens].tolist()
 
     def device_info(self):
         threads = tf.config.threading.get_intra_op_parallelism_threads() or os.cpu_count()

@@ -1,34 +1,88 @@
-"""Sampling with a KV cache in Keras 3 on TensorFlow: the whole loop is one XLA computation."""
+"""Sampling with a KV cache for the Keras GPT, written once in keras.ops for both of Keras' backends.
+
+TensorFlow compiles the whole loop as one XLA computation (`compiled_generate`, here); Keras on JAX
+compiles the same loop with jax.jit (tensorflow_impl/keras_jax.py). Only the random draw differs:
+each backend has its own stateless random numbers.
+"""
 import os
 
 os.environ.setdefault("KERAS_BACKEND", "tensorflow")
 
-import tensorflow as tf  # noqa: E402
 from keras import ops  # noqa: E402
 
 from tensorflow_impl.model import GPT, KVCache  # noqa: E402
 
 
-def filter_logits(logits, temperature, top_k, top_p):
+def filter_logits(logits, temperature, top_k=None, top_p=None):
     """(B, V) logits -> (B, V) scaled logits, -inf outside top-k and then outside the top-p nucleus.
 
-    The rules of common.sampling.filter_logits, with tensor arguments so one compiled loop serves
-    every setting: top_k = V and top_p = 1 turn the filters off.
+    The rules of common.sampling.filter_logits. None switches a filter off; values may be tensors, so
+    one compiled loop serves every setting (top_k = V and top_p = 1 also leave the logits as they are).
     """
-    scaled = logits / temperature
-    # One stable descending sort serves both filters: ties keep vocabulary order, as in numpy.
-    order = tf.argsort(scaled, axis=-1, direction="DESCENDING", stable=True)
-    sorted_logits = tf.gather(scaled, order, batch_dims=1)
-    kth = tf.gather(sorted_logits, [top_k - 1], axis=1)  # (B, 1); a gather: k need not be a constant
-    sorted_logits = tf.where(sorted_logits < kth, float("-inf"), sorted_logits)
-    probs = tf.nn.softmax(sorted_logits, axis=-1)
-    mass_before = tf.cumsum(probs, axis=-1) - probs
-    sorted_logits = tf.where((mass_before >= top_p) & (top_p < 1.0), float("-inf"), sorted_logits)
-    return tf.gather(sorted_logits, tf.argsort(order, axis=-1), batch_dims=1)  # back to vocab order
+    scaled = ops.cast(logits, "float32") / temperature
+    if top_k is None and top_p is None:
+        return scaled
+    # top_k over the whole vocabulary is a stable descending sort on both backends: ties keep
+    # vocabulary order, as numpy's stable argsort does.
+    sorted_logits, order = ops.top_k(scaled, ops.shape(scaled)[-1])
+    if top_k is not None:
+        kth = ops.expand_dims(ops.take(sorted_logits, top_k - 1, axis=1), -1)  # (B, 1)
+        sorted_logits = ops.where(sorted_logits < kth, float("-inf"), sorted_logits)
+    if top_p is not None:
+        probs = ops.softmax(sorted_logits, axis=-1)
+        mass_before = ops.cumsum(probs, axis=-1) - probs
+        sorted_logits = ops.where((mass_before >= top_p) & (top_p < 1.0), float("-inf"), sorted_logits)
+    return ops.take_along_axis(sorted_logits, ops.argsort(order, axis=-1), axis=-1)  # back to vocab order
+
+
+def decode(forward, new_cache, block_size: int, tokens, prompt_len, sample, *, max_new_tokens: int,
+           use_cache: bool):
+    """Fill tokens[:, prompt_len:prompt_len + max_new_tokens] after the prompt in tokens[:, :prompt_len].
+
+    forward(ids, cache=None) -> (logits, cache) is the model; sample(logits, i) -> (B,) ids draws the
+    i-th new token. tokens is a fixed (B, S) buffer with S >= max(prompt_len + max_new_tokens,
+    block_size); only its shape is static, so prompts of any length up to S - max_new_tokens share
+    one compiled loop. use_cache needs prompt_len <= block_size. The cache holds at most block_size
+    positions. Once the context is longer, each step runs the model on the last block_size tokens,
+    exactly as without a cache: with learned absolute position embeddings, every token's position
+    changes when the window slides. The loop of jax_impl/generate.py, in keras.ops.
+    """
+    B = ops.shape(tokens)[0]
+
+    def write(tokens, at, ids):
+        return ops.slice_update(tokens, (0, at), ops.cast(ids[:, None], tokens.dtype))
+
+    def windowed_step(i, tokens):
+        # A full block_size window keeps the shape static; while the context is shorter, causality
+        # makes the columns after it irrelevant to the logits at its last position.
+        length = prompt_len + i
+        start = ops.maximum(length - block_size, 0)
+        logits, _ = forward(ops.slice(tokens, (0, start), (B, block_size)))  # (B, bs, V)
+        return write(tokens, length, sample(ops.take(logits, length - 1 - start, axis=1), i))  # (B, V)
+
+    def cached_step(i, carry):
+        tokens, cache = carry
+        length = prompt_len + i
+        logits, cache = forward(ops.slice(tokens, (0, length - 1), (B, 1)), cache=cache)
+        return write(tokens, length, sample(logits[:, -1], i)), cache
+
+    n_cached = 0
+    if use_cache:
+        # Prefill on a padded block_size window, like windowed_step; the padding's keys land in cache
+        # slots at positions >= prompt_len, which every later query masks until decoding overwrites them.
+        logits, cache = forward(tokens[:, :block_size], cache=new_cache())
+        cache = cache._replace(length=ops.convert_to_tensor(prompt_len, "int32"))
+        tokens = write(tokens, prompt_len, sample(ops.take(logits, prompt_len - 1, axis=1), 0))  # (B, V)
+        # Steps whose context (prompt_len + i tokens) still fits in block_size extend the cache.
+        n_cached = ops.minimum(block_size - prompt_len + 1, max_new_tokens)
+        tokens, _ = ops.fori_loop(1, n_cached, cached_step, (tokens, cache))
+    return ops.fori_loop(n_cached, max_new_tokens, windowed_step, tokens)
 
 
 def sample_next(logits, temperature, top_k, top_p, seed):
-    """(B, V) logits -> (B,) token ids; greedy when temperature is 0."""
+    """TensorFlow's draw: (B, V) logits -> (B,) token ids, greedy when temperature is 0; `seed` is a
+    stateless RNG key, an int32 pair. The options are tensors, so changing them does not retrace."""
+    import tensorflow as tf
     logits = tf.cast(logits, tf.float32)
     greedy = tf.argmax(logits, axis=-1, output_type=tf.int32)
     filtered = filter_logits(logits, tf.where(temperature > 0, temperature, 1.0), top_k, top_p)
@@ -36,60 +90,24 @@ def sample_next(logits, temperature, top_k, top_p, seed):
     return tf.where(temperature > 0, sampled, greedy)
 
 
-def generate(model: GPT, idx, max_new_tokens: int, temperature, top_k, top_p, seed, use_cache: bool):
-    """(B, P) prompt -> (B, P + max_new_tokens); `seed` is a stateless RNG key, an int32 pair.
-
-    The cache holds at most block_size positions. Once the context is longer, each step runs the
-    model on the last block_size tokens, exactly as the no-cache path does: with learned absolute
-    position embeddings, every token's position changes when the window slides.
-    """
-    B, P = idx.shape
-    block_size = model.config.block_size
-    total = P + max_new_tokens
-    # A fixed-shape buffer; at least block_size long so the no-cache window always fits.
-    tokens = tf.concat([idx, tf.zeros((B, max(total, block_size) - P), tf.int32)], axis=1)
-
-    def append(tokens, length, logits):
-        # Stateless: the token at a position depends on (seed, position) only, cache or not.
-        step_seed = tf.random.experimental.stateless_fold_in(seed, length)
-        next_id = sample_next(logits, temperature, top_k, top_p, step_seed)
-        return ops.slice_update(tokens, (0, length), next_id[:, None]), length + 1
-
-    def window_step(tokens, length):
-        # The no-cache path on a fixed (B, block_size) window: the last block_size tokens, or the
-        # first block_size while shorter; the causal mask keeps the padding after `length` unseen.
-        start = tf.maximum(length - block_size, 0)
-        window = tf.slice(tokens, [0, start], [B, block_size])
-        logits = model(window, training=False)  # (B, block_size, V)
-        return append(tokens, length, tf.gather(logits, tf.minimum(length, block_size) - 1, axis=1))
-
-    length = tf.constant(P, tf.int32)
-    steps_left = max_new_tokens
-    if use_cache and 0 < P <= block_size and max_new_tokens > 0:
-        cache = KVCache.empty(model.config, B, model.compute_dtype)
-        logits, cache = model(idx, cache=cache, training=False)  # the whole prompt fills the cache
-        tokens, length = append(tokens, length, logits[:, -1])
-        # One token at a time while the context still fits in block_size.
-        cached_steps = min(max_new_tokens - 1, block_size - P)
-
-        def cached_step(i, tokens, length, cache):
-            last = tf.slice(tokens, [0, length - 1], [B, 1])
-            logits, cache = model(last, cache=cache, training=False)
-            return (i + 1, *append(tokens, length, logits[:, -1]), cache)
-
-        _, tokens, length, cache = tf.while_loop(lambda i, *_: i < cached_steps, cached_step,
-                                                 (0, tokens, length, cache))
-        steps_left -= 1 + cached_steps
-    _, tokens, length = tf.while_loop(lambda i, *_: i < steps_left,
-                                      lambda i, tokens, length: (i + 1, *window_step(tokens, length)),
-                                      (0, tokens, length))
-    return tokens[:, :total]
-
-
 def compiled_generate(model: GPT):
-    """`generate` for this model as one XLA function; option values are tensors, so changing them
-    does not retrace, while a new prompt length or max_new_tokens does."""
+    """`decode` around this model as one XLA function on TensorFlow. A new buffer length or
+    max_new_tokens retraces it; the prompt's length and the sampling options are tensors."""
+    import tensorflow as tf
+
     @tf.function(jit_compile=True)
-    def run(idx, max_new_tokens, temperature, top_k, top_p, seed, use_cache):
-        return generate(model, idx, max_new_tokens, temperature, top_k, top_p, seed, use_cache)
+    def run(tokens, prompt_len, max_new_tokens, temperature, top_k, top_p, seed, use_cache):
+        def forward(ids, cache=None):
+            return model(ids, cache=cache, training=False)
+
+        def new_cache():
+            return KVCache.empty(model.config, tokens.shape[0], model.compute_dtype)
+
+        def sample(logits, i):
+            # Stateless: the token at a position depends on (seed, position) only, cache or not.
+            position_seed = tf.random.experimental.stateless_fold_in(seed, prompt_len + i)
+            return sample_next(logits, temperature, top_k, top_p, position_seed)
+
+        return decode(forward, new_cache, model.config.block_size, tokens, prompt_len, sample,
+                      max_new_tokens=max_new_tokens, use_cache=use_cache)
     return run

@@ -12,31 +12,36 @@ import os
 os.environ.setdefault("KERAS_BACKEND", "jax")
 
 import jax  # noqa: E402
+import jax.numpy as jnp  # noqa: E402
 import keras  # noqa: E402
 import numpy as np  # noqa: E402
 
 from common.backend import Backend as BaseBackend  # noqa: E402
 from common.errors import UserError  # noqa: E402
-from jax_impl.generate import decode, sample_next  # noqa: E402
-from tensorflow_impl.model import GPT, KVCache, load_canonical  # noqa: E402
+from tensorflow_impl.generate import decode, filter_logits  # noqa: E402
+from tensorflow_impl.model import GPT, KVCache, cross_entropy, load_canonical  # noqa: E402
 from tensorflow_impl.train import KerasModelState, compile_model, train_step  # noqa: E402
 
 
 @functools.partial(jax.jit, static_argnums=0, static_argnames=("max_new_tokens", "use_cache", "greedy"))
 def _generate(model: GPT, variables, tokens, prompt_len, key, temperature, top_k, top_p, *,
               max_new_tokens: int, use_cache: bool, greedy: bool):
-    """jax_impl's generation loop around the Keras model, its variables passed in as arrays."""
+    """The Keras decode loop (tensorflow_impl/generate.py) under jax.jit, the model's variables
+    passed in as arrays; JAX's own keys draw the tokens."""
     trainable, non_trainable = variables
 
     def forward(ids, cache=None):
         out, _ = model.stateless_call(trainable, non_trainable, ids, cache=cache, training=False)
-        return out if cache is not None else (out, None)
+        return out  # (logits, cache)
 
     def new_cache():
         return KVCache.empty(model.config, tokens.shape[0], model.compute_dtype)
 
     def sample(logits, i):
-        return sample_next(logits, temperature, top_k, top_p, jax.random.fold_in(key, i), greedy)
+        if greedy:
+            return jnp.argmax(logits, axis=-1)
+        filtered = filter_logits(logits, temperature, top_k, top_p)
+        return jax.random.categorical(jax.random.fold_in(key, i), filtered, axis=-1)
 
     return decode(forward, new_cache, model.config.block_size, tokens, prompt_len, sample,
                   max_new_tokens=max_new_tokens, use_cache=use_cache)
@@ -46,8 +51,8 @@ def _generate(model: GPT, variables, tokens, prompt_len, key, temperature, top_k
 def _loss_and_grads(model: GPT, trainable, non_trainable, x, y):
     """The loss and its gradients with respect to the trainable variables, compiled once per model."""
     def loss(trainable):
-        logits, _ = model.stateless_call(trainable, non_trainable, x, training=False)
-        return model.loss(y, logits)
+        (logits, _), _ = model.stateless_call(trainable, non_trainable, x, training=False)
+        return cross_entropy(logits, y)
     return jax.value_and_grad(loss)(trainable)
 
 
@@ -86,7 +91,8 @@ class Backend(KerasModelState, BaseBackend):
 
     def logits(self, x):
         with self._placed():
-            return np.asarray(self.model.predict_on_batch(np.asarray(x, np.int32)), dtype=np.float32)
+            logits, _ = self.model.predict_on_batch(np.asarray(x, np.int32))
+            return np.asarray(logits, dtype=np.float32)
 
     def _variables(self):
         return ([v.value for v in self.model.trainable_variables],

@@ -1,7 +1,7 @@
 """GPT in Keras 3, after nanoGPT's model.py. The architecture is specified in common/spec.py.
 
 Only keras.layers and keras.ops appear here, so the model runs on any Keras backend; train.py and
-generate.py compile it with TensorFlow's XLA.
+generate.py compile it with TensorFlow's XLA, or with JAX's for keras-jax (keras_jax.py).
 """
 import os
 
@@ -92,7 +92,7 @@ class CausalSelfAttention(layers.Layer):
         y = ops.matmul(weights, v)  # (B, nh, T, hs)
         y = ops.reshape(ops.transpose(y, (0, 2, 1, 3)), (B * T, C))  # (B, nh, T, hs) -> (B*T, C)
         y = self.resid_dropout(ops.reshape(self.c_proj(y), (B, T, C)), training=training)
-        return y if cache is None else (y, cache)
+        return y, cache
 
     def get_config(self):
         return {**super().get_config(), "config": dataclasses.asdict(self.config), "layer": self.layer}
@@ -154,13 +154,9 @@ class Block(layers.Layer):
             sublayer.build(input_shape)
 
     def call(self, x, cache: KVCache | None = None, training=None):
-        if cache is None:
-            x = x + self.attn(self.ln_1(x), training=training)
-        else:
-            y, cache = self.attn(self.ln_1(x), cache=cache, training=training)
-            x = x + y
-        x = x + self.mlp(self.ln_2(x), training=training)
-        return x if cache is None else (x, cache)
+        y, cache = self.attn(self.ln_1(x), cache=cache, training=training)
+        x = x + y
+        return x + self.mlp(self.ln_2(x), training=training), cache
 
     def get_config(self):
         return {**super().get_config(), "config": dataclasses.asdict(self.config), "layer": self.layer}
@@ -191,29 +187,37 @@ class GPT(keras.Model):
         self.built = True
 
     def call(self, idx, cache: KVCache | None = None, training=None):
-        """(B, T) token ids -> (B, T, vocab_size) logits; with a cache, also the updated cache."""
+        """(B, T) ids -> (logits, cache): one call for training, prefill and decoding, as in every
+        framework here. The cache comes back updated (it is immutable, as in JAX); None when none
+        was passed."""
         T = ops.shape(idx)[1]
         start = 0 if cache is None else cache.length
         pos = ops.arange(T) + start
         x = self.drop(self.wte(idx) + self.wpe(pos), training=training)  # (B, T, C)
         for block in self.h:
-            if cache is None:
-                x = block(x, training=training)
-            else:
-                x, cache = block(x, cache=cache, training=training)
+            x, cache = block(x, cache=cache, training=training)
         logits = self.wte(self.ln_f(x), reverse=True)  # (B, T, vocab_size)
-        if cache is None:
-            return logits
-        return logits, cache._replace(length=cache.length + T)
+        return logits, None if cache is None else cache._replace(length=cache.length + T)
+
+    def compute_loss(self, x=None, y=None, y_pred=None, sample_weight=None, training=True):
+        """The loss of Keras' own compiled train and test steps, which hand `call`'s whole result
+        here as y_pred: the Keras way to train a model whose call returns more than its predictions."""
+        logits, _ = y_pred
+        return cross_entropy(logits, y)
 
     def get_config(self):
         return {**super().get_config(), "config": dataclasses.asdict(self.config)}
 
 
-def loss_fn() -> keras.losses.Loss:
-    """Mean cross-entropy over the targets that are not LOSS_IGNORE_INDEX, computed in float32."""
-    return keras.losses.SparseCategoricalCrossentropy(from_logits=True, ignore_class=LOSS_IGNORE_INDEX,
-                                                      dtype="float32")
+# A Keras loss object rather than ops: under tf.distribute it divides each replica's mean by the
+# number of replicas, so the replicas' gradients sum to the whole batch's (tensorflow_impl/parallel.py).
+_CROSS_ENTROPY = keras.losses.SparseCategoricalCrossentropy(from_logits=True, ignore_class=LOSS_IGNORE_INDEX,
+                                                            dtype="float32")
+
+
+def cross_entropy(logits, targets):
+    """Mean over the targets that are not LOSS_IGNORE_INDEX, in float32 whatever the compute dtype."""
+    return _CROSS_ENTROPY(targets, logits)
 
 
 # Canonical names (common/params.py) are the variable paths inside the model, with Keras' variable

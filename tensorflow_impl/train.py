@@ -9,7 +9,7 @@ from keras import ops  # noqa: E402
 
 from common.config import TrainConfig  # noqa: E402
 from common.params import decays  # noqa: E402
-from tensorflow_impl.model import GPT, PACKAGE, canonical_variables, loss_fn, to_canonical  # noqa: E402
+from tensorflow_impl.model import GPT, PACKAGE, canonical_variables, to_canonical  # noqa: E402
 
 
 @keras.saving.register_keras_serializable(package=PACKAGE)
@@ -66,8 +66,9 @@ def configure_optimizer(model: GPT, train: TrainConfig) -> AdamW:
 
 
 def compile_model(model: GPT, train: TrainConfig) -> GPT:
-    """Keras' own train step (forward, loss, gradients, AdamW) as one XLA computation."""
-    model.compile(optimizer=configure_optimizer(model, train), loss=loss_fn(), jit_compile=True)
+    """Keras' own train step (forward, loss, gradients, AdamW) as one XLA computation; the loss is
+    the model's compute_loss (model.cross_entropy on the logits), so compile names none."""
+    model.compile(optimizer=configure_optimizer(model, train), jit_compile=True)
     model.optimizer.build(model.trainable_variables)  # now, so its state can be read and loaded
     return model
 

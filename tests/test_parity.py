@@ -1,44 +1,24 @@
 """Cross-framework parity: the same canonical weights must compute the same thing everywhere.
 
-Each framework is compared with PyTorch (and PyTorch with the float64 numpy reference in
-test_pytorch.py). Bounds are the issues' and are not to be widened: a miss has a cause.
+Each framework is compared with PyTorch (and every one with the float64 numpy reference in
+test_backend.py). Bounds are the issues' and are not to be widened: a miss has a cause.
 """
-import os
-
 import numpy as np
 import pytest
 
-from common.backend import load_backend
 from common.checkpoint import load_checkpoint, save_checkpoint
-from common.config import GPTConfig, TrainConfig
-from common.params import init_params
+from common.config import GPTConfig
 from common.schedule import learning_rate
+from tests.conftest import (KERAS_ROW, PARITY_CONFIG as CONFIG, PARITY_TRAIN as TRAIN, framework_param,
+                            make_backend, random_batch)
 from tests.reference import assert_trained_params_match, relative_error
 
-# Keras reads its backend once per process. Under KERAS_BACKEND=jax, which tests/test_keras_jax.py
-# sets for a process of its own, the Keras model on JAX (keras-jax) takes the TensorFlow row's place.
-KERAS = (pytest.param("keras-jax", marks=[pytest.mark.keras_jax]) if os.environ.get("KERAS_BACKEND") == "jax"
-         else pytest.param("tensorflow", marks=[pytest.mark.tensorflow]))
-OTHERS = [pytest.param("jax", marks=[pytest.mark.jax]), KERAS]
+OTHERS = [framework_param("jax"), framework_param(KERAS_ROW)]  # each compared with PyTorch
 pytestmark = [pytest.mark.parity, pytest.mark.pytorch]
-
-CONFIG = GPTConfig(vocab_size=65, block_size=32, n_layer=2, n_head=4, n_embd=64, dropout=0.0, bias=True)
-TRAIN = TrainConfig(batch_size=8, max_iters=50, lr=3e-3, min_lr=3e-4, warmup_iters=10, lr_decay_iters=50,
-                    beta2=0.99, weight_decay=0.1, grad_clip=1.0, eval_interval=10, eval_iters=2)
-
-
-def _batch(config, batch_size=4, seed=0):
-    rng = np.random.default_rng(seed)
-    x = rng.integers(0, config.vocab_size, size=(batch_size, config.block_size), dtype=np.int32)
-    y = rng.integers(0, config.vocab_size, size=(batch_size, config.block_size), dtype=np.int32)
-    return x, y
 
 
 def _pair(framework, config=CONFIG, train=TRAIN, params=None):
-    params = params if params is not None else init_params(config, seed=0)
-    reference = load_backend("pytorch")(config, train, params, device="cpu")
-    other = load_backend(framework)(config, train, params, device="cpu")
-    return reference, other
+    return make_backend("pytorch", config, train, params), make_backend(framework, config, train, params)
 
 
 @pytest.mark.parametrize("framework", OTHERS)
@@ -46,7 +26,7 @@ def _pair(framework, config=CONFIG, train=TRAIN, params=None):
 def test_logits_and_loss_match_pytorch(framework, bias):
     config = GPTConfig(**{**CONFIG.__dict__, "bias": bias})
     reference, other = _pair(framework, config)
-    x, y = _batch(config)
+    x, y = random_batch(config, 4)
     expected, actual = reference.logits(x), other.logits(x)
     assert actual.shape == expected.shape == (4, config.block_size, config.vocab_size)
     assert relative_error(actual, expected) <= 1e-5
@@ -59,7 +39,7 @@ def test_logits_and_loss_match_pytorch(framework, bias):
 def test_gradients_match_pytorch(framework, bias):
     config = GPTConfig(**{**CONFIG.__dict__, "bias": bias})
     reference, other = _pair(framework, config)
-    x, y = _batch(config)
+    x, y = random_batch(config, 4)
     ref_loss, ref_grads = reference.loss_and_grads(x, y)
     loss, grads = other.loss_and_grads(x, y)
     assert abs(loss - ref_loss) <= 1e-5
@@ -93,11 +73,11 @@ def test_fifty_training_steps_match_pytorch(framework, shakespeare_tokens):
 def test_optimizer_state_carries_over_from_pytorch(framework, shakespeare_tokens):
     """Resume in another framework: PyTorch trains 5 steps, the other continues from its state."""
     from common.data import get_batch
-    reference = load_backend("pytorch")(CONFIG, TRAIN, init_params(CONFIG, 0), device="cpu")
+    reference = make_backend("pytorch", CONFIG, TRAIN)
     batches = [get_batch(shakespeare_tokens, TRAIN.batch_size, CONFIG.block_size, 7, s) for s in range(10)]
     for step in range(5):
         reference.train_step(*batches[step], learning_rate(step, TRAIN))
-    other = load_backend(framework)(CONFIG, TRAIN, reference.export_params(), device="cpu")
+    other = make_backend(framework, CONFIG, TRAIN, reference.export_params())
     other.load_optimizer_state(reference.optimizer_state())
     assert int(other.optimizer_state()["adam_count"]) == 5
     for step in range(5, 10):
@@ -132,24 +112,15 @@ def test_greedy_generation_matches_pytorch(framework, trained_params):
     assert actual[:ambiguous] == expected[:ambiguous]
 
 
-@pytest.mark.parametrize("framework", [pytest.param("pytorch"), *OTHERS])
-def test_kv_cache_greedy_equals_no_cache(framework, trained_params):
-    backend = load_backend(framework)(CONFIG, TRAIN, trained_params, device="cpu")
-    prompt = [0, 18, 47, 56, 57, 58]
-    cached = backend.generate(prompt, 80, temperature=0.0, use_cache=True)
-    uncached = backend.generate(prompt, 80, temperature=0.0, use_cache=False)
-    assert len(cached) == 80 and cached == uncached  # 86 tokens > block_size 32: the window slides
-
-
 @pytest.mark.parametrize("framework", OTHERS)
 def test_checkpoints_cross_over(framework, trained_params, tmp_path):
     """A checkpoint written by either side loads in the other and gives the same val loss."""
-    x, y = _batch(CONFIG, seed=3)
+    x, y = random_batch(CONFIG, 4, seed=3)
     reference, other = _pair(framework, params=trained_params)
     for writer, reader_name in ((other, "pytorch"), (reference, framework)):
         path = save_checkpoint(tmp_path / f"{writer.name}.safetensors", writer.export_params(), CONFIG,
                                step=50, tokenizer_json="{}", framework=writer.name)
         params, info = load_checkpoint(path, expect_config=CONFIG)
         assert info["framework"] == writer.name and info["step"] == 50
-        reader = load_backend(reader_name)(CONFIG, TRAIN, params, device="cpu")
+        reader = make_backend(reader_name, CONFIG, TRAIN, params)
         assert abs(reader.eval_loss(x, y) - writer.eval_loss(x, y)) <= 1e-5
