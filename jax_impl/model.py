@@ -52,6 +52,8 @@ class CausalSelfAttention(nnx.Module):
 
     def __call__(self, x, cache: KVCache | None = None):
         B, T, C = x.shape
+        # On (B, T, C) as it comes: the (B*T, C) rows that the Keras model needs for its projections
+        # changed nothing here (cpu-baby step 47-50 ms either way, 2-core CPU); only the MLP needs them.
         q, k, v = jnp.split(self.c_attn(x), 3, axis=-1)
         # (B, T, C) -> (B, nh, T, hs)
         q, k, v = (t.reshape(B, T, self.n_head, C // self.n_head).transpose(0, 2, 1, 3) for t in (q, k, v))

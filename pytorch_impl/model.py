@@ -97,10 +97,11 @@ class GPT(nn.Module):
         start = cache.length if cache is not None else 0
         assert start + T <= self.config.block_size, f"{start + T} positions > block_size"
         pos = torch.arange(start, start + T, dtype=torch.long, device=idx.device)
-        # A plain lookup, unlike the JAX and Keras models' one-hot matmul: torch's embedding backward
-        # sorts the ids and sums each token's rows in one pass (on CUDA too), so the positions that
-        # share a character do not queue on atomic adds. nn.Linear already multiplies (B, T, C) as
-        # one (B*T, C) matrix, so the other models' reshapes would change nothing here.
+        # A plain lookup, unlike the JAX model's one-hot matmul (jax_impl.model.embed_tokens): torch's
+        # embedding backward sorts the ids and sums each token's rows, so on a GPU the positions that
+        # share a character do not queue on atomic adds (an H100 shakespeare-char step took 11.5 ms
+        # eager, JAX's 31 ms with a lookup). nn.Linear already multiplies (B, T, C) as one (B*T, C)
+        # matrix, so the Keras and JAX models' reshapes would change nothing here.
         x = self.drop(self.wte(idx) + self.wpe(pos))  # (B, T, C)
         for block in self.h:
             x = block(x, cache)
