@@ -25,7 +25,8 @@ import psutil
 
 from benchmarks.quiet import native_logs_filtered, quiet_third_party
 from benchmarks.run_config import RunConfig
-from common.backend import FRAMEWORKS, canonical_framework, is_installed, load_backend, missing_modules
+from common.backend import (FRAMEWORKS, canonical_framework, has_accelerator, is_installed, load_backend,
+                            missing_modules)
 from common.config import PRESET_NAMES, apply_overrides, check_fits_memory, get_preset
 from common.data import Prepared, prepare
 from common.errors import UserError, one_line
@@ -108,19 +109,6 @@ def _overrides(args) -> dict[str, str]:
     return overrides
 
 
-def _accelerator_present(framework: str, device: str) -> bool:
-    if device != "auto":
-        return device in ("gpu", "tpu")
-    if framework == "pytorch":
-        import torch
-        return torch.cuda.is_available()
-    if framework in ("jax", "keras-jax"):
-        import jax
-        return jax.default_backend() != "cpu"
-    import tensorflow as tf
-    return bool(tf.config.list_physical_devices("GPU"))
-
-
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
     try:
@@ -180,7 +168,7 @@ def plan(args, command: str) -> tuple[Path, list[tuple[Path, RunConfig]], list[s
 def resolve(args, framework: str, seed: int, data: Prepared, command: str) -> RunConfig:
     """One run's config: the preset, the command's overrides, and checks that it can run at all."""
     with native_logs_filtered():  # `auto` asks the framework, which imports it here
-        accelerator = args.preset == "auto" and _accelerator_present(framework, args.device)
+        accelerator = args.preset == "auto" and has_accelerator(framework, args.device)
     overrides = {**_overrides(args), "seed": str(seed), "vocab_size": str(data.tokenizer.vocab_size)}
     model, train = apply_overrides(*get_preset(args.preset, accelerator), overrides)
     if model.block_size >= min(len(data.train), len(data.val)):
@@ -277,7 +265,7 @@ def _host_devices_for_jax(framework: str, replicas: int, device: str) -> None:
 
 def _torchrun(run_dir: Path, config: RunConfig, verbose: bool) -> int:
     """Start this run once per replica under torchrun (DDP needs a process each)."""
-    if config.cpu_peak_flops is None and not _accelerator_present("pytorch", config.device):
+    if config.cpu_peak_flops is None and not has_accelerator("pytorch", config.device):
         # The peak of the whole CPU, measured here: each process has only its share of the threads.
         config.cpu_peak_flops = cpu_peak_flops()
         config.save(run_dir)

@@ -54,7 +54,7 @@ def harness(monkeypatch, tmp_path):
         raise ReachedTraining
     monkeypatch.setattr(run, "run_folder", stop)  # everything is resolved and checked before it
     monkeypatch.setattr(run, "_run_many", stop)  # `all` / --repeat: subprocesses would train
-    monkeypatch.setattr(run, "_accelerator_present", lambda framework, device: device in ("gpu", "tpu"))
+    monkeypatch.setattr(run, "has_accelerator", lambda framework, device: device in ("gpu", "tpu"))
     return tmp_path
 
 
