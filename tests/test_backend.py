@@ -180,6 +180,7 @@ def test_devices_and_info(framework):
     assert info["device"] == "cpu" and info["device_count"] >= 1 and info["device_name"]
     assert backend.peak_memory_bytes() is None
     assert str(Backend.resolve_device("auto")) == str(backend.device) or has_accelerator(framework)
+    assert has_accelerator(framework, "gpu") and not has_accelerator(framework, "cpu")  # as the user asked
     with pytest.raises(UserError, match=f"{Backend.runtime} cannot run on device 'mps': use --device auto, cpu"):
         Backend.resolve_device("mps")
     if not has_accelerator(framework):
