@@ -181,23 +181,26 @@ SECTIONS: tuple[Section, ...] = (
             "where torch gives 0.99. All three pass `LAYER_NORM_EPS`.",
             "The optional bias is `bias=` in torch, `center=` in Keras (whose gain and bias are `gamma` and "
             "`beta`) and `use_bias=` in NNX (`scale` and `bias`).",
-            "With a cache, the JAX block always returns `(x, cache)` (the cache is an immutable value that "
-            "must come back); Keras returns a pair only when given a cache; torch's cache is mutated in place, "
-            "so its block returns just `x`.",
+            "The Keras and JAX blocks always return `(x, cache)`: their cache is an immutable value that "
+            "must come back, `None` when there is none. torch's cache is filled in place, so its block "
+            "returns just `x`.",
         )),
     Section(
         "model", "The full model and the loss",
-        pytorch=("pytorch_impl.model:GPT.forward",),
-        tensorflow=("tensorflow_impl.model:GPT.call", "tensorflow_impl.model:loss_fn"),
+        pytorch=("pytorch_impl.model:GPT.forward", "pytorch_impl.model:cross_entropy"),
+        tensorflow=("tensorflow_impl.model:GPT.call", "tensorflow_impl.model:GPT.compute_loss",
+                    "tensorflow_impl.model:cross_entropy"),
         jax=("jax_impl.model:GPT.__call__", "jax_impl.model:embed_tokens", "jax_impl.model:cross_entropy"),
         focus=r"cross_entropy|Crossentropy|ignore|IGNORE", focus_on="the loss",
         notes=(
             "Embeddings, `n_layer` blocks, final LayerNorm, then logits through the tied token table: "
             "(B, T) ids -> (B, T, vocab_size) logits.",
-            "The loss is the mean cross-entropy over targets that are not `LOSS_IGNORE_INDEX`. torch and JAX "
-            "return `(logits, loss)` from the model like nanoGPT; in Keras the loss is an object given to "
-            "`model.compile` (`SparseCategoricalCrossentropy(from_logits=True, ignore_class=-1)`), and the model "
-            "returns logits only.",
+            "One calling contract everywhere: `GPT(idx, cache=None) -> (logits, cache)` serves training, "
+            "prefill and decoding, and the loss is a separate `cross_entropy(logits, targets)`: the mean over "
+            "targets that are not `LOSS_IGNORE_INDEX`. Keras' own compiled train step hands the model's whole "
+            "result to `compute_loss`, which the Keras GPT overrides to take the logits out of the pair; its "
+            "`cross_entropy` is a Keras loss object (`SparseCategoricalCrossentropy(from_logits=True, "
+            "ignore_class=-1)`), which scales each replica's share under `tf.distribute`.",
             "Optax's loss takes no ignore index and returns one value per position, so the JAX "
             "`cross_entropy` masks and divides by the number of valid targets itself; it also computes in "
             "float32 whatever the compute dtype, as Keras does with "
@@ -205,7 +208,9 @@ SECTIONS: tuple[Section, ...] = (
             "The JAX model looks up a small vocabulary's tokens as `one_hot(idx) @ wte` (`embed_tokens`): the "
             "same values, but a gradient that is a dense matmul instead of `jnp.take`'s scatter-add, which on "
             "a GPU serialised on the most frequent characters (31 ms a shakespeare-char step on an H100, "
-            "9.3 ms one-hot); torch's embedding backward shows no such cost there (11.5 ms a step, eager).",
+            "9.3 ms one-hot); torch's embedding backward shows no such cost there (11.5 ms a step, eager). "
+            "The Keras model keeps its lookup: on the 2-core CPU the one-hot form slowed keras-jax's step "
+            "from 48 to 56 ms, and its GPU gain was measured for JAX only.",
         )),
     Section(
         "weights", "Loading canonical weights",
@@ -286,22 +291,23 @@ SECTIONS: tuple[Section, ...] = (
         )),
     Section(
         "generation", "KV-cache generation and sampling",
-        shared=("common.sampling:filter_logits", "common.sampling:cut_at_stop"),
+        shared=("common.sampling:filter_logits", "common.sampling:cut_at_stop", "common.backend:Backend.generate"),
         pytorch=("pytorch_impl.model:KVCache", "pytorch_impl.generate:sample_next",
-                 "pytorch_impl.generate:generate", "pytorch_impl.backend:Backend.generate"),
+                 "pytorch_impl.generate:generate", "pytorch_impl.backend:Backend._generate"),
         tensorflow=("tensorflow_impl.model:KVCache", "tensorflow_impl.generate:filter_logits",
-                    "tensorflow_impl.generate:sample_next", "tensorflow_impl.generate:generate",
-                    "tensorflow_impl.generate:compiled_generate", "tensorflow_impl.backend:Backend.generate"),
+                    "tensorflow_impl.generate:decode", "tensorflow_impl.generate:sample_next",
+                    "tensorflow_impl.generate:compiled_generate", "tensorflow_impl.backend:Backend._generate"),
         jax=("jax_impl.model:KVCache", "jax_impl.generate:filter_logits", "jax_impl.generate:sample_next",
-             "jax_impl.generate:generate", "jax_impl.generate:decode", "jax_impl.backend:Backend.generate"),
+             "jax_impl.generate:generate", "jax_impl.generate:decode", "jax_impl.backend:Backend._generate"),
         focus=r"\bseed\b|\bkey\b|Generator|stateless|fold_in|multinomial|categorical",
         focus_on="where randomness enters",
         notes=(
             "The cache keeps every layer's keys and values so each new token costs one position, not a "
             "full forward pass. torch's `KVCache` is a mutable object filled in place and read back cut to "
             "the filled length; Keras' and JAX's are immutable NamedTuples of fixed-size (block_size) arrays "
-            "that come back updated, so the whole loop compiles (`tf.while_loop`, `jax.lax.fori_loop`) with "
-            "static shapes.",
+            "that come back updated, so the whole loop compiles (`keras.ops.fori_loop`, `jax.lax.fori_loop`) "
+            "with static shapes. The Keras loop is written once in `keras.ops` and runs on both of Keras' "
+            "backends; only the random draw is the backend's own.",
             "Past block_size all three drop the cache and run the last block_size tokens: with learned "
             "absolute positions every token's position changes when the window slides.",
             "Explicit RNG: torch draws from a seeded `torch.Generator` object that advances as it is used; "
@@ -314,6 +320,9 @@ SECTIONS: tuple[Section, ...] = (
             "Temperature, top-k and top-p follow the numpy reference `common.sampling.filter_logits` in each "
             "framework; stop strings are applied to decoded text afterwards (`cut_at_stop`), outside the "
             "compiled loop.",
+            "What is the same in every framework is written once, in `common.backend:Backend.generate`: the "
+            "options are checked there with one message each, and the token buffer sized there; each "
+            "framework fills only `_generate`.",
         )),
     Section(
         "data-parallel", "Data-parallel training",

@@ -174,11 +174,11 @@ def test_every_section_symbol_exists_in_every_framework():
 
 def test_extract_returns_the_dedented_source_with_decorators():
     forward = study.extract("pytorch_impl.model:GPT.forward")
-    assert forward.code.startswith("def forward(self, idx, targets=None")
+    assert forward.code.startswith("def forward(self, idx, cache: KVCache | None = None)")
     assert forward.path == "pytorch_impl/model.py"
     source = (REPO / forward.path).read_text().splitlines()
-    assert source[forward.first_line - 1].strip().startswith("def forward(self, idx, targets=None")
-    assert forward.code.rstrip().endswith("return logits, loss")
+    assert source[forward.first_line - 1].strip().startswith("def forward(self, idx, cache: KVCache | None = None)")
+    assert forward.code.rstrip().endswith("return logits, cache")
     # A decorated class starts at its decorator, as inspect.getsource has it.
     assert study.extract("tensorflow_impl.model:GPT").code.startswith("@keras.saving.register_keras_serializable")
     with pytest.raises(study.SymbolNotFound, match="no 'nope'"):
