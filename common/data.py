@@ -193,16 +193,21 @@ class Prepared:
     corpus_name: str
 
 
-def prepare(dataset: str = "tinyshakespeare", tokenizer: str = "char",
+def prepare(dataset: str = "tinyshakespeare", tokenizer: str | AnyTokenizer = "char",
             vocab_size: int | None = None) -> Prepared:
-    """Tokenize a corpus once (tokenizer trained on the train split only) and reuse the result."""
-    check_kind(tokenizer)
-    vocab_size = resolve_vocab_size(tokenizer, vocab_size)
-    if vocab_size is not None and vocab_size > 65535:
-        raise UserError(f"vocab_size {vocab_size} does not fit the uint16 token files: use at most 65535.")
+    """Tokenize a corpus once and reuse the result: with a tokenizer of the kind named, trained on
+    the train split only, or with the one given (a pretrained model's own, e.g. GPT-2's)."""
+    if isinstance(tokenizer, str):
+        check_kind(tokenizer)
+        vocab_size = resolve_vocab_size(tokenizer, vocab_size)
+        if vocab_size is not None and vocab_size > 65535:
+            raise UserError(f"vocab_size {vocab_size} does not fit the uint16 token files: use at most 65535.")
+        identity = f"{tokenizer}|{vocab_size}"
+    else:  # the same files for the same vocabulary, whichever folder it came from
+        identity = f"{tokenizer.kind}|{hashlib.sha256(tokenizer.to_json().encode()).hexdigest()}"
     corpus = load_text(dataset)
     train_text, val_text = split_text(corpus.text)
-    key = hashlib.sha256(f"{FORMAT_VERSION}|{corpus.sha256}|{tokenizer}|{vocab_size}".encode()).hexdigest()[:16]
+    key = hashlib.sha256(f"{FORMAT_VERSION}|{corpus.sha256}|{identity}".encode()).hexdigest()[:16]
     folder = data_dir() / "prepared" / key
     meta = _load_meta(folder, key)
     if meta is None:
@@ -229,11 +234,11 @@ def _load_meta(folder: Path, key: str) -> dict | None:
 
 
 def _build(folder: Path, key: str, corpus: Corpus, train_text: str, val_text: str,
-           kind: str, vocab_size: int | None) -> dict:
-    tok = build_tokenizer(kind, train_text, vocab_size)
+           tokenizer: str | AnyTokenizer, vocab_size: int | None) -> dict:
+    tok = build_tokenizer(tokenizer, train_text, vocab_size) if isinstance(tokenizer, str) else tokenizer
     if tok.vocab_size > 65535:
-        raise UserError(f"The {kind} vocabulary has {tok.vocab_size} tokens, more than the uint16 token "
-                        "files hold: use the bpe tokenizer with vocab_size at most 65535.")
+        raise UserError(f"The {tok.kind} vocabulary has {tok.vocab_size} tokens, more than the uint16 token "
+                        "files hold: use a vocabulary of at most 65535 (the bpe tokenizer's vocab_size).")
     try:
         val_ids = tok.encode(val_text)
     except UserError:
@@ -246,7 +251,7 @@ def _build(folder: Path, key: str, corpus: Corpus, train_text: str, val_text: st
         _atomic_write(folder / f"{split}.npy", lambda f, a=arr: np.save(f, a))
     tok.save(folder / "tokenizer.json")
     meta = {"key": key, "format_version": FORMAT_VERSION, "corpus": corpus.name,
-            "corpus_sha256": corpus.sha256, "tokenizer": kind, "vocab_size": tok.vocab_size,
+            "corpus_sha256": corpus.sha256, "tokenizer": tok.kind, "vocab_size": tok.vocab_size,
             "requested_vocab_size": vocab_size, "train_tokens": len(arrays["train"]),
             "val_tokens": len(arrays["val"]), "train_chars": len(train_text), "val_chars": len(val_text)}
     # meta.json goes last: its presence marks the other files as complete.

@@ -12,7 +12,7 @@ from common import data
 from common.data import (Corpus, data_dir, eval_batches, get_batch, load_text, prepare, split_batches,
                          render_plays_csv, split_text)
 from common.errors import UserError
-from common.tokenizers import BPETokenizer, CharTokenizer
+from common.tokenizers import BPETokenizer, CharTokenizer, GPT2Tokenizer
 
 REPO = Path(__file__).resolve().parents[1]
 HEADER = ["Dataline", "Play", "PlayerLinenumber", "ActSceneLine", "Player", "PlayerLine"]
@@ -272,6 +272,26 @@ def test_prepare_rejects_oversized_vocab_and_unknown_tokenizer(tmp_data, tmp_pat
         prepare(str(corpus), "bpe", 70000)
     with pytest.raises(UserError, match="choose one of char, bpe"):
         prepare(str(corpus), "words")
+
+
+def test_prepare_with_a_given_tokenizer_caches_its_tokens(tmp_data, tmp_path):
+    """A pretrained model's tokenizer (here a small BPE read back as a Hugging Face tokenizer.json),
+    used as it is, never retrained on the corpus."""
+    corpus = tmp_path / "c.txt"
+    corpus.write_text("To be, or not to be, that is the question:\n" * 100)
+    (tmp_path / "tokenizer.json").write_text(BPETokenizer.train("the lazy dog\n" * 50, 300).to_hf_json())
+    given = GPT2Tokenizer.from_hf_file(tmp_path / "tokenizer.json")
+    p = prepare(str(corpus), given)
+    assert p.tokenizer.kind == "gpt2" and p.tokenizer.to_json() == given.to_json()
+    assert p.train.dtype == np.uint16 and p.train.tolist() == given.encode(p.train_text)
+    assert p.val.tolist() == given.encode(p.val_text)
+    [folder] = (tmp_data / "prepared").iterdir()
+    mtimes = {f.name: f.stat().st_mtime_ns for f in folder.iterdir()}
+    prepare(str(corpus), GPT2Tokenizer.from_hf_file(tmp_path / "tokenizer.json"))  # the same vocabulary: a hit
+    assert {f.name: f.stat().st_mtime_ns for f in folder.iterdir()} == mtimes
+    other = BPETokenizer.train("a horse, a horse\n" * 50, 300)
+    assert prepare(str(corpus), other).train.tolist() == other.encode(p.train_text)
+    assert len(list((tmp_data / "prepared").iterdir())) == 2
 
 
 def test_prepare_char_with_characters_only_in_val(tmp_data, tmp_path):
