@@ -143,6 +143,23 @@ def check_sampling(prompt: list[int], max_new_tokens: int, vocab_size: int, temp
         raise UserError(f"top_p must be above 0 and at most 1, got {top_p}.")
 
 
+SEED_LIMIT = 2**32  # a seed is one uint32 word of each framework's random key
+
+
+def check_batch(prompts: list[list[int]], seeds: list[int]) -> None:
+    """A batch decodes prompts of one length, each with a seed of its own."""
+    if not prompts:
+        raise UserError("no prompts to decode: give at least one.")
+    if len({len(p) for p in prompts}) > 1:
+        raise UserError("the prompts of one batch must have the same number of tokens: decode prompts of "
+                        "different lengths in separate calls.")
+    if len(seeds) != len(prompts):
+        raise UserError(f"{len(prompts)} prompts need {len(prompts)} seeds, got {len(seeds)}.")
+    outside = [s for s in seeds if not 0 <= s < SEED_LIMIT]
+    if outside:
+        raise UserError(f"seed {outside[0]} is out of range: use a whole number from 0 to {SEED_LIMIT - 1}.")
+
+
 def check_replica_split(batch_size: int, replicas: int) -> None:
     if batch_size % replicas:
         raise UserError(f"batch_size {batch_size} does not split over {replicas} replicas: "
@@ -241,33 +258,60 @@ class Backend(ABC):
     def generate(self, prompt: list[int], max_new_tokens: int, *, temperature: float = 1.0,
                  top_k: int | None = None, top_p: float | None = None, seed: int = 0,
                  use_cache: bool = True) -> list[int]:
-        """New token ids after `prompt`; greedy when temperature is 0.
+        """New token ids after `prompt`; greedy when temperature is 0. The batch of one.
 
         Past block_size the context is cropped to the last block_size tokens, as with no cache.
         """
-        check_sampling(prompt, max_new_tokens, self.config.vocab_size, temperature, top_k, top_p)
+        return self.generate_batch([prompt], max_new_tokens, temperature=temperature, top_k=top_k, top_p=top_p,
+                                   seeds=[seed], use_cache=use_cache)[0]
+
+    def generate_batch(self, prompts: list[list[int]], max_new_tokens: int, *, temperature: float = 1.0,
+                       top_k: int | None = None, top_p: float | None = None, seeds: list[int] | None = None,
+                       use_cache: bool = True) -> list[list[int]]:
+        """New token ids after each of several prompts of one length, decoded together as one batch.
+
+        Row i samples from its own stream, seeds[i] (default i), keyed by position: its tokens are
+        the same whether it is decoded alone or beside others, in one call or continued in pieces.
+        """
+        seeds = list(range(len(prompts))) if seeds is None else [int(s) for s in seeds]
+        check_batch(prompts, seeds)
+        for prompt in prompts:
+            check_sampling(prompt, max_new_tokens, self.config.vocab_size, temperature, top_k, top_p)
         if max_new_tokens == 0:
-            return []
+            return [[] for _ in prompts]
         top_k = None if top_k is None or top_k >= self.config.vocab_size else int(top_k)
         top_p = None if top_p is None or top_p >= 1.0 else float(top_p)  # None: that filter is off
-        return self._generate([int(t) for t in prompt], int(max_new_tokens), float(temperature), top_k, top_p,
-                              seed, use_cache)
+        new = self._generate(np.asarray(prompts, dtype=np.int32), int(max_new_tokens), float(temperature), top_k,
+                             top_p, np.asarray(seeds, dtype=np.uint32), use_cache)
+        return np.asarray(new).tolist()
+
+    def generate_chunks(self, prompts: list[list[int]], max_new_tokens: int, chunk_tokens: int = 32, **options):
+        """`generate_batch` in pieces of chunk_tokens, each call continuing from the last, yielding each
+        piece as a (B, n) array: for streaming and for stopping early. The tokens are those of one call."""
+        context = np.asarray(prompts, dtype=np.int32)
+        for done in range(0, max_new_tokens, chunk_tokens):
+            new = np.asarray(self.generate_batch(context.tolist(), min(chunk_tokens, max_new_tokens - done),
+                                                 **options), dtype=np.int32)
+            context = np.concatenate([context, new], axis=1)
+            yield new
 
     @abstractmethod
-    def _generate(self, prompt: list[int], max_new_tokens: int, temperature: float, top_k: int | None,
-                  top_p: float | None, seed: int, use_cache: bool) -> list[int]:
-        """`generate` for checked options, max_new_tokens >= 1, and filters that do nothing as None."""
+    def _generate(self, prompts: np.ndarray, max_new_tokens: int, temperature: float, top_k: int | None,
+                  top_p: float | None, seeds: np.ndarray, use_cache: bool) -> np.ndarray:
+        """(B, P) int32 prompts -> (B, max_new_tokens) new ids, for checked options, max_new_tokens >= 1,
+        filters that do nothing as None and one uint32 seed per row."""
 
-    def _token_buffer(self, prompt: list[int], max_new_tokens: int) -> np.ndarray:
-        """A (1, S) int32 buffer holding the prompt, for a compiled loop to fill in place.
+    def _token_buffer(self, prompts: np.ndarray, max_new_tokens: int) -> np.ndarray:
+        """A (B, S) int32 buffer holding the prompts, for a compiled loop to fill in place.
 
-        Its length is the only shape the loop compiles for: every prompt that fits in block_size
-        shares one, longer ones are bucketed by multiples of block_size.
+        Its length is the only shape the loop compiles for (with the batch size): every prompt that
+        fits in block_size shares one, longer ones are bucketed by multiples of block_size.
         """
+        batch, length = prompts.shape
         block_size = self.config.block_size
-        bucket = block_size * max(1, -(-len(prompt) // block_size))
-        tokens = np.zeros((1, bucket + max_new_tokens), dtype=np.int32)
-        tokens[0, :len(prompt)] = prompt
+        bucket = block_size * max(1, -(-length // block_size))
+        tokens = np.zeros((batch, bucket + max_new_tokens), dtype=np.int32)
+        tokens[:, :length] = prompts
         return tokens
 
     # --- environment -------------------------------------------------------------------------

@@ -31,3 +31,17 @@ def cut_at_stop(text: str, stop: list[str] | None) -> tuple[str, bool]:
     """Text up to (not including) the earliest stop string, and whether one was found."""
     cut = min((i for i in (text.find(s) for s in stop or [] if s) if i >= 0), default=-1)
     return (text, False) if cut < 0 else (text[:cut], True)
+
+
+def stream_uniforms(seeds, position: int) -> np.ndarray:
+    """(B,) uniform numbers in [0, 1), one per sampling stream, each a pure function of (seed, position).
+
+    A row's draw at a position depends on nothing else: not on the rows decoded beside it, nor on
+    where decoding was cut into chunks. splitmix64's finaliser mixes the two words of the key.
+    """
+    z = (np.asarray(seeds, dtype=np.uint64) << np.uint64(32)) | np.uint64(position)
+    z = z + np.uint64(0x9E3779B97F4A7C15)  # uint64 arithmetic wraps, as the hash needs
+    z = (z ^ (z >> np.uint64(30))) * np.uint64(0xBF58476D1CE4E5B9)
+    z = (z ^ (z >> np.uint64(27))) * np.uint64(0x94D049BB133111EB)
+    z = z ^ (z >> np.uint64(31))
+    return (z >> np.uint64(11)).astype(np.float64) * 2.0 ** -53

@@ -117,19 +117,19 @@ class Backend(BaseBackend):
         self._split(model, optimizer)
 
     # --- generation --------------------------------------------------------------------------
-    def _generate(self, prompt, max_new_tokens, temperature, top_k, top_p, seed, use_cache):
+    def _generate(self, prompts, max_new_tokens, temperature, top_k, top_p, seeds, use_cache):
         greedy = temperature == 0
         sampling = {} if greedy else {
             "temperature": np.float32(temperature),
             "top_k": None if top_k is None else np.int32(top_k),
             "top_p": None if top_p is None else np.float32(top_p)}
         model, _ = self._merged()
+        P = prompts.shape[1]
         out = self._run(functools.partial(generate, max_new_tokens=max_new_tokens,
-                                          use_cache=use_cache and len(prompt) <= self.config.block_size,
-                                          greedy=greedy),
-                        model, self._ids(self._token_buffer(prompt, max_new_tokens)), np.int32(len(prompt)),
-                        jax.random.key(seed), *sampling.values())
-        return np.asarray(out)[0, len(prompt):len(prompt) + max_new_tokens].tolist()
+                                          use_cache=use_cache and P <= self.config.block_size, greedy=greedy),
+                        model, self._ids(self._token_buffer(prompts, max_new_tokens)), np.int32(P),
+                        seeds, *sampling.values())
+        return np.asarray(out)[:, P:P + max_new_tokens]
 
     # --- environment -------------------------------------------------------------------------
     def device_info(self):

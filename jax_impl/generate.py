@@ -30,30 +30,36 @@ def filter_logits(logits, temperature, top_k=None, top_p=None):
     return logits
 
 
-def sample_next(logits, temperature, top_k, top_p, key, greedy: bool):
-    """(B, V) logits -> (B,) token ids."""
+def sample_next(logits, temperature, top_k, top_p, keys, greedy: bool):
+    """(B, V) logits -> (B,) token ids; keys is (B,), one random key per row, so a row's draw
+    depends on its own stream alone, not on the rows beside it."""
     if greedy:
         return jnp.argmax(logits, axis=-1)
-    return jax.random.categorical(key, filter_logits(logits, temperature, top_k, top_p), axis=-1)
+    filtered = filter_logits(logits, temperature, top_k, top_p)
+    return jax.vmap(lambda key, row: jax.random.categorical(key, row))(keys, filtered)
 
 
 @functools.partial(nnx.jit, static_argnames=("max_new_tokens", "use_cache", "greedy"))
-def generate(model: GPT, tokens, prompt_len, key, temperature=1.0, top_k=None, top_p=None, *,
+def generate(model: GPT, tokens, prompt_len, seeds, temperature=1.0, top_k=None, top_p=None, *,
              max_new_tokens: int, use_cache: bool = True, greedy: bool = False):
-    """Fill tokens[:, prompt_len:prompt_len + max_new_tokens] after the prompt in tokens[:, :prompt_len].
+    """Fill tokens[:, prompt_len:prompt_len + max_new_tokens] after the prompts in tokens[:, :prompt_len].
 
     tokens is a fixed (B, S) buffer with S >= max(prompt_len + max_new_tokens, block_size); only its
     shape is static, so prompts of any length up to S - max_new_tokens share one compiled loop.
-    use_cache needs prompt_len <= block_size. The cache holds at most block_size positions. Once the
-    context is longer, each step runs the model on the last block_size tokens, exactly as without a
-    cache: with learned absolute position embeddings, every token's position changes when the window
-    slides.
+    Row b samples from the key of seeds[b] (uint32), folded with each token's position, so chunks of
+    a generation continue its stream. use_cache needs prompt_len <= block_size. The cache holds at most
+    block_size positions. Once the context is longer, each step runs the model on the last
+    block_size tokens, exactly as without a cache: with learned absolute position embeddings, every
+    token's position changes when the window slides.
     """
     def new_cache():
         return KVCache.empty(model.config, tokens.shape[0], model.wte.dtype)
 
+    keys = jax.vmap(jax.random.key)(seeds)
+
     def sample(logits, i):
-        return sample_next(logits, temperature, top_k, top_p, jax.random.fold_in(key, i), greedy)
+        position_keys = jax.vmap(jax.random.fold_in, in_axes=(0, None))(keys, prompt_len + i)
+        return sample_next(logits, temperature, top_k, top_p, position_keys, greedy)
 
     return decode(model, new_cache, model.config.block_size, tokens, prompt_len, sample,
                   max_new_tokens=max_new_tokens, use_cache=use_cache)

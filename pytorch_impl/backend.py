@@ -90,13 +90,12 @@ class Backend(BaseBackend):
         for p in named.values():
             self.optimizer.state[p]["step"] = torch.tensor(float(count), dtype=torch.float32, device=step_device)
 
-    def _generate(self, prompt, max_new_tokens, temperature, top_k, top_p, seed, use_cache):
+    def _generate(self, prompts, max_new_tokens, temperature, top_k, top_p, seeds, use_cache):
         self.model.eval()
-        generator = torch.Generator(device=self.device).manual_seed(seed)
-        idx = self._tensor(np.asarray(prompt, dtype=np.int64)[None, :])
         with self.amp:
-            out = generate(self.model, idx, max_new_tokens, temperature, top_k, top_p, generator, use_cache)
-        return out[0, len(prompt):].tolist()
+            out = generate(self.model, self._tensor(prompts), max_new_tokens, temperature, top_k, top_p, seeds,
+                           use_cache)
+        return out[:, prompts.shape[1]:].cpu().numpy()
 
     def close(self):
         parallel.shutdown()

@@ -85,16 +85,17 @@ class Backend(KerasModelState, BaseBackend):
                 loss, grads = self._loss_and_grads(x, y)
         return float(loss), self.canonical_grads(grads)
 
-    def _generate(self, prompt, max_new_tokens, temperature, top_k, top_p, seed, use_cache):
-        P = len(prompt)
+    def _generate(self, prompts, max_new_tokens, temperature, top_k, top_p, seeds, use_cache):
+        P = prompts.shape[1]
+        seeds = seeds.astype(np.int64)
         with self._placed():
             out = self._compiled_generate(
-                tf.constant(self._token_buffer(prompt, max_new_tokens)), tf.constant(P, tf.int32), max_new_tokens,
+                tf.constant(self._token_buffer(prompts, max_new_tokens)), tf.constant(P, tf.int32), max_new_tokens,
                 tf.constant(temperature, tf.float32), tf.constant(top_k or self.config.vocab_size, tf.int32),
                 tf.constant(top_p or 1.0, tf.float32),
-                tf.constant([seed & 0x7FFFFFFF, (seed >> 31) & 0x7FFFFFFF], tf.int32),
+                tf.constant(np.stack([seeds & 0x7FFFFFFF, seeds >> 31], axis=1).astype(np.int32)),
                 use_cache and P <= self.config.block_size)
-        return out.numpy()[0, P:P + max_new_tokens].tolist()
+        return out.numpy()[:, P:P + max_new_tokens]
 
     def device_info(self):
         threads = tf.config.threading.get_intra_op_parallelism_threads() or os.cpu_count()

@@ -79,24 +79,26 @@ def decode(forward, new_cache, block_size: int, tokens, prompt_len, sample, *, m
     return ops.fori_loop(n_cached, max_new_tokens, windowed_step, tokens)
 
 
-def sample_next(logits, temperature, top_k, top_p, seed):
-    """TensorFlow's draw: (B, V) logits -> (B,) token ids, greedy when temperature is 0; `seed` is a
-    stateless RNG key, an int32 pair. The options are tensors, so changing them does not retrace."""
+def sample_next(logits, temperature, top_k, top_p, seeds):
+    """TensorFlow's draw: (B, V) logits -> (B,) token ids, greedy when temperature is 0. `seeds` is
+    (B, 2) int32, one stateless RNG key per row, drawn row by row so that a row's token depends on its
+    own key alone, not on the rows beside it. The options are tensors, so changing them does not retrace."""
     import tensorflow as tf
     logits = tf.cast(logits, tf.float32)
     greedy = tf.argmax(logits, axis=-1, output_type=tf.int32)
     filtered = filter_logits(logits, tf.where(temperature > 0, temperature, 1.0), top_k, top_p)
-    sampled = tf.random.stateless_categorical(filtered, 1, seed=seed, dtype=tf.int32)[:, 0]
+    sampled = tf.map_fn(lambda row: tf.random.stateless_categorical(row[0][None], 1, seed=row[1], dtype=tf.int32)[0, 0],
+                        (filtered, seeds), fn_output_signature=tf.int32)
     return tf.where(temperature > 0, sampled, greedy)
 
 
 def compiled_generate(model: GPT):
-    """`decode` around this model as one XLA function on TensorFlow. A new buffer length or
-    max_new_tokens retraces it; the prompt's length and the sampling options are tensors."""
+    """`decode` around this model as one XLA function on TensorFlow. A new buffer shape or
+    max_new_tokens retraces it; the prompts' length and the sampling options are tensors."""
     import tensorflow as tf
 
     @tf.function(jit_compile=True)
-    def run(tokens, prompt_len, max_new_tokens, temperature, top_k, top_p, seed, use_cache):
+    def run(tokens, prompt_len, max_new_tokens, temperature, top_k, top_p, seeds, use_cache):
         def forward(ids, cache=None):
             return model(ids, cache=cache, training=False)
 
@@ -104,9 +106,10 @@ def compiled_generate(model: GPT):
             return KVCache.empty(model.config, tokens.shape[0], model.compute_dtype)
 
         def sample(logits, i):
-            # Stateless: the token at a position depends on (seed, position) only, cache or not.
-            position_seed = tf.random.experimental.stateless_fold_in(seed, prompt_len + i)
-            return sample_next(logits, temperature, top_k, top_p, position_seed)
+            # Stateless: row b's token at a position depends on (seeds[b], position) only, cache or not.
+            position_seeds = tf.map_fn(lambda seed: tf.random.experimental.stateless_fold_in(seed, prompt_len + i),
+                                       seeds)
+            return sample_next(logits, temperature, top_k, top_p, position_seeds)
 
         return decode(forward, new_cache, model.config.block_size, tokens, prompt_len, sample,
                       max_new_tokens=max_new_tokens, use_cache=use_cache)

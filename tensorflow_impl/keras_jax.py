@@ -24,11 +24,13 @@ from tensorflow_impl.train import KerasModelState, compile_model, train_step  # 
 
 
 @functools.partial(jax.jit, static_argnums=0, static_argnames=("max_new_tokens", "use_cache", "greedy"))
-def _generate(model: GPT, variables, tokens, prompt_len, key, temperature, top_k, top_p, *,
+def _generate(model: GPT, variables, tokens, prompt_len, seeds, temperature, top_k, top_p, *,
               max_new_tokens: int, use_cache: bool, greedy: bool):
     """The Keras decode loop (tensorflow_impl/generate.py) under jax.jit, the model's variables
-    passed in as arrays; JAX's own keys draw the tokens."""
+    passed in as arrays; JAX's own keys draw the tokens, one per row (from its uint32 seed) folded
+    with the position."""
     trainable, non_trainable = variables
+    keys = jax.vmap(jax.random.key)(seeds)
 
     def forward(ids, cache=None):
         out, _ = model.stateless_call(trainable, non_trainable, ids, cache=cache, training=False)
@@ -41,7 +43,8 @@ def _generate(model: GPT, variables, tokens, prompt_len, key, temperature, top_k
         if greedy:
             return jnp.argmax(logits, axis=-1)
         filtered = filter_logits(logits, temperature, top_k, top_p)
-        return jax.random.categorical(jax.random.fold_in(key, i), filtered, axis=-1)
+        draw = lambda key, row: jax.random.categorical(jax.random.fold_in(key, prompt_len + i), row)  # noqa: E731
+        return jax.vmap(draw)(keys, filtered)
 
     return decode(forward, new_cache, model.config.block_size, tokens, prompt_len, sample,
                   max_new_tokens=max_new_tokens, use_cache=use_cache)
@@ -104,17 +107,17 @@ class Backend(KerasModelState, BaseBackend):
                                            np.asarray(y, np.int32))
         return float(value), self.canonical_grads(grads)
 
-    def _generate(self, prompt, max_new_tokens, temperature, top_k, top_p, seed, use_cache):
+    def _generate(self, prompts, max_new_tokens, temperature, top_k, top_p, seeds, use_cache):
         greedy = temperature == 0
+        P = prompts.shape[1]
         with self._placed():
-            out = _generate(self.model, self._variables(), self._token_buffer(prompt, max_new_tokens),
-                            np.int32(len(prompt)), jax.random.key(seed),
-                            None if greedy else np.float32(temperature),
+            out = _generate(self.model, self._variables(), self._token_buffer(prompts, max_new_tokens), np.int32(P),
+                            seeds, None if greedy else np.float32(temperature),
                             None if greedy or top_k is None else np.int32(top_k),
                             None if greedy or top_p is None else np.float32(top_p),
-                            max_new_tokens=max_new_tokens, use_cache=use_cache and len(prompt) <= self.config.block_size,
+                            max_new_tokens=max_new_tokens, use_cache=use_cache and P <= self.config.block_size,
                             greedy=greedy)
-        return np.asarray(out)[0, len(prompt):len(prompt) + max_new_tokens].tolist()
+        return np.asarray(out)[:, P:P + max_new_tokens]
 
     def device_info(self):
         kind = {"cuda": "gpu", "rocm": "gpu"}.get(self.device.platform, self.device.platform)

@@ -10,7 +10,7 @@ import functools
 import numpy as np
 import pytest
 
-from common.backend import check_sampling, has_accelerator, load_backend
+from common.backend import SEED_LIMIT, check_batch, check_sampling, has_accelerator, load_backend
 from common.errors import UserError
 from common.params import init_params
 from common.schedule import learning_rate
@@ -25,6 +25,12 @@ pytestmark = pytest.mark.parametrize("framework", BACKENDS)
 def shared_backend(framework: str):
     """One backend per framework for the tests that only read it."""
     return make_backend(framework)
+
+
+@functools.cache
+def decisive_backend(framework: str):
+    """One backend per framework with decisive weights, for the generation tests that only read it."""
+    return make_backend(framework, params=decisive_params(SMALL_CONFIG))
 
 
 # --- the model ------------------------------------------------------------------------------
@@ -150,6 +156,49 @@ def test_generation_is_seeded_and_the_cache_changes_nothing(framework, prompt_le
     nucleus = backend.generate(prompt, n, temperature=0.8, top_p=0.9, seed=3)
     assert nucleus == backend.generate(prompt, n, temperature=0.8, top_p=0.9, seed=3, use_cache=False)
     assert backend.generate(prompt, 0) == []
+
+
+def test_batched_rows_equal_their_own_decode(framework):
+    """Greedy rows equal each prompt's own greedy decode; sampled rows each follow their own seed."""
+    backend = decisive_backend(framework)
+    rng = np.random.default_rng(1)
+    prompts = [[int(t) for t in rng.integers(0, SMALL_CONFIG.vocab_size, 3)] for _ in range(3)]
+    n = SMALL_CONFIG.block_size + 4  # past block_size: the window slides
+    greedy = backend.generate_batch(prompts, n, temperature=0.0)
+    assert greedy == [backend.generate(p, n, temperature=0.0) for p in prompts]
+    assert greedy == backend.generate_batch(prompts, n, temperature=0.0, use_cache=False)
+    seeds = [7, 8, 9]
+    sampled = backend.generate_batch([prompts[0]] * 3, n, temperature=1.0, top_k=20, seeds=seeds)
+    assert len({tuple(row) for row in sampled}) == 3  # one prompt, three streams
+    assert sampled == [backend.generate(prompts[0], n, temperature=1.0, top_k=20, seed=s) for s in seeds]
+    nucleus = backend.generate_batch(prompts, n, temperature=0.8, top_p=0.9, seeds=seeds)
+    assert nucleus == backend.generate_batch(prompts, n, temperature=0.8, top_p=0.9, seeds=seeds, use_cache=False)
+    assert nucleus == [backend.generate(p, n, temperature=0.8, top_p=0.9, seed=s) for p, s in zip(prompts, seeds)]
+
+
+def test_chunked_generation_equals_one_call(framework):
+    """Decoding in pieces, each continuing the last, gives the tokens of one call, cache or not."""
+    backend = decisive_backend(framework)
+    prompts = [[1, 2, 3], [4, 5, 6]]
+    n = 2 * SMALL_CONFIG.block_size + 3
+    for options in (dict(temperature=0.0), dict(temperature=1.0, top_k=10, seeds=[4, 5]),
+                    dict(temperature=1.0, seeds=[4, 5], use_cache=False)):
+        whole = backend.generate_batch(prompts, n, **options)
+        pieces = list(backend.generate_chunks(prompts, n, 6, **options))
+        assert [p.shape for p in pieces] == [(2, 6)] * 3 + [(2, n - 18)]
+        assert np.concatenate(pieces, axis=1).tolist() == whole, options
+
+
+def test_batches_refuse_what_they_cannot_decode(framework):
+    with pytest.raises(UserError, match="the prompts of one batch must have the same number of tokens"):
+        check_batch([[1, 2], [3]], [0, 1])
+    with pytest.raises(UserError, match="2 prompts need 2 seeds, got 1"):
+        check_batch([[1], [2]], [0])
+    with pytest.raises(UserError, match=f"seed -1 is out of range: use a whole number from 0 to {SEED_LIMIT - 1}"):
+        check_batch([[1]], [-1])
+    with pytest.raises(UserError, match="the prompts of one batch must have the same number of tokens"):
+        shared_backend(framework).generate_batch([[1, 2], [3]], 4)
+    assert shared_backend(framework).generate_batch([[1], [2]], 0) == [[], []]
 
 
 @pytest.mark.parametrize("options, message", [

@@ -3,7 +3,7 @@ import numpy as np
 import pytest
 
 from common.params import init_params
-from common.sampling import filter_logits
+from common.sampling import filter_logits, stream_uniforms
 from tests.conftest import SMALL_CONFIG as CONFIG, random_batch
 
 pytestmark = pytest.mark.pytorch
@@ -57,12 +57,30 @@ def test_sampling_filter_matches_common_rules():
     logits = np.random.default_rng(0).normal(size=(4, 65)).astype(np.float32) * 3
     for temperature, top_k, top_p in [(1.0, None, None), (0.7, 5, None), (1.3, None, 0.8), (1.0, 10, 0.5)]:
         allowed = np.isfinite(filter_logits(logits, temperature, top_k, top_p))
-        generator = torch.Generator().manual_seed(0)
         draws = np.concatenate([sample_next(torch.from_numpy(logits), temperature, top_k, top_p,
-                                            generator).numpy() for _ in range(300)], axis=1)
+                                            torch.from_numpy(stream_uniforms(range(4), i))).numpy()
+                                for i in range(300)], axis=1)
         for row in range(4):
             assert allowed[row, draws[row]].all()
             if top_k:
                 assert len(set(draws[row])) <= top_k
     greedy = sample_next(torch.from_numpy(logits), 0.0, None, None, None).numpy()[:, 0]
     np.testing.assert_array_equal(greedy, logits.argmax(-1))
+
+
+def test_draws_follow_the_filtered_distribution():
+    """Inverting each row's distribution at its stream's uniform number samples it: 20,000 draws over
+    positions land on each allowed token as often as its probability says (within 4 standard errors)."""
+    import torch
+    from pytorch_impl.generate import sample_next
+    logits = np.random.default_rng(3).normal(size=(1, 65)).astype(np.float32)
+    filtered = filter_logits(logits, 0.9, 8, None)[0]
+    probs = np.exp(filtered - filtered.max())
+    probs /= probs.sum()
+    n = 20_000
+    uniforms = np.stack([stream_uniforms([11], position) for position in range(n)])  # (n, 1)
+    draws = sample_next(torch.from_numpy(np.repeat(logits, n, axis=0)), 0.9, 8, None,
+                        torch.from_numpy(uniforms[:, 0])).numpy()[:, 0]
+    counts = np.bincount(draws, minlength=65) / n
+    assert set(np.flatnonzero(counts)) <= set(np.flatnonzero(probs))
+    assert np.all(np.abs(counts - probs) <= 4 * np.sqrt(probs * (1 - probs) / n) + 1e-12)

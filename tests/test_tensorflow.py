@@ -98,11 +98,12 @@ def test_sampling_filter_matches_common_rules():
         np.testing.assert_allclose(actual[kept], expected[kept], rtol=1e-6)
         draws = np.stack([sample_next(tf.constant(logits), tf.constant(temperature), tf.constant(top_k or V),
                                       tf.constant(1.0 if top_p is None else top_p),
-                                      tf.constant([0, i], tf.int32)).numpy() for i in range(200)], axis=1)
+                                      tf.constant([[row, i] for row in range(4)], tf.int32)).numpy()
+                          for i in range(200)], axis=1)
         for row in range(4):
             assert kept[row, draws[row]].all()
     greedy = sample_next(tf.constant(logits), tf.constant(0.0), tf.constant(V), tf.constant(1.0),
-                         tf.constant([0, 0], tf.int32)).numpy()
+                         tf.constant([[0, 0]] * 4, tf.int32)).numpy()
     np.testing.assert_array_equal(greedy, logits.argmax(-1))
 
 
