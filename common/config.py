@@ -6,6 +6,7 @@ import math
 from dataclasses import dataclass, fields, replace
 
 from common.errors import UserError
+from common.spec import GELU_APPROXIMATE, LAYER_NORM_EPS
 
 
 @dataclass(frozen=True)
@@ -17,6 +18,9 @@ class GPTConfig:
     n_embd: int = 128
     dropout: float = 0.0
     bias: bool = False
+    # The two choices where GPT-2 checkpoints may differ from the spec's defaults (common/spec.py):
+    gelu_approximate: bool = GELU_APPROXIMATE  # True: the tanh form, GPT-2's gelu_new; False: exact erf GELU
+    layer_norm_eps: float = LAYER_NORM_EPS     # GPT-2's layer_norm_epsilon
 
     def __post_init__(self):
         _check_finite(self)
@@ -28,6 +32,8 @@ class GPTConfig:
                             f"pick n_embd as a multiple of n_head.")
         if not 0.0 <= self.dropout < 1.0:
             raise UserError(f"dropout must be in [0, 1), got {self.dropout}.")
+        if self.layer_norm_eps <= 0:
+            raise UserError(f"layer_norm_eps must be positive, got {self.layer_norm_eps}.")
 
     @property
     def head_size(self) -> int:

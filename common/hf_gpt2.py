@@ -21,7 +21,7 @@ from safetensors.numpy import load_file, save_file
 from common.config import GPTConfig
 from common.errors import UserError
 from common.params import check_params, param_shapes
-from common.spec import GELU_APPROXIMATE, INIT_STD, LAYER_NORM_EPS, MLP_RATIO
+from common.spec import INIT_STD, MLP_RATIO
 from common.tokenizers import EOT, AnyTokenizer, GPT2Tokenizer
 
 PRETRAINED = ("gpt2", "gpt2-medium", "gpt2-large", "gpt2-xl")
@@ -45,9 +45,9 @@ HF_EMBEDDINGS = {"wte.weight": "wte", "wpe.weight": "wpe"}
 class HFConfig:
     """A GPT-2 config.json in the project's terms."""
 
-    model: GPTConfig          # vocab_size, block_size (n_positions), n_layer, n_head, n_embd; bias on, dropout 0
-    gelu_approximate: bool    # True for GPT-2's gelu_new (tanh form), False for exact gelu
-    layer_norm_eps: float     # GPT-2's layer_norm_epsilon, 1e-5
+    # vocab_size, block_size (n_positions), n_layer, n_head, n_embd, gelu_approximate (activation_function),
+    # layer_norm_eps (layer_norm_epsilon); bias on, dropout 0
+    model: GPTConfig
 
 
 @dataclass
@@ -120,8 +120,9 @@ def read_config(folder: str | os.PathLike) -> HFConfig:
         raise UserError(f"{path} has layer_norm_epsilon {eps!r}: it must be a positive number.")
     # Dropout is a training choice, not part of the weights: 0 for inference, as nanoGPT's fine-tuning.
     model = GPTConfig(vocab_size=raw["vocab_size"], block_size=raw["n_positions"], n_layer=raw["n_layer"],
-                      n_head=raw["n_head"], n_embd=raw["n_embd"], dropout=0.0, bias=True)
-    return HFConfig(model, ACTIVATIONS[activation], float(eps))
+                      n_head=raw["n_head"], n_embd=raw["n_embd"], dropout=0.0, bias=True,
+                      gelu_approximate=ACTIVATIONS[activation], layer_norm_eps=float(eps))
+    return HFConfig(model)
 
 
 def read_params(folder: str | os.PathLike, config: GPTConfig) -> dict[str, np.ndarray]:
@@ -212,13 +213,9 @@ def _weight_files(folder: Path) -> list[Path]:
 # --- out ---------------------------------------------------------------------------------------
 
 def write_gpt2(out_dir: str | os.PathLike, params: dict[str, np.ndarray], config: GPTConfig,
-               tokenizer: AnyTokenizer, *, gelu_approximate: bool = GELU_APPROXIMATE,
-               layer_norm_eps: float = LAYER_NORM_EPS) -> Path:
-    """A folder that transformers' GPT2LMHeadModel and AutoTokenizer load unchanged.
-
-    The defaults are the project's spec (exact GELU, epsilon 1e-5), which is what every model
-    trained here computes unless its config says otherwise.
-    """
+               tokenizer: AnyTokenizer) -> Path:
+    """A folder that transformers' GPT2LMHeadModel and AutoTokenizer load unchanged, computing what
+    `config` says (its GELU form and LayerNorm epsilon included)."""
     check_params(params, config)
     if tokenizer.vocab_size > config.vocab_size:
         raise UserError(f"the tokenizer has {tokenizer.vocab_size} tokens but the model only "
@@ -236,8 +233,8 @@ def write_gpt2(out_dir: str | os.PathLike, params: dict[str, np.ndarray], config
         "n_head": config.n_head,
         "n_embd": config.n_embd,
         "n_inner": None,  # 4 * n_embd
-        "activation_function": "gelu_new" if gelu_approximate else "gelu",
-        "layer_norm_epsilon": layer_norm_eps,
+        "activation_function": "gelu_new" if config.gelu_approximate else "gelu",
+        "layer_norm_epsilon": config.layer_norm_eps,
         "resid_pdrop": config.dropout,
         "embd_pdrop": config.dropout,
         "attn_pdrop": config.dropout,

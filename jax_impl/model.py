@@ -11,7 +11,7 @@ from flax import nnx
 
 from common.config import GPTConfig
 from common.params import check_params
-from common.spec import GELU_APPROXIMATE, LAYER_NORM_EPS, LOSS_IGNORE_INDEX, MLP_RATIO
+from common.spec import LOSS_IGNORE_INDEX, MLP_RATIO
 
 
 class KVCache(NamedTuple):
@@ -73,11 +73,11 @@ class CausalSelfAttention(nnx.Module):
         return self.resid_dropout(self.c_proj(y)), cache
 
 
-def gelu(x):
-    """GELU as the spec has it. The exact form is written with erf, as torch computes it:
+def gelu(x, approximate: bool):
+    """GELU as the config has it. The exact form is written with erf, as torch computes it:
     jax.nn.gelu defaults to the tanh form, and its exact form goes through erfc, which XLA:CPU
     evaluates about twice as slowly."""
-    if GELU_APPROXIMATE:
+    if approximate:
         return nnx.gelu(x, approximate=True)
     return 0.5 * x * (1.0 + jax.lax.erf(x * (1.0 / math.sqrt(2.0))))
 
@@ -90,12 +90,13 @@ class MLP(nnx.Module):
         self.c_proj = nnx.Linear(MLP_RATIO * config.n_embd, config.n_embd, use_bias=config.bias,
                                  dtype=dtype, rngs=rngs)
         self.dropout = nnx.Dropout(config.dropout, rngs=rngs)
+        self.gelu_approximate = config.gelu_approximate
 
     def __call__(self, x):
         # Tokens as rows of one (B*T, C) matrix: on (B, T, C) XLA:CPU fuses GELU's backward into a
         # transposing copy for the weight gradient, which made this backward about twice as slow.
         B, T, C = x.shape
-        h = gelu(self.c_fc(x.reshape(B * T, C)))  # (B*T, 4C)
+        h = gelu(self.c_fc(x.reshape(B * T, C)), self.gelu_approximate)  # (B*T, 4C)
         return self.dropout(self.c_proj(h)).reshape(B, T, C)
 
 
@@ -103,10 +104,10 @@ class Block(nnx.Module):
 
     def __init__(self, config: GPTConfig, layer: int, *, dtype, rngs: nnx.Rngs):
         # epsilon is explicit everywhere: nnx.LayerNorm's default is 1e-6, the spec's (torch's) 1e-5.
-        self.ln_1 = nnx.LayerNorm(config.n_embd, epsilon=LAYER_NORM_EPS, use_bias=config.bias,
+        self.ln_1 = nnx.LayerNorm(config.n_embd, epsilon=config.layer_norm_eps, use_bias=config.bias,
                                   dtype=dtype, rngs=rngs)
         self.attn = CausalSelfAttention(config, layer, dtype=dtype, rngs=rngs)
-        self.ln_2 = nnx.LayerNorm(config.n_embd, epsilon=LAYER_NORM_EPS, use_bias=config.bias,
+        self.ln_2 = nnx.LayerNorm(config.n_embd, epsilon=config.layer_norm_eps, use_bias=config.bias,
                                   dtype=dtype, rngs=rngs)
         self.mlp = MLP(config, dtype=dtype, rngs=rngs)
 
@@ -125,7 +126,7 @@ class GPT(nnx.Module):
         self.wpe = nnx.Embed(config.block_size, config.n_embd, dtype=dtype, rngs=rngs)
         self.drop = nnx.Dropout(config.dropout, rngs=rngs)
         self.h = nnx.List([Block(config, i, dtype=dtype, rngs=rngs) for i in range(config.n_layer)])
-        self.ln_f = nnx.LayerNorm(config.n_embd, epsilon=LAYER_NORM_EPS, use_bias=config.bias,
+        self.ln_f = nnx.LayerNorm(config.n_embd, epsilon=config.layer_norm_eps, use_bias=config.bias,
                                   dtype=dtype, rngs=rngs)
         # No lm_head module: the output projection is wte itself (weight tying), see __call__.
         # Weights come from common.params.init_params through load_canonical, not from here.

@@ -5,7 +5,7 @@ import torch.nn as nn
 from torch.nn import functional as F
 
 from common.config import GPTConfig
-from common.spec import GELU_APPROXIMATE, LAYER_NORM_EPS, LOSS_IGNORE_INDEX, MLP_RATIO
+from common.spec import LOSS_IGNORE_INDEX, MLP_RATIO
 
 
 class KVCache:
@@ -55,7 +55,7 @@ class MLP(nn.Module):
     def __init__(self, config: GPTConfig):
         super().__init__()
         self.c_fc = nn.Linear(config.n_embd, MLP_RATIO * config.n_embd, bias=config.bias)
-        self.gelu = nn.GELU(approximate="tanh" if GELU_APPROXIMATE else "none")
+        self.gelu = nn.GELU(approximate="tanh" if config.gelu_approximate else "none")
         self.c_proj = nn.Linear(MLP_RATIO * config.n_embd, config.n_embd, bias=config.bias)
         self.dropout = nn.Dropout(config.dropout)
 
@@ -67,9 +67,9 @@ class Block(nn.Module):
 
     def __init__(self, config: GPTConfig, layer: int):
         super().__init__()
-        self.ln_1 = nn.LayerNorm(config.n_embd, eps=LAYER_NORM_EPS, bias=config.bias)
+        self.ln_1 = nn.LayerNorm(config.n_embd, eps=config.layer_norm_eps, bias=config.bias)
         self.attn = CausalSelfAttention(config, layer)
-        self.ln_2 = nn.LayerNorm(config.n_embd, eps=LAYER_NORM_EPS, bias=config.bias)
+        self.ln_2 = nn.LayerNorm(config.n_embd, eps=config.layer_norm_eps, bias=config.bias)
         self.mlp = MLP(config)
 
     def forward(self, x, cache: KVCache | None = None):
@@ -86,7 +86,7 @@ class GPT(nn.Module):
         self.wpe = nn.Embedding(config.block_size, config.n_embd)
         self.drop = nn.Dropout(config.dropout)
         self.h = nn.ModuleList([Block(config, i) for i in range(config.n_layer)])
-        self.ln_f = nn.LayerNorm(config.n_embd, eps=LAYER_NORM_EPS, bias=config.bias)
+        self.ln_f = nn.LayerNorm(config.n_embd, eps=config.layer_norm_eps, bias=config.bias)
         # No lm_head module: the output projection is wte itself (weight tying), see forward.
         # Weights come from common.params.init_params through load_canonical, not from here.
 

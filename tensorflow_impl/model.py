@@ -16,7 +16,7 @@ import numpy as np  # noqa: E402
 from keras import layers, ops  # noqa: E402
 
 from common.config import GPTConfig  # noqa: E402
-from common.spec import GELU_APPROXIMATE, LAYER_NORM_EPS, LOSS_IGNORE_INDEX, MLP_RATIO  # noqa: E402
+from common.spec import LOSS_IGNORE_INDEX, MLP_RATIO  # noqa: E402
 
 PACKAGE = "nanogpt_compare"
 
@@ -98,11 +98,11 @@ class CausalSelfAttention(layers.Layer):
         return {**super().get_config(), "config": dataclasses.asdict(self.config), "layer": self.layer}
 
 
-def gelu(x):
-    """GELU as the spec has it. The exact form is written with erf, as torch and TensorFlow compute
+def gelu(x, approximate: bool):
+    """GELU as the config has it. The exact form is written with erf, as torch and TensorFlow compute
     it: ops.gelu's exact form goes through erfc on Keras' JAX backend, which XLA:CPU evaluates about
     twice as slowly (as in jax_impl)."""
-    if GELU_APPROXIMATE:
+    if approximate:
         return ops.gelu(x, approximate=True)
     return 0.5 * x * (1.0 + ops.erf(x * (1.0 / math.sqrt(2.0))))
 
@@ -126,7 +126,8 @@ class MLP(layers.Layer):
     def call(self, x, training=None):
         # Tokens as rows of one (B*T, C) matrix, as in the JAX model: on (B, T, C) XLA:CPU fuses
         # GELU's backward into a transposing copy for the weight gradient.
-        h = gelu(self.c_fc(ops.reshape(x, (-1, self.config.n_embd))))  # (B*T, 4C)
+        h = self.c_fc(ops.reshape(x, (-1, self.config.n_embd)))
+        h = gelu(h, self.config.gelu_approximate)  # (B*T, 4C)
         return ops.reshape(self.dropout(self.c_proj(h), training=training), ops.shape(x))  # (B, T, C)
 
     def get_config(self):
@@ -135,7 +136,7 @@ class MLP(layers.Layer):
 
 def _layer_norm(config: GPTConfig, name: str, dtype) -> layers.LayerNormalization:
     # Keras' default epsilon is 1e-3; `center` is the optional bias.
-    return layers.LayerNormalization(epsilon=LAYER_NORM_EPS, center=config.bias, dtype=dtype, name=name)
+    return layers.LayerNormalization(epsilon=config.layer_norm_eps, center=config.bias, dtype=dtype, name=name)
 
 
 @keras.saving.register_keras_serializable(package=PACKAGE)

@@ -5,13 +5,13 @@ import numpy as np
 
 from common.config import GPTConfig, TrainConfig
 from common.params import decays
-from common.spec import LAYER_NORM_EPS, MLP_RATIO
+from common.spec import MLP_RATIO
 
 
-def _layer_norm(x, p, prefix):
+def _layer_norm(x, p, prefix, eps):
     mean = x.mean(-1, keepdims=True)
     var = ((x - mean) ** 2).mean(-1, keepdims=True)
-    y = (x - mean) / np.sqrt(var + LAYER_NORM_EPS) * p[f"{prefix}.weight"]
+    y = (x - mean) / np.sqrt(var + eps) * p[f"{prefix}.weight"]
     return y + p[f"{prefix}.bias"] if f"{prefix}.bias" in p else y
 
 
@@ -20,7 +20,9 @@ def _dense(x, p, prefix):
     return y + p[f"{prefix}.bias"] if f"{prefix}.bias" in p else y
 
 
-def _gelu(x):
+def _gelu(x, approximate):
+    if approximate:  # GPT-2's gelu_new
+        return 0.5 * x * (1.0 + np.tanh(math.sqrt(2.0 / math.pi) * (x + 0.044715 * x ** 3)))
     erf = np.vectorize(math.erf)
     return 0.5 * x * (1.0 + erf(x / math.sqrt(2.0)))
 
@@ -28,12 +30,12 @@ def _gelu(x):
 def forward(params: dict, config: GPTConfig, idx: np.ndarray) -> np.ndarray:
     p = {k: v.astype(np.float64) for k, v in params.items()}
     B, T = idx.shape
-    C, nh = config.n_embd, config.n_head
+    C, nh, eps = config.n_embd, config.n_head, config.layer_norm_eps
     hs = C // nh
     x = p["wte"][idx] + p["wpe"][:T]
     causal = np.tril(np.ones((T, T), dtype=bool))
     for i in range(config.n_layer):
-        h = _layer_norm(x, p, f"h.{i}.ln_1")
+        h = _layer_norm(x, p, f"h.{i}.ln_1", eps)
         q, k, v = np.split(_dense(h, p, f"h.{i}.attn.c_attn"), 3, axis=-1)
         q, k, v = (t.reshape(B, T, nh, hs).transpose(0, 2, 1, 3) for t in (q, k, v))
         scores = q @ k.transpose(0, 1, 3, 2) / math.sqrt(hs)
@@ -42,10 +44,11 @@ def forward(params: dict, config: GPTConfig, idx: np.ndarray) -> np.ndarray:
         weights /= weights.sum(-1, keepdims=True)
         y = (weights @ v).transpose(0, 2, 1, 3).reshape(B, T, C)
         x = x + _dense(y, p, f"h.{i}.attn.c_proj")
-        h = _layer_norm(x, p, f"h.{i}.ln_2")
+        h = _layer_norm(x, p, f"h.{i}.ln_2", eps)
         assert p[f"h.{i}.mlp.c_fc.weight"].shape[1] == MLP_RATIO * C
-        x = x + _dense(_gelu(_dense(h, p, f"h.{i}.mlp.c_fc")), p, f"h.{i}.mlp.c_proj")
-    return _layer_norm(x, p, "ln_f") @ p["wte"].T
+        h = _gelu(_dense(h, p, f"h.{i}.mlp.c_fc"), config.gelu_approximate)
+        x = x + _dense(h, p, f"h.{i}.mlp.c_proj")
+    return _layer_norm(x, p, "ln_f", eps) @ p["wte"].T
 
 
 def cross_entropy(logits: np.ndarray, targets: np.ndarray) -> float:

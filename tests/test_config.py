@@ -24,6 +24,7 @@ def test_auto_preset_depends_on_the_device():
     ({"n_embd": 100, "n_head": 3}, "divisible"),
     ({"n_layer": 0}, "positive"),
     ({"dropout": 1.0}, "dropout"),
+    ({"layer_norm_eps": 0.0}, "layer_norm_eps must be positive"),
 ])
 def test_bad_model_configs_say_why(kwargs, words):
     with pytest.raises(UserError, match=words):
@@ -67,10 +68,25 @@ def test_non_finite_floats_are_refused_by_name(field, value):
         apply_overrides(*get_preset("tiny"), {field: value})
 
 
+@pytest.mark.parametrize("field", ["dropout", "layer_norm_eps"])
 @pytest.mark.parametrize("value", ["nan", "inf"])
-def test_non_finite_dropout_is_refused(value):
-    with pytest.raises(UserError, match=f"dropout must be a finite number, got {value}"):
-        apply_overrides(*get_preset("tiny"), {"dropout": value})
+def test_non_finite_model_floats_are_refused(field, value):
+    with pytest.raises(UserError, match=f"{field} must be a finite number, got {value}"):
+        apply_overrides(*get_preset("tiny"), {field: value})
+
+
+def test_gelu_form_and_epsilon_default_to_the_spec_and_old_configs_still_load():
+    from dataclasses import asdict
+
+    from common.spec import GELU_APPROXIMATE, LAYER_NORM_EPS
+    for name in ("tiny", "cpu-baby", "shakespeare-char"):
+        model, _ = get_preset(name)
+        assert (model.gelu_approximate, model.layer_norm_eps) == (GELU_APPROXIMATE, LAYER_NORM_EPS) == (False, 1e-5)
+    # config.json and checkpoint metadata written before the fields existed
+    saved = {k: v for k, v in asdict(GPTConfig()).items() if k not in ("gelu_approximate", "layer_norm_eps")}
+    assert GPTConfig(**saved) == GPTConfig()
+    model, _ = apply_overrides(*get_preset("tiny"), {"gelu_approximate": "true", "layer_norm_eps": "1e-6"})
+    assert model.gelu_approximate is True and model.layer_norm_eps == 1e-6
 
 
 @pytest.mark.parametrize("overrides, words", [

@@ -5,10 +5,10 @@ shapes that catch mapping mistakes: an odd vocabulary (289), n_positions 48 (not
 4 heads, and every bias and LayerNorm parameter non-zero.
 """
 import json
-import math
 import os
 import subprocess
 import sys
+from dataclasses import replace
 
 import numpy as np
 import pytest
@@ -32,8 +32,9 @@ def tiny_bpe() -> BPETokenizer:
     return BPETokenizer.train("the quick brown fox jumps over the lazy dog\n" * 50, vocab_size=300)  # 289 tokens
 
 
-def tiny_gpt2(tokenizer: BPETokenizer, seed: int = 0):
-    """A random transformers GPT2LMHeadModel (GPT-2's gelu_new and epsilon 1e-5) for `tokenizer`.
+def tiny_gpt2(tokenizer: BPETokenizer, seed: int = 0, **changes):
+    """A random transformers GPT2LMHeadModel (GPT-2's gelu_new and epsilon 1e-5) for `tokenizer`;
+    `changes` go into its GPT2Config (a larger vocab_size, another layer_norm_epsilon).
 
     Every tensor is perturbed: zero biases and unit LayerNorm gains would hide a swapped or dropped
     one. Other tests may build their folder with `save_gpt2_folder(tiny_gpt2(tiny_bpe()), ...)`.
@@ -41,8 +42,8 @@ def tiny_gpt2(tokenizer: BPETokenizer, seed: int = 0):
     import torch
     import transformers
     torch.manual_seed(seed)
-    config = transformers.GPT2Config(**TINY, vocab_size=tokenizer.vocab_size, bos_token_id=tokenizer.eot_id,
-                                     eos_token_id=tokenizer.eot_id)
+    config = transformers.GPT2Config(**{**TINY, "vocab_size": tokenizer.vocab_size, **changes},
+                                     bos_token_id=tokenizer.eot_id, eos_token_id=tokenizer.eot_id)
     model = transformers.GPT2LMHeadModel(config).eval()
     with torch.no_grad():
         for p in model.parameters():
@@ -92,17 +93,6 @@ def _hf_logits(model, ids: np.ndarray) -> np.ndarray:
         return model(torch.as_tensor(ids)).logits.numpy()
 
 
-def _reference_logits(monkeypatch, params, config: GPTConfig, gelu_approximate: bool, eps: float):
-    """tests/reference.py's float64 forward with GPT-2's GELU and epsilon swapped in."""
-    def tanh_gelu(x):
-        return 0.5 * x * (1.0 + np.tanh(math.sqrt(2.0 / math.pi) * (x + 0.044715 * x ** 3)))
-    with monkeypatch.context() as m:
-        m.setattr(reference, "LAYER_NORM_EPS", eps)
-        if gelu_approximate:
-            m.setattr(reference, "_gelu", tanh_gelu)
-        return reference.forward(params, config, IDS)
-
-
 def _rewrite_weights(folder, transform):
     """Rewrite a folder's model.safetensors as another writer would have."""
     path = folder / "model.safetensors"
@@ -121,8 +111,7 @@ def _copy(src, dst):
 def test_config_maps_to_project_terms(hf_dir):
     config = read_config(hf_dir)
     assert config == HFConfig(GPTConfig(vocab_size=289, block_size=48, n_layer=2, n_head=4, n_embd=32,
-                                        dropout=0.0, bias=True),
-                              gelu_approximate=True, layer_norm_eps=1e-5)
+                                        dropout=0.0, bias=True, gelu_approximate=True, layer_norm_eps=1e-5))
 
 
 @pytest.mark.parametrize("activation, approximate", [("gelu_new", True), ("gelu_pytorch_tanh", True),
@@ -133,7 +122,7 @@ def test_config_activation_and_epsilon(hf_dir, tmp_path, activation, approximate
     (folder / "config.json").write_text(json.dumps({**raw, "activation_function": activation,
                                                     "layer_norm_epsilon": 3e-6, "resid_pdrop": 0.3}))
     config = read_config(folder)
-    assert config.gelu_approximate is approximate and config.layer_norm_eps == 3e-6
+    assert config.model.gelu_approximate is approximate and config.model.layer_norm_eps == 3e-6
     assert config.model.dropout == 0.0  # a training choice, not part of the weights
 
 
@@ -215,14 +204,13 @@ def test_weights_not_matching_the_config_are_named(hf_dir, tmp_path):
         load_gpt2(folder)
 
 
-def test_numpy_forward_of_loaded_params_equals_transformers(hf_model, hf_dir, monkeypatch):
+def test_numpy_forward_of_loaded_params_equals_transformers(hf_model, hf_dir):
     loaded = load_gpt2(hf_dir)
     want = _hf_logits(hf_model, IDS)
-    c = loaded.config
-    got = _reference_logits(monkeypatch, loaded.params, c.model, c.gelu_approximate, c.layer_norm_eps)
+    got = reference.forward(loaded.params, loaded.config.model, IDS)
     assert relative_error(got, want) <= 1e-5
     # The bound tells the GELUs apart: the exact form the models run by default misses it 20-fold.
-    exact = _reference_logits(monkeypatch, loaded.params, c.model, False, c.layer_norm_eps)
+    exact = reference.forward(loaded.params, replace(loaded.config.model, gelu_approximate=False), IDS)
     assert relative_error(exact, want) > 1e-4
 
 
@@ -284,9 +272,7 @@ def test_by_name_offline_without_a_copy_is_one_line(tmp_path, name, fragment):
 def test_export_loads_in_transformers_with_the_same_weights_and_logits(hf_model, hf_dir, tmp_path):
     transformers = pytest.importorskip("transformers")
     loaded = load_gpt2(hf_dir)
-    c = loaded.config
-    out = write_gpt2(tmp_path / "out", loaded.params, c.model, loaded.tokenizer,
-                     gelu_approximate=c.gelu_approximate, layer_norm_eps=c.layer_norm_eps)
+    out = write_gpt2(tmp_path / "out", loaded.params, loaded.config.model, loaded.tokenizer)
     assert sorted(load_file(str(out / "model.safetensors"))) == sorted(load_file(str(hf_dir / "model.safetensors")))
     again = transformers.GPT2LMHeadModel.from_pretrained(out).eval()
     want, got = hf_model.state_dict(), again.state_dict()
@@ -309,13 +295,12 @@ def test_exported_tokenizer_loads_in_transformers(hf_dir, bpe, tmp_path):
         assert theirs.decode(ids) == text
 
 
-def test_export_then_load_round_trips(hf_dir, tmp_path):
+@pytest.mark.parametrize("changes", [{}, {"gelu_approximate": False, "layer_norm_eps": 3e-6}])
+def test_export_then_load_round_trips(hf_dir, tmp_path, changes):
     loaded = load_gpt2(hf_dir)
-    c = loaded.config
-    out = write_gpt2(tmp_path / "out", loaded.params, c.model, loaded.tokenizer,
-                     gelu_approximate=c.gelu_approximate, layer_norm_eps=c.layer_norm_eps)
-    again = load_gpt2(out)
-    assert again.config == c
+    config = replace(loaded.config.model, **changes)  # the GELU form and epsilon travel in config.json
+    again = load_gpt2(write_gpt2(tmp_path / "out", loaded.params, config, loaded.tokenizer))
+    assert again.config == HFConfig(config)
     assert all(np.array_equal(again.params[n], loaded.params[n]) for n in loaded.params)
     assert again.tokenizer.to_json() == loaded.tokenizer.to_json()
 

@@ -1,7 +1,8 @@
 """Cross-framework parity: the same canonical weights must compute the same thing everywhere.
 
 Each framework is compared with PyTorch (and every one with the float64 numpy reference in
-test_backend.py). Bounds are the issues' and are not to be widened: a miss has a cause.
+test_backend.py), and on a Hugging Face GPT-2 folder every framework with transformers itself.
+Bounds are the issues' and are not to be widened: a miss has a cause.
 """
 import numpy as np
 import pytest
@@ -11,6 +12,7 @@ from common.config import GPTConfig
 from common.schedule import learning_rate
 from tests.conftest import (KERAS_ROW, PARITY_CONFIG as CONFIG, PARITY_TRAIN as TRAIN, framework_param,
                             make_backend, random_batch)
+from tests import reference
 from tests.reference import assert_trained_params_match, relative_error
 
 OTHERS = [framework_param("jax"), framework_param(KERAS_ROW)]  # each compared with PyTorch
@@ -124,3 +126,42 @@ def test_checkpoints_cross_over(framework, trained_params, tmp_path):
         assert info["framework"] == writer.name and info["step"] == 50
         reader = make_backend(reader_name, CONFIG, TRAIN, params)
         assert abs(reader.eval_loss(x, y) - writer.eval_loss(x, y)) <= 1e-5
+
+
+# --- GPT-2 folders: every framework against transformers' GPT2LMHeadModel -------------------------
+
+@pytest.fixture(scope="module", params=[dict(), dict(vocab_size=1031, layer_norm_epsilon=1e-6)],
+                ids=["vocab289-eps1e-5", "vocab1031-eps1e-6"])
+def gpt2(request, tmp_path_factory):
+    """A tiny random GPT-2 (gelu_new) as a folder, its transformers model and a full context of ids.
+
+    Vocabularies not a multiple of anything, on both sides of the JAX model's one-hot embedding
+    threshold (jax_impl.model.ONE_HOT_MAX_VOCAB); the 1031-token model keeps the 289-token tokenizer.
+    """
+    pytest.importorskip("transformers", reason="the tests build their GPT-2 with transformers")
+    import torch
+    from common.hf_gpt2 import load_gpt2
+    from tests.test_hf_gpt2 import save_gpt2_folder, tiny_bpe, tiny_gpt2
+    tokenizer = tiny_bpe()
+    hf_model = tiny_gpt2(tokenizer, **request.param)
+    loaded = load_gpt2(save_gpt2_folder(hf_model, tokenizer, tmp_path_factory.mktemp("gpt2") / "tiny-gpt2"))
+    config = loaded.config.model
+    assert config.gelu_approximate and config.layer_norm_eps == hf_model.config.layer_norm_epsilon
+    ids = np.random.default_rng(1).integers(0, config.vocab_size, (2, config.block_size), dtype=np.int32)
+    with torch.no_grad():
+        want = hf_model(torch.as_tensor(ids, dtype=torch.long)).logits.numpy()
+    return loaded, ids, want
+
+
+@pytest.mark.parametrize("framework", [framework_param("pytorch"), *OTHERS])
+def test_gpt2_folder_logits_match_transformers(framework, gpt2):
+    loaded, ids, want = gpt2
+    got = make_backend(framework, loaded.config.model, TRAIN, loaded.params).logits(ids)
+    assert got.shape == want.shape == (*ids.shape, loaded.config.model.vocab_size)
+    assert relative_error(got, want) <= 1e-5
+    assert np.abs(got - want).max() <= 1e-4
+
+
+def test_gpt2_folder_reference_matches_transformers(gpt2):
+    loaded, ids, want = gpt2
+    assert relative_error(reference.forward(loaded.params, loaded.config.model, ids), want) <= 1e-5
