@@ -155,6 +155,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--stop", action="append", default=[], help="end a sample at this string (repeatable)")
     p.add_argument("--seed", type=int, default=1337, help="the first sample's seed; sample i uses seed + i")
     p.add_argument("--num-samples", type=int, default=1, help="samples decoded together as one batch")
+    p.add_argument("--cache", action=argparse.BooleanOptionalAction, default=True,
+                   help="decode with the KV cache (--no-cache recomputes every step: the same tokens, slower)")
     p.add_argument("--device", default="auto", choices=["auto", "cpu", "gpu", "tpu"])
     p.add_argument("--dtype", default="float32", choices=["float32", "bfloat16"], help="compute dtype")
     p.add_argument("--json", action="store_true", help="one JSON object per sample on stdout: text, token_ids "
@@ -203,7 +205,7 @@ def main(argv: list[str] | None = None) -> int:
         samples = sample(backend, model.tokenizer, prompt_ids, num_samples=args.num_samples,
                          max_new_tokens=args.max_new_tokens, stop=args.stop, seed=args.seed,
                          on_text=(lambda text: (sys.stdout.write(text), sys.stdout.flush())) if stream else None,
-                         **options)
+                         use_cache=args.cache, **options)
         if stream:
             print()
         for i, row in enumerate(samples):
