@@ -38,7 +38,8 @@ from common.checkpoint import load_training_state, save_checkpoint, save_trainin
 from common.data import Prepared, eval_batches, get_batch, prepare, split_batches
 from common.errors import UserError, one_line
 from common.flops import _cpu_model, accelerator_peak, cpu_peak_flops, cpu_vector_isa, flops_per_token
-from common.params import init_params
+from common.hf_gpt2 import HFModel, load_gpt2
+from common.params import crop_block_size, init_params
 from common.quality import sample_quality
 from common.sampling import cut_at_stop
 from common.schedule import learning_rate
@@ -54,10 +55,12 @@ REPO = Path(__file__).resolve().parents[1]
 def train(run_dir: Path) -> Summary | None:
     """Train the run in run_dir from its newest readable checkpoint (or from step 0) and finish it."""
     config = RunConfig.load(run_dir)
-    data = prepare(config.dataset, config.tokenizer, config.vocab_size)
+    pretrained = load_gpt2(config.init_from) if config.init_from else None
+    data = prepare(config.dataset, pretrained.tokenizer if pretrained else config.tokenizer, config.vocab_size)
     state = load_training_state(run_dir, config.model, data.tokenizer.to_json())
     host_malloc = retain_freed_memory()  # before the framework allocates anything (common/allocator.py)
-    params = state.params if state else init_params(config.model, config.train.seed)
+    params = state.params if state else initial_params(config, pretrained)
+    del pretrained  # its weights are in params now, or the checkpoint's replace them
     with native_logs_filtered():  # the framework is imported here
         backend = load_backend(config.framework)(config.model, config.train, params, device=config.device,
                                                  replicas=config.replicas)
@@ -78,6 +81,14 @@ def train(run_dir: Path) -> Summary | None:
     finally:
         training.close()
     return finish(training, env)
+
+
+def initial_params(config: RunConfig, pretrained: HFModel | None) -> dict[str, np.ndarray]:
+    """Step 0's weights: the pretrained model's, its positions cropped to the run's block_size, or
+    the one initialisation every framework shares."""
+    if pretrained is None:
+        return init_params(config.model, config.train.seed)
+    return crop_block_size(pretrained.params, config.model.block_size)
 
 
 def training_loop(t: "Training", start_step: int) -> None:

@@ -9,7 +9,8 @@ which reads everything from the run folder. A run folder holds config.json, env.
 (appended while training), a TensorBoard event file, samples.txt, summary.json and the
 framework-neutral checkpoint (model.safetensors + optimizer.safetensors). `--framework all` runs
 each framework in its own subprocess, one after another, on the same batches and the same initial
-weights, then writes the comparison report.
+weights, then writes the comparison report. `--init-from` makes those initial weights a Hugging Face
+GPT-2's (a folder, or a Hub id fetched into huggingface_hub's cache), with its shape and tokenizer.
 """
 from __future__ import annotations
 
@@ -19,6 +20,7 @@ import os
 import shutil
 import subprocess
 import sys
+from dataclasses import fields
 from pathlib import Path
 
 import psutil
@@ -27,13 +29,17 @@ from benchmarks.quiet import native_logs_filtered, quiet_third_party
 from benchmarks.run_config import RunConfig
 from common.backend import (FRAMEWORKS, canonical_framework, has_accelerator, is_installed, load_backend,
                             missing_modules)
-from common.config import PRESET_NAMES, apply_overrides, check_fits_memory, get_preset
+from common.config import (PRESET_NAMES, GPTConfig, TrainConfig, apply_overrides, check_fits_memory,
+                           get_preset)
 from common.data import Prepared, prepare
 from common.errors import UserError, one_line
 from common.flops import cpu_peak_flops
+from common.hf_gpt2 import PRETRAINED, HFModel, load_gpt2
 
 REPO = Path(__file__).resolve().parents[1]
 RUN_FILES = ("metrics.jsonl", "summary.json", "samples.txt", "model.safetensors", "env.json")
+# What --set may change in a model started from pretrained weights; the rest of its shape is theirs.
+PRETRAINED_TUNABLE = ("dropout", "block_size")
 
 
 class _Parser(argparse.ArgumentParser):
@@ -58,8 +64,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--repeat", type=int, default=1, help="runs per framework, seeds seed..seed+N-1")
     p.add_argument("--dataset", default="tinyshakespeare",
                    help="tinyshakespeare | shakespeare-plays | path to the plays CSV or a text file")
-    p.add_argument("--tokenizer", default="char", choices=["char", "bpe"])
+    p.add_argument("--tokenizer", choices=["char", "bpe"], help="the tokenizer trained on the corpus (default: char)")
     p.add_argument("--vocab-size", type=int, help="BPE vocabulary size")
+    p.add_argument("--init-from", metavar="NAME|DIR", help=f"start from a Hugging Face GPT-2: {', '.join(PRETRAINED)}, "
+                   "a Hub id or a local folder; its shape and tokenizer, the preset's training settings")
     p.add_argument("--set", action="append", default=[], metavar="FIELD=VALUE",
                    help="override any GPTConfig/TrainConfig field, e.g. --set n_layer=2 --set lr=3e-4")
     p.add_argument("--out", help="output folder (default runs/<date>-<preset>)")
@@ -151,7 +159,10 @@ def plan(args, command: str) -> tuple[Path, list[tuple[Path, RunConfig]], list[s
     out = Path(args.out or REPO / "runs" / f"{stamp}-{args.preset}")
     if out.exists() and not out.is_dir():
         raise UserError(f"--out {out} is a file: name a folder (it is made if it does not exist).")
-    data = prepare(args.dataset, args.tokenizer, args.vocab_size)
+    pretrained = load_gpt2(args.init_from) if args.init_from else None
+    if pretrained and (args.tokenizer or args.vocab_size):
+        raise UserError("--init-from trains with the model's own tokenizer: drop --tokenizer and --vocab-size.")
+    data = prepare(args.dataset, pretrained.tokenizer if pretrained else (args.tokenizer or "char"), args.vocab_size)
     if not data.tokenizer.encode(args.prompt):
         raise UserError("the prompt is empty after tokenization: pass a non-empty --prompt.")
     base_seed = apply_overrides(*get_preset(args.preset), _overrides(args))[1].seed  # --seed or --set seed=N
@@ -159,28 +170,53 @@ def plan(args, command: str) -> tuple[Path, list[tuple[Path, RunConfig]], list[s
     for framework in (fw for fw in names if fw not in missing):
         for seed in range(base_seed, base_seed + args.repeat):
             run_dir = out / (framework if args.repeat == 1 else f"{framework}-seed{seed}")
-            config = resolve(args, framework, seed, data, command)
+            config = resolve(args, framework, seed, data, command, pretrained)
             _check_run_folder(run_dir, args.force)
             jobs.append((run_dir, config))
     return out, jobs, missing
 
 
-def resolve(args, framework: str, seed: int, data: Prepared, command: str) -> RunConfig:
-    """One run's config: the preset, the command's overrides, and checks that it can run at all."""
+def resolve(args, framework: str, seed: int, data: Prepared, command: str,
+            pretrained: HFModel | None = None) -> RunConfig:
+    """One run's config: the preset (the pretrained model's shape in place of the preset's), the
+    command's overrides, and checks that it can run at all."""
     with native_logs_filtered():  # `auto` asks the framework, which imports it here
         accelerator = args.preset == "auto" and has_accelerator(framework, args.device)
-    overrides = {**_overrides(args), "seed": str(seed), "vocab_size": str(data.tokenizer.vocab_size)}
-    model, train = apply_overrides(*get_preset(args.preset, accelerator), overrides)
+    overrides = {**_overrides(args), "seed": str(seed)}
+    if pretrained:
+        model, train = _pretrained_configs(pretrained, get_preset(args.preset, accelerator)[1], overrides)
+    else:
+        overrides["vocab_size"] = str(data.tokenizer.vocab_size)
+        model, train = apply_overrides(*get_preset(args.preset, accelerator), overrides)
     if model.block_size >= min(len(data.train), len(data.val)):
         raise UserError(f"block_size {model.block_size} is larger than the data "
                         f"({len(data.val)} validation tokens): lower it with --set block_size=N.")
     check_fits_memory(model, train, psutil.virtual_memory().available)
     return RunConfig(framework=framework, preset=args.preset, dataset=args.dataset, corpus=data.corpus_name,
-                     tokenizer=args.tokenizer, vocab_size=args.vocab_size, device=args.device,
+                     tokenizer=data.tokenizer.kind, vocab_size=args.vocab_size, device=args.device,
                      replicas=args.replicas, model=model, train=train, command=command,
                      checkpoint_every=args.checkpoint_every, profile=args.profile, prompt=args.prompt,
                      num_samples=args.num_samples, sample_tokens=args.sample_tokens,
-                     temperature=args.temperature, top_k=args.top_k, top_p=args.top_p, stop=args.stop)
+                     temperature=args.temperature, top_k=args.top_k, top_p=args.top_p, stop=args.stop,
+                     init_from=str(pretrained.folder.resolve()) if pretrained else None)
+
+
+def _pretrained_configs(pretrained: HFModel, train: TrainConfig,
+                        overrides: dict[str, str]) -> tuple[GPTConfig, TrainConfig]:
+    """The folder's model and the preset's training settings, both as --set changes them: dropout,
+    a block_size cropped below the model's n_positions (as nanoGPT's crop_block_size) and any
+    training field; the rest of the model is its weights' shape and arithmetic."""
+    given = pretrained.config.model
+    model, train = apply_overrides(given, train, overrides)
+    fixed = [f.name for f in fields(GPTConfig)
+             if f.name not in PRETRAINED_TUNABLE and getattr(model, f.name) != getattr(given, f.name)]
+    if fixed:
+        raise UserError(f"--set {fixed[0]} cannot change a model started from {pretrained.folder}, whose weights "
+                        f"fix it: with --init-from, --set changes dropout, block_size and training fields only.")
+    if model.block_size > given.block_size:
+        raise UserError(f"block_size {model.block_size} is longer than the {given.block_size} positions of "
+                        f"{pretrained.folder}: use --set block_size=N with N at most {given.block_size}.")
+    return model, train
 
 
 def _check_run_folder(run_dir: Path, force: bool) -> None:

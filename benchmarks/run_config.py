@@ -22,7 +22,7 @@ class RunConfig:
     preset: str                    # as asked for: "auto" stays "auto", model and train say what it became
     dataset: str
     corpus: str                    # the corpus' own name, e.g. the file stem of a text file
-    tokenizer: str
+    tokenizer: str                 # char | bpe, or gpt2 for the tokenizer of the folder in init_from
     vocab_size: int | None         # the BPE size asked for; the model's vocab_size is the one used
     device: str                    # auto | cpu | gpu | tpu
     replicas: int
@@ -39,6 +39,7 @@ class RunConfig:
     top_k: int | None = 200
     top_p: float | None = None
     stop: list[str] | None = None
+    init_from: str | None = None   # the GPT-2 folder whose weights step 0 starts from (a Hub id's, in its cache)
 
     def save(self, run_dir: Path) -> None:
         (run_dir / CONFIG_FILE).write_text(json.dumps(asdict(self), indent=2))

@@ -71,6 +71,14 @@ def init_params(config: GPTConfig, seed: int) -> dict[str, np.ndarray]:
     return params
 
 
+def crop_block_size(params: dict[str, np.ndarray], block_size: int) -> dict[str, np.ndarray]:
+    """The weights of a model with a shorter context: the first block_size rows of wpe (nanoGPT's
+    crop_block_size). Nothing else depends on the context length, so nothing else changes."""
+    if block_size > len(params["wpe"]):
+        raise ValueError(f"block_size {block_size} is longer than the {len(params['wpe'])} positions the weights have")
+    return {**params, "wpe": params["wpe"][:block_size]}
+
+
 def check_params(params: dict[str, np.ndarray], config: GPTConfig) -> None:
     """Raise ValueError naming the first missing, unexpected or misshapen tensor."""
     expected = param_shapes(config)

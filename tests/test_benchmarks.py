@@ -449,3 +449,95 @@ def test_all_writes_each_runs_config_and_children_read_only_their_folder(monkeyp
     assert {c.cpu_peak_flops for c in configs} == {321e9}
     assert {c.command for c in configs} == {" ".join(["python -m benchmarks.run", *argv])}
     assert (tmp_path / "problems.txt").read_text() == "keras-jax: not installed (missing keras), skipped\n"
+
+
+# --- --init-from: a run that starts from a Hugging Face GPT-2 folder ---------------------------------
+
+@pytest.fixture(scope="module")
+def gpt2_run(tmp_path_factory):
+    """A tiny random GPT-2 folder (tests/test_hf_gpt2.py) trained 4 steps by PyTorch on a small text file,
+    with its block cropped from 48 to 32 positions."""
+    pytest.importorskip("torch")
+    pytest.importorskip("transformers", reason="the tests build their GPT-2 with transformers")
+    from tests.test_hf_gpt2 import save_gpt2_folder, tiny_bpe, tiny_gpt2
+    root = tmp_path_factory.mktemp("gpt2")
+    tokenizer = tiny_bpe()
+    hf_model = tiny_gpt2(tokenizer)
+    folder = save_gpt2_folder(hf_model, tokenizer, root / "tiny-gpt2")
+    corpus = root / "fox.txt"
+    corpus.write_text("the quick brown fox jumps over the lazy dog\nthe dog sleeps; the fox runs.\n" * 150)
+    env = {"NANOGPT_DATA_DIR": str(root / "data")}
+    result = _run("--framework", "torch", "--preset", "tiny", "--device", "cpu", "--init-from", str(folder),
+                  "--dataset", str(corpus), "--out", str(root / "runs"), "--max-iters", "4", "--set", "block_size=32",
+                  "--set", "eval_iters=2", "--sample-tokens", "8", "--num-samples", "1", env=env)
+    assert result.returncode == 0, result.stderr
+    return root / "runs" / "pytorch", folder, hf_model, corpus, env
+
+
+@pytest.mark.pytorch
+def test_init_from_starts_at_the_gpt2_weights_on_its_own_tokens(gpt2_run, monkeypatch):
+    import torch
+    from torch.nn import functional as F
+    from common.data import eval_batches, prepare
+    from common.hf_gpt2 import load_gpt2
+    run, folder, hf_model, corpus, env = gpt2_run
+    config = json.loads((run / "config.json").read_text())
+    assert config["init_from"] == str(folder.resolve()) and config["tokenizer"] == "gpt2"
+    assert config["model"] == {"vocab_size": 289, "block_size": 32, "n_layer": 2, "n_head": 4, "n_embd": 32,
+                               "dropout": 0.0, "bias": True, "gelu_approximate": True, "layer_norm_eps": 1e-5}
+    assert config["train"]["lr"] == 3e-3 and config["train"]["max_iters"] == 4  # the preset's, as --set left it
+    # The first evaluation is the Hugging Face model's own loss on the same batches.
+    monkeypatch.setenv("NANOGPT_DATA_DIR", env["NANOGPT_DATA_DIR"])
+    data = prepare(str(corpus), load_gpt2(folder).tokenizer)
+    train = config["train"]
+    first = next(r for r in _records(run) if r["type"] == "eval")
+    assert first["step"] == 0
+    for split, tokens in (("train", data.train), ("val", data.val)):
+        batches = eval_batches(tokens, train["batch_size"], 32, train["seed"], train["eval_iters"])
+        with torch.no_grad():
+            losses = [F.cross_entropy(hf_model(torch.as_tensor(x, dtype=torch.long)).logits.flatten(0, 1),
+                                      torch.as_tensor(y, dtype=torch.long).flatten()).item() for x, y in batches]
+        assert abs(first[f"{split}_loss"] - np.mean(losses)) <= 1e-4, split
+    assert json.loads((run / "summary.json").read_text())["max_iters"] == 4
+
+
+@pytest.mark.pytorch
+def test_init_from_run_resumes_from_its_config(gpt2_run, tmp_path):
+    import shutil
+    run, _, _, _, env = gpt2_run
+    expected = json.loads((run / "summary.json").read_text())
+    run = shutil.copytree(run, tmp_path / "pytorch")
+    (run / "summary.json").unlink()
+    result = _run("--resume", str(run), env=env)
+    assert result.returncode == 0, result.stderr
+    assert json.loads((run / "summary.json").read_text())["final_val_loss"] == pytest.approx(
+        expected["final_val_loss"], abs=1e-5)
+
+
+@pytest.mark.parametrize("args, message", [
+    (["--set", "n_layer=3"], "--set n_layer cannot change a model started from"),
+    (["--set", "gelu_approximate=false"], "--set gelu_approximate cannot change"),
+    (["--set", "block_size=64"], "block_size 64 is longer than the 48 positions of"),
+    (["--tokenizer", "bpe"], "--init-from trains with the model's own tokenizer"),
+])
+def test_init_from_shape_changes_are_one_line(gpt2_run, tmp_path, args, message):
+    _, folder, _, corpus, env = gpt2_run
+    result = _run("--framework", "torch", "--preset", "tiny", "--init-from", str(folder), "--dataset", str(corpus),
+                  "--out", str(tmp_path), *args, env=env)
+    lines = result.stderr.strip().splitlines()
+    assert result.returncode == 2 and len(lines) == 1 and message in lines[0], result.stderr
+
+
+@pytest.mark.parametrize("name, message", [
+    ("gpt2", "cannot fetch 'gpt2' from the Hugging Face Hub and it is not in its cache"),
+    ("./no/such/folder", "neither a folder nor a Hugging Face model id"),
+    ("EMPTY", "no config.json in"),
+])
+def test_init_from_bad_names_and_folders_are_one_line(tmp_path, name, message):
+    if name == "EMPTY":
+        name = str(tmp_path / "empty")
+        (tmp_path / "empty").mkdir()
+    result = _run("--framework", "torch", "--preset", "tiny", "--init-from", name, "--out", str(tmp_path / "r"),
+                  env={"HF_HUB_OFFLINE": "1", "HF_HOME": str(tmp_path / "hf-home"), "HF_HUB_CACHE": None})
+    lines = result.stderr.strip().splitlines()
+    assert result.returncode == 2 and len(lines) == 1 and message in lines[0], result.stderr
