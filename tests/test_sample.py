@@ -189,3 +189,25 @@ def test_bad_input_is_one_line_and_exit_2(run_dir, tmp_path, capsys, args, messa
     assert sample.main(args) == 2
     err = capsys.readouterr().err
     assert err.startswith("error: ") and err.count("\n") == 1 and re.search(message, err), err
+
+
+def test_one_sample_on_a_terminal_streams_the_text_of_one_call(run_dir, capsys):
+    """On a terminal the sample is printed chunk by chunk, text that may start a stop string held back
+    until settled: what is shown is the prompt and the --json row's text, over several chunks."""
+    import pty
+    args = ["--checkpoint", str(run_dir), "--prompt", "the ", "--max-new-tokens", "100", "--temperature", "1.0"]
+    [whole] = run_json(capsys, *args)
+    # A stop string that first appears in the third chunk, so the sample streams two chunks before it.
+    at = next(i for i in range(2 * sample.CHUNK_TOKENS, 100) if whole["text"].find(whole["text"][i:i + 3]) == i)
+    args += ["--stop", whole["text"][at:at + 3]]
+    [row] = run_json(capsys, *args)
+    assert row["end"] == "stop" and row["text"] == whole["text"][:at]
+    shown = []
+
+    def read(fd):
+        data = os.read(fd, 1024)
+        shown.append(data)
+        return data
+
+    pty.spawn([sys.executable, "-m", "benchmarks.sample", *args], read)
+    assert b"".join(shown).decode().replace("\r\n", "\n") == "the " + row["text"] + "\n"
