@@ -95,7 +95,7 @@ class Sample:
             self.used = next(k for k in range(len(self.ids) + 1)
                              if len(tokenizer.decode(self.ids[:k])) >= len(self.text))
 
-    def json(self, prompt_ids: list[int]) -> str:
+    def to_json(self, prompt_ids: list[int]) -> str:
         return json.dumps({"text": self.text, "token_ids": self.ids[:self.used], "prompt_ids": prompt_ids,
                            "end": self.end or "length"}, ensure_ascii=False)
 
@@ -210,7 +210,7 @@ def main(argv: list[str] | None = None) -> int:
             print()
         for i, row in enumerate(samples):
             if args.json:
-                print(row.json(prompt_ids))
+                print(row.to_json(prompt_ids))
             elif not stream:
                 print(("" if i == 0 else "-" * 72 + "\n") + model.tokenizer.decode(prompt_ids) + row.text)
         sys.stdout.flush()
