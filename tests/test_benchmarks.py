@@ -541,3 +541,18 @@ def test_init_from_bad_names_and_folders_are_one_line(tmp_path, name, message):
                   env={"HF_HUB_OFFLINE": "1", "HF_HOME": str(tmp_path / "hf-home"), "HF_HUB_CACHE": None})
     lines = result.stderr.strip().splitlines()
     assert result.returncode == 2 and len(lines) == 1 and message in lines[0], result.stderr
+
+
+def test_all_with_init_from_starts_every_run_from_the_folder(gpt2_run, monkeypatch, tmp_path):
+    from benchmarks import run
+    from benchmarks.run_config import RunConfig
+    _, folder, _, corpus, env = gpt2_run
+    monkeypatch.setenv("NANOGPT_DATA_DIR", env["NANOGPT_DATA_DIR"])
+    monkeypatch.setattr(run.subprocess, "run", lambda command, cwd: subprocess.CompletedProcess(command, 0))
+    monkeypatch.setattr(run, "cpu_peak_flops", lambda: 321e9)
+    assert run.main(["--framework", "all", "--preset", "tiny", "--init-from", str(folder), "--dataset", str(corpus),
+                     "--set", "block_size=40", "--set", "dropout=0.1", "--no-report", "--out", str(tmp_path)]) == 0
+    configs = [RunConfig.load(tmp_path / fw) for fw in FRAMEWORKS if is_installed(fw)]
+    assert configs and {c.init_from for c in configs} == {str(folder.resolve())}
+    assert {(c.tokenizer, c.model.vocab_size, c.model.block_size, c.model.dropout, c.model.gelu_approximate)
+            for c in configs} == {("gpt2", 289, 40, 0.1, True)}
