@@ -86,7 +86,9 @@ SECTIONS: tuple[Section, ...] = (
             "`common/spec.py` pins every default on which the frameworks disagree: LayerNorm epsilon "
             "(torch 1e-5, Keras 1e-3, Flax NNX 1e-6), GELU (torch exact, `jax.nn.gelu` and "
             "`keras.ops.gelu` tanh by default) and Adam's epsilon (torch and Optax 1e-8, Keras 1e-7). "
-            "The models import `LAYER_NORM_EPS` and `GELU_APPROXIMATE` rather than trust a library default; "
+            "The models read `config.layer_norm_eps` and `config.gelu_approximate`, whose defaults are the spec's "
+            "(`LAYER_NORM_EPS`, `GELU_APPROXIMATE`; GPT-2's own folders set the tanh form), rather than trust a "
+            "library default; "
             "Adam's epsilon reaches every optimizer explicitly as `TrainConfig.eps`.",
             "Keras alone needs the config to round-trip through JSON: its layers implement `get_config` and "
             "turn the dict back into a `GPTConfig` (`_gpt_config`), so a saved `.keras` model can be rebuilt.",
@@ -161,8 +163,8 @@ SECTIONS: tuple[Section, ...] = (
             "Linear(C, 4C) -> GELU -> Linear(4C, C) -> dropout, applied to every position independently.",
             "GELU defaults differ: `nn.GELU()` is the exact erf form, `keras.ops.gelu` and `jax.nn.gelu` "
             "(`nnx.gelu`) default to the tanh approximation. The two differ by up to 4.7e-4 (at x = 2.7), far "
-            "more than the 1e-5 parity bound, so every model follows `GELU_APPROXIMATE` (False): torch passes "
-            "it to its GELU, and the Keras and JAX models write the exact form with `erf` themselves (their "
+            "more than the 1e-5 parity bound, so every model follows `config.gelu_approximate` (False by "
+            "default, True for GPT-2's `gelu_new`): torch passes it to its GELU, and the Keras and JAX models write the exact form with `erf` themselves (their "
             "`gelu` docstrings say why: the libraries' exact paths go through `erfc`, slower on XLA:CPU).",
             "Keras needs an explicit `build` with the hidden width, and `get_config` for serialisation: "
             "the price of its lazy shapes and saving format, visible in the line counts.",
@@ -178,7 +180,8 @@ SECTIONS: tuple[Section, ...] = (
             "LayerNorm epsilon defaults are 1e-5 (torch), 1e-3 (Keras) and 1e-6 (Flax NNX). The difference is "
             "not academic: at initialisation the embeddings have variance about 2 x 0.02² = 8e-4, smaller than "
             "Keras' 1e-3, so a default Keras LayerNorm would scale its output by sqrt(8e-4 / 1.8e-3) ≈ 0.67 "
-            "where torch gives 0.99. All three pass `LAYER_NORM_EPS`.",
+            "where torch gives 0.99. All three pass `config.layer_norm_eps` (the spec's 1e-5 unless a GPT-2 "
+            "folder says otherwise).",
             "The optional bias is `bias=` in torch, `center=` in Keras (whose gain and bias are `gamma` and "
             "`beta`) and `use_bias=` in NNX (`scale` and `bias`).",
             "The Keras and JAX blocks always return `(x, cache)`: their cache is an immutable value that "
@@ -291,7 +294,7 @@ SECTIONS: tuple[Section, ...] = (
         )),
     Section(
         "generation", "KV-cache generation and sampling",
-        shared=("common.sampling:filter_logits", "common.sampling:cut_at_stop", "common.backend:Backend.generate"),
+        shared=("common.sampling:filter_logits", "common.sampling:cut_at_stop", "common.backend:Backend.generate_batch"),
         pytorch=("pytorch_impl.model:KVCache", "pytorch_impl.generate:sample_next",
                  "pytorch_impl.generate:generate", "pytorch_impl.backend:Backend._generate"),
         tensorflow=("tensorflow_impl.model:KVCache", "tensorflow_impl.generate:filter_logits",
@@ -320,9 +323,9 @@ SECTIONS: tuple[Section, ...] = (
             "Temperature, top-k and top-p follow the numpy reference `common.sampling.filter_logits` in each "
             "framework; stop strings are applied to decoded text afterwards (`cut_at_stop`), outside the "
             "compiled loop.",
-            "What is the same in every framework is written once, in `common.backend:Backend.generate`: the "
-            "options are checked there with one message each, and the token buffer sized there; each "
-            "framework fills only `_generate`.",
+            "What is the same in every framework is written once, in `common.backend:Backend.generate_batch`: "
+            "the options are checked there with one message each, and the token buffer sized there; each "
+            "framework fills only `_generate`, for a batch of prompts each with its own seed.",
         )),
     Section(
         "data-parallel", "Data-parallel training",
