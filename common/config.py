@@ -53,6 +53,10 @@ class TrainConfig:
     eps: float = 1e-8
     weight_decay: float = 0.1
     grad_clip: float = 1.0          # global-norm clipping; 0 turns it off
+    # Micro-batches of batch_size rows whose gradients sum into one update: a batch grad_accum
+    # times as large, in the memory of one micro-batch (nanoGPT's gradient_accumulation_steps).
+    grad_accum: int = 1
+    decay_lr: bool = True           # False: the rate is lr at every step, no warmup (nanoGPT's decay_lr)
     eval_interval: int = 250
     eval_iters: int = 20
     seed: int = 1337
@@ -61,7 +65,7 @@ class TrainConfig:
 
     def __post_init__(self):
         _check_finite(self)
-        for name in ("batch_size", "eval_interval", "eval_iters"):
+        for name in ("batch_size", "grad_accum", "eval_interval", "eval_iters"):
             if getattr(self, name) <= 0:
                 raise UserError(f"{name} must be a positive integer, got {getattr(self, name)}.")
         for name in ("max_iters", "warmup_iters", "lr_decay_iters"):

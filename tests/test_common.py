@@ -1,5 +1,6 @@
 """Schedule, canonical parameters, checkpoints, FLOPs, sampling rules and the framework loader."""
 import math
+from dataclasses import replace
 
 import numpy as np
 import pytest
@@ -33,6 +34,14 @@ def test_schedule_is_nanogpts_curve():
     assert learning_rate(0, train) == pytest.approx(1e-3 / 101)
     assert learning_rate(100, train) == pytest.approx(1e-3)
     assert learning_rate(1050, train) == pytest.approx(1e-4 + 0.5 * 0.9e-3)
+
+
+def test_schedule_without_decay_is_lr_at_every_step_warmup_included():
+    # nanoGPT's get_lr with decay_lr=False returns learning_rate whatever the step.
+    _, train = get_preset("cpu-baby")
+    constant = replace(train, decay_lr=False, lr=3e-5, min_lr=0.0)
+    assert [learning_rate(step, constant) for step in (0, 1, 99, 100, 1050, 2000, 5000)] == [3e-5] * 7
+    assert learning_rate(0, train) != learning_rate(0, replace(train, decay_lr=False))
 
 
 def test_parameter_counts_by_hand():

@@ -90,6 +90,8 @@ def test_gelu_form_and_epsilon_default_to_the_spec_and_old_configs_still_load():
 
 
 @pytest.mark.parametrize("overrides, words", [
+    ({"grad_accum": "0"}, "grad_accum must be a positive integer, got 0"),
+    ({"decay_lr": "maybe"}, "decay_lr takes true or false"),
     ({"n_layer": "1e400"}, "n_layer takes a int"),  # overflows int(float(...)), once a traceback
     ({"seed": str(2**32)}, "seed must be in"),
     ({"max_iters": str(2**32 + 1)}, "max_iters at most"),
