@@ -48,6 +48,7 @@ from common.tokenizers import bits_per_char
 
 if TYPE_CHECKING:
     from common.backend import Backend
+    from common.config import GPTConfig, TrainConfig
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -99,7 +100,7 @@ def training_loop(t: "Training", start_step: int) -> None:
         if step % train.eval_interval == 0:
             t.evaluate(step)
         t.profiler.before(step)
-        x, y = get_batch(t.data.train, train.batch_size, model.block_size, train.seed, step)
+        x, y = step_batch(t.data.train, train, model.block_size, step)
         lr = learning_rate(step, train)
         started = time.perf_counter()
         loss = t.backend.train_step(x, y, lr)
@@ -113,11 +114,17 @@ def training_loop(t: "Training", start_step: int) -> None:
     t.save_model()
 
 
+def step_batch(tokens: np.ndarray, train: TrainConfig, block_size: int, step: int):
+    """The whole batch of a step, all its grad_accum micro-batches of batch_size rows (the Backend
+    splits it): with grad_accum = 1 the batch every run drew before micro-batches existed."""
+    return get_batch(tokens, train.batch_size * train.grad_accum, block_size, train.seed, step)
+
+
 def follow(backend: Backend, config: RunConfig, data: Prepared, start_step: int) -> None:
     """Another data-parallel process: the same batches, its slice of them; rank 0 does the rest."""
     model, train = config.model, config.train
     for step in range(start_step, train.max_iters):
-        x, y = get_batch(data.train, train.batch_size, model.block_size, train.seed, step)
+        x, y = step_batch(data.train, train, model.block_size, step)
         backend.train_step(x, y, learning_rate(step, train))
     backend.close()
 
@@ -282,7 +289,7 @@ class Training:
         self.metrics.write({"type": "train", "step": step, "loss": loss, "lr": lr, "step_time": step_time,
                             "time": self.clock.train_wall()})
         self.board.scalars(step, {"train/loss": loss, "train/lr": lr, "train/step_ms": step_time * 1e3})
-        tokens_per_step = self.config.train.batch_size * self.config.model.block_size
+        tokens_per_step = tokens_per_step_of(self.config.train, self.config.model)
         self.progress.step(step, loss, tokens_per_step / step_time)
 
     def checkpoint(self, step: int) -> None:
@@ -323,11 +330,16 @@ def finish(t: Training, env: dict) -> Summary:
     return summary
 
 
+def tokens_per_step_of(train: TrainConfig, model: GPTConfig) -> int:
+    """Every micro-batch's tokens: a step of grad_accum micro-batches trains on all of them."""
+    return train.batch_size * train.grad_accum * model.block_size
+
+
 def summarize(t: Training, env: dict, whole_val: float, whole_val_s: float, generation: Generation) -> Summary:
     model, train, backend, final = t.config.model, t.config.train, t.backend, t.evals[-1]
     step_times = [r["step_time"] for r in sorted((r for r in t.metrics.records if r["type"] == "train"),
                                                   key=lambda r: r["step"])]
-    steps = StepTimes.of(step_times, train.batch_size * model.block_size)
+    steps = StepTimes.of(step_times, tokens_per_step_of(train, model))
     accelerator = env["device"] != "cpu"
     peak = accelerator_peak(env["device_name"], train.dtype) if accelerator else \
         t.config.cpu_peak_flops or cpu_peak_flops()

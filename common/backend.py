@@ -166,6 +166,13 @@ def check_replica_split(batch_size: int, replicas: int) -> None:
                         f"use a multiple of {replicas}.")
 
 
+def micro_batches(x: np.ndarray, y: np.ndarray, k: int) -> list[tuple[np.ndarray, np.ndarray]]:
+    """A step's batch as its k micro-batches, consecutive equal slices of rows: micro-batch i of
+    step s is a pure function of (seed, s, i), and with k = 1 the batch itself."""
+    rows = len(x) // k
+    return [(x[i * rows:(i + 1) * rows], y[i * rows:(i + 1) * rows]) for i in range(k)]
+
+
 class Backend(ABC):
     """One GPT in one framework: built from canonical parameters, trained on numpy batches.
 
@@ -214,7 +221,12 @@ class Backend(ABC):
     # --- training ---------------------------------------------------------------------------
     @abstractmethod
     def train_step(self, x: np.ndarray, y: np.ndarray, lr: float) -> float:
-        """One AdamW update at learning rate `lr` (clipping, weight decay); returns the loss before it."""
+        """One AdamW update at learning rate `lr` (clipping, weight decay); returns the loss before it.
+
+        x and y are the step's whole batch, grad_accum * batch_size rows: the update is the one a
+        single batch of them makes (the gradient of their mean loss, clipped once), computed one
+        micro-batch of batch_size rows at a time (micro_batches); the loss is their mean.
+        """
 
     @abstractmethod
     def eval_loss(self, x: np.ndarray, y: np.ndarray) -> float:

@@ -7,7 +7,7 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
-from common.backend import Backend as BaseBackend
+from common.backend import Backend as BaseBackend, micro_batches
 from jax_impl import parallel
 from jax_impl.generate import generate
 from jax_impl.model import GPT, from_canonical_like, load_canonical, to_canonical
@@ -81,6 +81,9 @@ class Backend(BaseBackend):
 
     # --- training ---------------------------------------------------------------------------
     def train_step(self, x, y, lr):
+        k = self.train_config.grad_accum
+        if k > 1:  # micro-batches stacked (k, B, T), each split over the mesh along its rows
+            x, y = (np.stack(a) for a in zip(*micro_batches(x, y, k)))
         loss, self.leaves = self._run(train_step, self.train_graph, self.leaves, self._ids(x), self._ids(y),
                                      np.float32(lr))
         return float(loss)

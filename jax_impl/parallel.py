@@ -34,12 +34,13 @@ def replicated(mesh: Mesh) -> NamedSharding:
     return NamedSharding(mesh, P())
 
 
-def batch_sharded(mesh: Mesh) -> NamedSharding:
-    """Rows split along "data": (B, T) -> (B / replicas, T) on each device."""
-    return NamedSharding(mesh, P("data"))
+def batch_sharded(mesh: Mesh, ndim: int = 2) -> NamedSharding:
+    """Rows split along "data": (B, T) -> (B / replicas, T) on each device; micro-batches
+    (k, B, T) -> (k, B / replicas, T)."""
+    return NamedSharding(mesh, P(*[None] * (ndim - 2), "data"))
 
 
 def put_batch(a: np.ndarray, mesh: Mesh) -> jax.Array:
     """A batch split over the mesh where its rows divide evenly, else a copy on every device."""
-    rows_divide = a.shape[0] % mesh.devices.size == 0
-    return jax.device_put(a, batch_sharded(mesh) if rows_divide else replicated(mesh))
+    rows_divide = a.shape[-2] % mesh.devices.size == 0
+    return jax.device_put(a, batch_sharded(mesh, a.ndim) if rows_divide else replicated(mesh))

@@ -2,7 +2,7 @@
 import numpy as np
 import torch
 
-from common.backend import Backend as BaseBackend
+from common.backend import Backend as BaseBackend, micro_batches
 from common.errors import UserError
 from pytorch_impl.generate import generate
 from pytorch_impl import parallel
@@ -38,10 +38,11 @@ class Backend(BaseBackend):
         return torch.from_numpy(np.asarray(a, dtype=np.int64)).to(self.device, non_blocking=True)
 
     def train_step(self, x, y, lr):
+        batches = micro_batches(x, y, self.train_config.grad_accum)
         if self.world_size > 1:
-            x, y = (parallel.shard(a, self.rank, self.world_size) for a in (x, y))
+            batches = [[parallel.shard(a, self.rank, self.world_size) for a in xy] for xy in batches]
         self.forward.train()
-        loss = train_step(self.forward, self.optimizer, self._tensor(x), self._tensor(y), lr,
+        loss = train_step(self.forward, self.optimizer, [[self._tensor(a) for a in xy] for xy in batches], lr,
                           self.train_config.grad_clip, self.amp)
         return (parallel.mean_over_replicas(loss) if self.world_size > 1 else loss).item()
 

@@ -27,16 +27,27 @@ def autocast(device_type: str, dtype: str):
     return contextlib.nullcontext()
 
 
-def train_step(model, optimizer, x, y, lr: float, grad_clip: float, amp) -> torch.Tensor:
-    """One update; returns the loss before it, still on the device (reading it syncs)."""
+def train_step(model, optimizer, batches, lr: float, grad_clip: float, amp) -> torch.Tensor:
+    """One update from the (x, y) micro-batches; returns their mean loss before it, still on the
+    device (reading it syncs).
+
+    Each backward adds its loss / k's gradient into .grad, so after k of them .grad holds the
+    gradient of the mean loss over all rows, clipped once as one batch's would be (nanoGPT's way).
+    Under DDP only the last backward all-reduces: no_sync keeps the others local.
+    """
     for group in optimizer.param_groups:  # the common schedule sets the rate every step
         group["lr"] = lr
-    with amp:
-        logits, _ = model(x)
-        loss = cross_entropy(logits, y)
-    loss.backward()
+    k, total = len(batches), 0.0
+    for i, (x, y) in enumerate(batches):
+        last = i == k - 1
+        with contextlib.nullcontext() if last or not hasattr(model, "no_sync") else model.no_sync():
+            with amp:
+                logits, _ = model(x)
+                loss = cross_entropy(logits, y)
+            (loss / k).backward()
+        total = total + loss.detach()
     if grad_clip > 0:
         torch.nn.utils.clip_grad_norm_(model.parameters(), grad_clip)
     optimizer.step()
     optimizer.zero_grad(set_to_none=True)
-    return loss.detach()
+    return total / k

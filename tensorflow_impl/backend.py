@@ -8,7 +8,7 @@ import keras  # noqa: E402
 import numpy as np  # noqa: E402
 import tensorflow as tf  # noqa: E402
 
-from common.backend import Backend as BaseBackend  # noqa: E402
+from common.backend import Backend as BaseBackend, micro_batches  # noqa: E402
 from common.errors import UserError  # noqa: E402
 from tensorflow_impl import parallel  # noqa: E402
 from tensorflow_impl.generate import compiled_generate  # noqa: E402
@@ -51,11 +51,12 @@ class Backend(KerasModelState, BaseBackend):
 
     def train_step(self, x, y, lr):
         x, y = np.asarray(x, np.int32), np.asarray(y, np.int32)
+        batches = micro_batches(x, y, self.train_config.grad_accum)
         if self.strategy:
-            self.model.optimizer.learning_rate = lr  # as train.train_step does
-            return parallel.train_on_batch(self.model, self.strategy, x, y)
+            return train_step(self.model, batches, lr,
+                              lambda x, y: parallel.train_on_batch(self.model, self.strategy, x, y))
         with tf.device(self.device):
-            return float(train_step(self.model, x, y, lr))
+            return train_step(self.model, batches, lr)
 
     def eval_loss(self, x, y):
         x, y = np.asarray(x, np.int32), np.asarray(y, np.int32)

@@ -16,7 +16,7 @@ import jax.numpy as jnp  # noqa: E402
 import keras  # noqa: E402
 import numpy as np  # noqa: E402
 
-from common.backend import Backend as BaseBackend  # noqa: E402
+from common.backend import Backend as BaseBackend, micro_batches  # noqa: E402
 from common.errors import UserError  # noqa: E402
 from tensorflow_impl.generate import decode, filter_logits  # noqa: E402
 from tensorflow_impl.model import GPT, KVCache, cross_entropy, load_canonical  # noqa: E402
@@ -86,7 +86,8 @@ class Backend(KerasModelState, BaseBackend):
 
     def train_step(self, x, y, lr):
         with self._placed():
-            return float(train_step(self.model, np.asarray(x, np.int32), np.asarray(y, np.int32), lr))
+            return train_step(self.model, micro_batches(np.asarray(x, np.int32), np.asarray(y, np.int32),
+                                                       self.train_config.grad_accum), lr)
 
     def eval_loss(self, x, y):
         with self._placed():

@@ -58,7 +58,11 @@ def configure_optimizer(model: GPT, train: TrainConfig) -> AdamW:
                       beta_2=train.beta2, epsilon=train.eps,  # Keras' default epsilon is 1e-7
                       # One norm over all gradients, as torch; Keras scales by clip/norm where torch
                       # has clip/(norm + 1e-6), a relative 1e-6 that parity does not see.
-                      global_clipnorm=train.grad_clip or None)
+                      global_clipnorm=train.grad_clip or None,
+                      # Keras sums k micro-batches' gradients and on the k-th applies their mean,
+                      # clipped, with the bias correction of the updates made (iterations counts
+                      # updates, _iterations micro-batches): the one update a k-times batch makes.
+                      gradient_accumulation_steps=train.grad_accum if train.grad_accum > 1 else None)
     # Weight decay on matrices and embeddings only (common.params.decays): never biases or LayerNorm.
     optimizer.exclude_from_weight_decay(
         var_list=[v for name, v in canonical_variables(model).items() if not decays(name, v.shape)])
@@ -73,12 +77,17 @@ def compile_model(model: GPT, train: TrainConfig) -> GPT:
     return model
 
 
-def train_step(model: GPT, x, y, lr: float) -> float:
-    """One update; returns the loss before it."""
+def train_step(model: GPT, batches, lr: float, train_on_batch=None) -> float:
+    """One update from the (x, y) micro-batches; returns their mean loss before it.
+
+    Keras' own step runs once per micro-batch and its optimizer, built with
+    gradient_accumulation_steps = k (configure_optimizer), updates on the k-th.
+    """
     # The common schedule sets the rate every step. It is a variable read inside the compiled
     # step, so a new value does not retrace it.
     model.optimizer.learning_rate = lr
-    return model.train_on_batch(x, y)
+    train_on_batch = train_on_batch or model.train_on_batch
+    return sum(float(train_on_batch(x, y)) for x, y in batches) / len(batches)
 
 
 class KerasModelState:
@@ -98,10 +107,12 @@ class KerasModelState:
         variables = canonical_variables(self.model)
         m, v = ({name: np.asarray(self.model.optimizer.moments(var)[i].numpy(), np.float32)
                  for name, var in variables.items()} for i in (0, 1))
-        return m, v, int(self.model.optimizer.iterations.numpy())
+        return m, v, int(keras.ops.convert_to_numpy(self.model.optimizer.iterations))
 
     def _load_adam_moments(self, m: dict, v: dict, count: int) -> None:
         for name, variable in canonical_variables(self.model).items():
             for moment, arrays in zip(self.model.optimizer.moments(variable), (m, v)):
                 moment.assign(np.asarray(arrays[name], dtype=moment.dtype))
-        self.model.optimizer.iterations.assign(count)
+        # With gradient accumulation `iterations` is derived (updates = micro-batches // k): set
+        # the micro-batch counter it comes from.
+        self.model.optimizer._iterations.assign(count * (self.model.optimizer.gradient_accumulation_steps or 1))

@@ -108,6 +108,36 @@ def test_training_lowers_the_loss(framework):
     assert last < first - 1.0
 
 
+def test_grad_accum_step_is_one_step_on_a_batch_k_times_as_large(framework):
+    # SMALL_TRAIN clips at 0.5, below these gradients' norm: the clip must act on the accumulated
+    # gradient, as on the big batch's. Two steps, so AdamW's bias correction counts updates.
+    # No biases: the key bias's gradient is zero in exact arithmetic (softmax ignores a shift), so
+    # Adam makes its rounding noise, which differs with the summation order, a full step either way.
+    k = 4
+    config = dataclasses.replace(SMALL_CONFIG, bias=False)
+    whole = make_backend(framework, config)
+    micro = make_backend(framework, config, dataclasses.replace(SMALL_TRAIN, grad_accum=k))
+    for step in range(2):
+        x, y = random_batch(config, batch_size=2 * k, seed=step)  # k micro-batches of 2 rows
+        lr = learning_rate(step, SMALL_TRAIN)
+        whole_loss, micro_loss = whole.train_step(x, y, lr), micro.train_step(x, y, lr)
+        assert abs(micro_loss - whole_loss) <= 1e-5 * abs(whole_loss), step
+        expected, actual = whole.export_params(), micro.export_params()
+        for name, value in expected.items():
+            assert relative_error(actual[name], value) <= 1e-5, (step, name)
+    state = micro.optimizer_state()
+    assert int(state["adam_count"]) == int(whole.optimizer_state()["adam_count"]) == 2
+    for name in expected:
+        assert relative_error(state[f"adam_m.{name}"], whole.optimizer_state()[f"adam_m.{name}"]) <= 1e-5, name
+    # Resumed from its state, an accumulating run makes the same next update.
+    resumed = make_backend(framework, config, micro.train_config, params=micro.export_params())
+    resumed.load_optimizer_state(state)
+    x, y = random_batch(config, batch_size=2 * k, seed=7)
+    assert resumed.train_step(x, y, 1e-3) == micro.train_step(x, y, 1e-3)
+    for name, value in micro.export_params().items():
+        assert np.array_equal(resumed.export_params()[name], value), name
+
+
 def test_optimizer_state_round_trips_and_resumes_identically(framework):
     first = make_backend(framework)
     for step in range(3):

@@ -556,3 +556,20 @@ def test_all_with_init_from_starts_every_run_from_the_folder(gpt2_run, monkeypat
     assert configs and {c.init_from for c in configs} == {str(folder.resolve())}
     assert {(c.tokenizer, c.model.vocab_size, c.model.block_size, c.model.dropout, c.model.gelu_approximate)
             for c in configs} == {("gpt2", 289, 40, 0.1, True)}
+
+
+def test_a_step_draws_all_its_micro_batches_and_counts_their_tokens():
+    from dataclasses import replace
+
+    from benchmarks.loop import step_batch, tokens_per_step_of
+    from common.config import get_preset
+    from common.data import get_batch
+    model, train = get_preset("tiny")
+    tokens = np.arange(5000, dtype=np.uint16) % 65
+    # grad_accum 1: the batch every run drew before micro-batches existed (resumed runs rely on it)
+    for got, want in zip(step_batch(tokens, train, 32, 7), get_batch(tokens, 16, 32, train.seed, 7)):
+        assert np.array_equal(got, want)
+    accumulating = replace(train, grad_accum=4)
+    x, y = step_batch(tokens, accumulating, 32, 7)
+    assert x.shape == y.shape == (64, 32) and np.array_equal(x, get_batch(tokens, 64, 32, train.seed, 7)[0])
+    assert tokens_per_step_of(accumulating, model) == 4 * tokens_per_step_of(train, model) == 4 * 16 * 32
