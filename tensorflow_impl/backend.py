@@ -29,6 +29,11 @@ class Backend(KerasModelState, BaseBackend):
         # Variables built under a strategy's scope are mirrored on its replicas; Keras' calls find it.
         self.strategy = None
         if replicas > 1:
+            if train.grad_accum > 1:
+                # Keras' accumulation branches on the micro-batch count around the replicas'
+                # gradient sum (a cond with a sync point inside), which MirroredStrategy refuses.
+                raise UserError("Keras cannot accumulate gradients over replicas under tf.distribute: use "
+                                "--replicas 1, or --set grad_accum=1 with a batch_size grad_accum times larger.")
             self.strategy = parallel.mirrored_strategy(replicas, self.device)
         # float32 means float32: no TF32 matmuls, so the GPU agrees with the CPU and the others.
         tf.config.experimental.enable_tensor_float_32_execution(False)

@@ -34,9 +34,12 @@ def _step_ten(folder):
 @pytest.mark.parametrize("framework", [pytest.param("pytorch", marks=pytest.mark.pytorch),
                                        pytest.param("jax", marks=pytest.mark.jax),
                                        pytest.param("tensorflow", marks=pytest.mark.tensorflow)])
-def test_two_replicas_take_the_single_device_step(framework, tmp_path, shakespeare_path):
+@pytest.mark.parametrize("grad_accum", [1, 2])  # 2: each micro-batch split over the replicas
+def test_two_replicas_take_the_single_device_step(framework, grad_accum, tmp_path, shakespeare_path):
+    if framework == "tensorflow" and grad_accum > 1:
+        pytest.skip("Keras under tf.distribute refuses grad_accum > 1 (test_keras_refuses_grad_accum_over_replicas)")
     _harness("--framework", framework, "--preset", "tiny", "--device", "cpu", "--max-iters", "11",
-             "--checkpoint-every", "10", "--out", str(tmp_path / "single"))
+             "--checkpoint-every", "10", "--set", f"grad_accum={grad_accum}", "--out", str(tmp_path / "single"))
     single = tmp_path / "single" / framework
     parallel = tmp_path / "parallel" / framework
     shutil.copytree(single, parallel)
@@ -46,8 +49,18 @@ def test_two_replicas_take_the_single_device_step(framework, tmp_path, shakespea
     _harness("--resume", str(parallel))
 
     assert json.loads((parallel / "summary.json").read_text())["replicas"] == 2
+    assert json.loads((parallel / "config.json").read_text())["train"]["grad_accum"] == grad_accum
     assert abs(_step_ten(parallel) - _step_ten(single)) <= 1e-5
     expected, _ = load_checkpoint(single / "model.safetensors")
     actual, info = load_checkpoint(parallel / "model.safetensors")
     assert info["step"] == 11
     assert_trained_params_match(actual, expected, 1e-5, get_preset("tiny")[0].n_embd)
+
+
+@pytest.mark.tensorflow
+def test_keras_refuses_grad_accum_over_replicas(tmp_path):
+    result = subprocess.run([sys.executable, "-m", "benchmarks.run", "--framework", "tensorflow", "--preset", "tiny",
+                             "--device", "cpu", "--replicas", "2", "--set", "grad_accum=2", "--out", str(tmp_path)],
+                            cwd=REPO, capture_output=True, text=True, timeout=300)
+    lines = result.stderr.strip().splitlines()
+    assert result.returncode == 2 and "grad_accum" in lines[-1] and "--replicas 1" in lines[-1], result.stderr[-2000:]
