@@ -145,7 +145,35 @@ def _tiny() -> tuple[GPTConfig, TrainConfig]:
                         eval_interval=50, eval_iters=8))
 
 
-PRESETS = {"tiny": _tiny, "cpu-baby": _cpu_baby, "shakespeare-char": _shakespeare_char}
+def _gpt2_124m(block_size: int) -> GPTConfig:
+    # GPT-2 small's shape, for a run without --init-from (random weights; the vocabulary is the
+    # corpus tokenizer's). With --init-from the folder's weights fix the shape and dropout.
+    return GPTConfig(block_size=block_size, n_layer=12, n_head=12, n_embd=768, dropout=0.0, bias=True,
+                     gelu_approximate=True)
+
+
+def _finetune_shakespeare() -> tuple[GPTConfig, TrainConfig]:
+    # nanoGPT's config/finetune_shakespeare.py, meant with --init-from gpt2 (nanoGPT starts from
+    # gpt2-xl): 32 micro-batches of one 1024-token row per update, 3e-5 constant, 20 updates. The
+    # rest is nanoGPT train.py's defaults: beta2 0.95, weight decay 0.1, clip 1.0, dropout 0.
+    return (_gpt2_124m(1024),
+            TrainConfig(batch_size=1, grad_accum=32, max_iters=20, lr=3e-5, min_lr=3e-6, decay_lr=False,
+                        warmup_iters=0, lr_decay_iters=20, beta2=0.95, weight_decay=0.1, grad_clip=1.0,
+                        eval_interval=5, eval_iters=40))
+
+
+def _finetune_shakespeare_cpu() -> tuple[GPTConfig, TrainConfig]:
+    # finetune-shakespeare sized for 2 CPU cores with gpt2 (124M): 256-token rows, 4 micro-batches,
+    # 4 evaluation batches. A PyTorch micro-batch took ~5 s and the AdamW update ~2 s there, so the
+    # 20 updates take ~7 minutes. With --init-from, pass --set block_size=256 to crop the model to it.
+    return (_gpt2_124m(256),
+            TrainConfig(batch_size=1, grad_accum=4, max_iters=20, lr=3e-5, min_lr=3e-6, decay_lr=False,
+                        warmup_iters=0, lr_decay_iters=20, beta2=0.95, weight_decay=0.1, grad_clip=1.0,
+                        eval_interval=5, eval_iters=4))
+
+
+PRESETS = {"tiny": _tiny, "cpu-baby": _cpu_baby, "shakespeare-char": _shakespeare_char,
+           "finetune-shakespeare": _finetune_shakespeare, "finetune-shakespeare-cpu": _finetune_shakespeare_cpu}
 PRESET_NAMES = (*PRESETS, "auto")
 
 

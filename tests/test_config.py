@@ -20,6 +20,30 @@ def test_auto_preset_depends_on_the_device():
     assert (model.n_layer, model.n_embd, model.block_size, model.dropout, train.batch_size) == (6, 384, 256, 0.2, 64)
 
 
+def test_finetune_shakespeare_is_nanogpts_finetune_config():
+    from common.schedule import learning_rate
+    model, train = get_preset("finetune-shakespeare")
+    # config/finetune_shakespeare.py
+    assert (train.batch_size, train.grad_accum, train.max_iters, train.lr, train.decay_lr) == (1, 32, 20, 3e-5, False)
+    assert (train.eval_interval, train.eval_iters, model.block_size) == (5, 40, 1024)
+    # nanoGPT train.py's defaults for the rest
+    assert (train.beta1, train.beta2, train.weight_decay, train.grad_clip, model.dropout) == (0.9, 0.95, 0.1, 1.0, 0.0)
+    assert {learning_rate(step, train) for step in range(train.max_iters)} == {3e-5}
+    # GPT-2 small's shape when no --init-from gives one
+    assert (model.n_layer, model.n_head, model.n_embd, model.bias, model.gelu_approximate) == (12, 12, 768, True, True)
+
+
+def test_cpu_finetune_is_the_same_run_on_shorter_rows_and_fewer_micro_batches():
+    model, train = get_preset("finetune-shakespeare")
+    cpu_model, cpu_train = get_preset("finetune-shakespeare-cpu")
+    assert (cpu_model.block_size, cpu_train.grad_accum, cpu_train.eval_iters) == (256, 4, 4)
+    assert cpu_model == GPTConfig(**{**vars(model), "block_size": 256})
+    assert cpu_train == TrainConfig(**{**vars(train), "grad_accum": 4, "eval_iters": 4})
+    # tiny through --set, as the tests run it without --init-from
+    tiny, _ = apply_overrides(cpu_model, cpu_train, {"n_layer": "1", "n_head": "2", "n_embd": "16", "block_size": "16"})
+    assert (tiny.n_layer, tiny.n_embd, tiny.block_size) == (1, 16, 16)
+
+
 @pytest.mark.parametrize("kwargs, words", [
     ({"n_embd": 100, "n_head": 3}, "divisible"),
     ({"n_layer": 0}, "positive"),
