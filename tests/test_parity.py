@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 
 from common.checkpoint import load_checkpoint, save_checkpoint
-from common.config import GPTConfig
+from common.config import GPTConfig, TrainConfig
 from common.schedule import learning_rate
 from tests.conftest import (KERAS_ROW, PARITY_CONFIG as CONFIG, PARITY_TRAIN as TRAIN, framework_param,
                             make_backend, random_batch)
@@ -57,9 +57,11 @@ def _global_grad_norm(backend, x, y) -> float:
 
 
 @pytest.mark.parametrize("framework", OTHERS)
-def test_fifty_training_steps_match_pytorch(framework, shakespeare_tokens):
+@pytest.mark.parametrize("grad_accum", [1, 2])  # 2: the same steps, each as two micro-batches of half the rows
+def test_fifty_training_steps_match_pytorch(framework, grad_accum, shakespeare_tokens):
     from common.data import get_batch
-    reference, other = _pair(framework)
+    train = TrainConfig(**{**TRAIN.__dict__, "batch_size": TRAIN.batch_size // grad_accum, "grad_accum": grad_accum})
+    reference, other = _pair(framework, train=train)
     clipped = 0
     for step in range(TRAIN.max_iters):
         x, y = get_batch(shakespeare_tokens, TRAIN.batch_size, CONFIG.block_size, TRAIN.seed, step)
