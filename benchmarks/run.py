@@ -20,7 +20,7 @@ import os
 import shutil
 import subprocess
 import sys
-from dataclasses import fields
+from dataclasses import fields, replace
 from pathlib import Path
 
 import psutil
@@ -184,7 +184,7 @@ def resolve(args, framework: str, seed: int, data: Prepared, command: str,
         accelerator = args.preset == "auto" and has_accelerator(framework, args.device)
     overrides = {**_overrides(args), "seed": str(seed)}
     if pretrained:
-        model, train = _pretrained_configs(pretrained, get_preset(args.preset, accelerator)[1], overrides)
+        model, train = _pretrained_configs(pretrained, *get_preset(args.preset, accelerator), overrides)
     else:
         overrides["vocab_size"] = str(data.tokenizer.vocab_size)
         model, train = apply_overrides(*get_preset(args.preset, accelerator), overrides)
@@ -201,13 +201,16 @@ def resolve(args, framework: str, seed: int, data: Prepared, command: str,
                      init_from=str(pretrained.folder.resolve()) if pretrained else None)
 
 
-def _pretrained_configs(pretrained: HFModel, train: TrainConfig,
+def _pretrained_configs(pretrained: HFModel, preset: GPTConfig, train: TrainConfig,
                         overrides: dict[str, str]) -> tuple[GPTConfig, TrainConfig]:
     """The folder's model and the preset's training settings, both as --set changes them: dropout,
     a block_size cropped below the model's n_positions (as nanoGPT's crop_block_size) and any
-    training field; the rest of the model is its weights' shape and arithmetic."""
+    training field; the rest of the model is its weights' shape and arithmetic. The preset's
+    block_size is part of its training settings (finetune-shakespeare-cpu trains 256-token rows),
+    so a model with more positions is cropped to it unless --set says otherwise."""
     given = pretrained.config.model
-    model, train = apply_overrides(given, train, overrides)
+    cropped = replace(given, block_size=min(preset.block_size, given.block_size))
+    model, train = apply_overrides(cropped, train, overrides)
     fixed = [f.name for f in fields(GPTConfig)
              if f.name not in PRETRAINED_TUNABLE and getattr(model, f.name) != getattr(given, f.name)]
     if fixed:

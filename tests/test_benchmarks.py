@@ -573,3 +573,19 @@ def test_a_step_draws_all_its_micro_batches_and_counts_their_tokens():
     x, y = step_batch(tokens, accumulating, 32, 7)
     assert x.shape == y.shape == (64, 32) and np.array_equal(x, get_batch(tokens, 64, 32, train.seed, 7)[0])
     assert tokens_per_step_of(accumulating, model) == 4 * tokens_per_step_of(train, model) == 4 * 16 * 32
+
+
+def test_init_from_takes_the_presets_block_size_unless_set(gpt2_run, monkeypatch, tmp_path):
+    """A preset's block_size is a training setting: a folder with more positions is cropped to it."""
+    from benchmarks import run
+    from benchmarks.run_config import RunConfig
+    _, folder, _, corpus, env = gpt2_run
+    monkeypatch.setenv("NANOGPT_DATA_DIR", env["NANOGPT_DATA_DIR"])
+    monkeypatch.setattr(run.subprocess, "run", lambda command, cwd: subprocess.CompletedProcess(command, 0))
+    monkeypatch.setattr(run, "cpu_peak_flops", lambda: 321e9)
+    for args, block_size in (([], 32), (["--set", "block_size=48"], 48)):  # tiny's 32; the folder has 48
+        out = tmp_path / str(block_size)
+        assert run.main(["--framework", "all", "--preset", "tiny", "--init-from", str(folder), "--dataset",
+                         str(corpus), *args, "--no-report", "--out", str(out)]) == 0
+        configs = [RunConfig.load(out / fw) for fw in FRAMEWORKS if is_installed(fw)]
+        assert configs and {c.model.block_size for c in configs} == {block_size}
