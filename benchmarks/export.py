@@ -13,17 +13,12 @@ import sys
 from pathlib import Path
 
 from benchmarks.sample import load_model
-from common.errors import UserError, one_line
+from common.errors import OneLineParser, UserError, one_line
 from common.hf_gpt2 import write_gpt2
 
 
-class _Parser(argparse.ArgumentParser):
-    def error(self, message):  # one line, like every other error here, instead of usage + message
-        raise UserError(f"{message} (see python -m benchmarks.export --help).")
-
-
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
-    p = _Parser(prog="python -m benchmarks.export", description=__doc__.split("\n\n")[0])
+    p = OneLineParser(prog="python -m benchmarks.export", description=__doc__.split("\n\n")[0])
     p.add_argument("run_dir", metavar="RUN_DIR", help="a run folder (its model.safetensors, or its newest checkpoint "
                    "if training was cut short) or a .safetensors file a run wrote")
     p.add_argument("--hf", metavar="OUT_DIR", required=True, help="the Hugging Face folder to write")

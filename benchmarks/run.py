@@ -32,7 +32,7 @@ from common.backend import (FRAMEWORKS, canonical_framework, has_accelerator, is
 from common.config import (PRESET_NAMES, GPTConfig, TrainConfig, apply_overrides, check_fits_memory,
                            get_preset)
 from common.data import Prepared, prepare
-from common.errors import UserError, one_line
+from common.errors import OneLineParser, UserError, one_line
 from common.flops import cpu_peak_flops
 from common.hf_gpt2 import PRETRAINED, HFModel, load_gpt2
 
@@ -42,13 +42,8 @@ RUN_FILES = ("metrics.jsonl", "summary.json", "samples.txt", "model.safetensors"
 PRETRAINED_TUNABLE = ("dropout", "block_size")
 
 
-class _Parser(argparse.ArgumentParser):
-    def error(self, message):  # one line, like every other error here, instead of usage + message
-        raise UserError(f"{message} (see python -m benchmarks.run --help).")
-
-
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
-    p = _Parser(prog="python -m benchmarks.run", description=__doc__.split("\n\n")[0],
+    p = OneLineParser(prog="python -m benchmarks.run", description=__doc__.split("\n\n")[0],
                 formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     p.add_argument("--framework", help="pytorch | tensorflow | jax | keras-jax (the Keras model on Keras' JAX "
                    "backend) | all (aliases: torch, keras, tf, flax)")

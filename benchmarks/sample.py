@@ -22,7 +22,7 @@ from benchmarks.quiet import native_logs_filtered, quiet_third_party
 from common.backend import FRAMEWORKS, SEED_LIMIT, canonical_framework, check_sampling, load_backend
 from common.checkpoint import load_checkpoint
 from common.config import GPTConfig, TrainConfig
-from common.errors import UserError, one_line
+from common.errors import OneLineParser, UserError, one_line
 from common.tokenizers import AnyTokenizer, tokenizer_from_json
 
 MODEL_FILE = "model.safetensors"
@@ -131,13 +131,8 @@ def sample(backend, tokenizer: AnyTokenizer, prompt_ids: list[int], *, num_sampl
 
 # --- The command ------------------------------------------------------------------------------------
 
-class _Parser(argparse.ArgumentParser):
-    def error(self, message):  # one line, like every other error here, instead of usage + message
-        raise UserError(f"{message} (see python -m benchmarks.sample --help).")
-
-
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
-    p = _Parser(prog="python -m benchmarks.sample", description=__doc__.split("\n\n")[0],
+    p = OneLineParser(prog="python -m benchmarks.sample", description=__doc__.split("\n\n")[0],
                 formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     source = p.add_mutually_exclusive_group()
     source.add_argument("--checkpoint", metavar="RUN_DIR|FILE", help="a run folder (its model.safetensors, or its "

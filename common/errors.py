@@ -1,4 +1,5 @@
 """The one exception type a user ever sees: a single sentence that names the fix."""
+import argparse
 
 
 class UserError(Exception):
@@ -9,3 +10,11 @@ def one_line(message: str) -> str:
     """The message with anything that would break or hide the line (control characters, line and
     paragraph separators a user may have typed into an argument) written as an escape."""
     return "".join(c if c.isprintable() else repr(c)[1:-1] for c in str(message))
+
+
+class OneLineParser(argparse.ArgumentParser):
+    """argparse for the commands: a bad argument raises UserError (one line, exit 2 from the command)
+    instead of printing the usage block."""
+
+    def error(self, message):
+        raise UserError(f"{message} (see {self.prog} --help).")
