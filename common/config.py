@@ -165,7 +165,7 @@ def _finetune_shakespeare() -> tuple[GPTConfig, TrainConfig]:
 def _finetune_shakespeare_cpu() -> tuple[GPTConfig, TrainConfig]:
     # finetune-shakespeare sized for 2 CPU cores with gpt2 (124M): 256-token rows, 4 micro-batches,
     # 4 evaluation batches. A PyTorch micro-batch took ~5 s and the AdamW update ~2 s there, so the
-    # 20 updates take ~7 minutes. With --init-from, pass --set block_size=256 to crop the model to it.
+    # 20 updates take ~7 minutes. With --init-from the model is cropped to these 256 positions.
     return (_gpt2_124m(256),
             TrainConfig(batch_size=1, grad_accum=4, max_iters=20, lr=3e-5, min_lr=3e-6, decay_lr=False,
                         warmup_iters=0, lr_decay_iters=20, beta2=0.95, weight_decay=0.1, grad_clip=1.0,

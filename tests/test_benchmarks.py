@@ -589,3 +589,29 @@ def test_init_from_takes_the_presets_block_size_unless_set(gpt2_run, monkeypatch
                          str(corpus), *args, "--no-report", "--out", str(out)]) == 0
         configs = [RunConfig.load(out / fw) for fw in FRAMEWORKS if is_installed(fw)]
         assert configs and {c.model.block_size for c in configs} == {block_size}
+
+
+@pytest.mark.slow
+def test_finetune_preset_from_a_gpt2_folder_in_every_framework(gpt2_run, tmp_path):
+    """The issue's fine-tune command on the tiny GPT-2 folder: every installed framework starts from the
+    same weights (the same first evaluation), its validation loss falls over 10 updates of 32
+    accumulated one-row micro-batches, and the report compares the runs as it does pretraining runs."""
+    _, folder, _, corpus, env = gpt2_run
+    out = tmp_path / "finetune"
+    result = _run("--framework", "all", "--init-from", str(folder), "--preset", "finetune-shakespeare",
+                  "--max-iters", "10", "--dataset", str(corpus), "--device", "cpu", "--set", "eval_iters=2",
+                  "--sample-tokens", "8", "--num-samples", "1", "--out", str(out), env=env)
+    assert result.returncode == 0, result.stderr
+    installed = [fw for fw in FRAMEWORKS if is_installed(fw)]
+    first_losses = []
+    for framework in installed:
+        evals = [r for r in _records(out / framework) if r["type"] == "eval"]
+        assert [r["step"] for r in evals] == [0, 5, 10], framework
+        assert evals[-1]["val_loss"] < evals[0]["val_loss"], framework
+        first_losses.append(evals[0]["val_loss"])
+        config = json.loads((out / framework / "config.json").read_text())
+        train, model = config["train"], config["model"]
+        assert (train["grad_accum"], train["batch_size"], model["block_size"]) == (32, 1, 48)  # 48: the folder's
+    assert max(first_losses) - min(first_losses) <= 1e-4
+    report = (out / "report.md").read_text()
+    assert all(f"| {framework} | cpu |" in report for framework in installed)
