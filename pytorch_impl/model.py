@@ -9,20 +9,31 @@ from common.spec import LOSS_IGNORE_INDEX, MLP_RATIO
 
 
 class KVCache:
-    """Keys and values of every layer, preallocated for block_size positions and filled in order."""
+    """Keys and values of every layer, preallocated for block_size positions, as in gpt-fast.
+
+    Fixed shapes, written in place at positions held in a tensor: one compiled decode step (and, on
+    CUDA, one CUDA graph) serves every position, where a cache cut to its filled length would change
+    shape, and recompile, at every token.
+    """
 
     def __init__(self, config: GPTConfig, batch_size: int, device, dtype=torch.float32):
-        shape = (config.n_layer, batch_size, config.n_head, config.block_size, config.head_size)
-        self.keys = torch.zeros(shape, device=device, dtype=dtype)
-        self.values = torch.zeros(shape, device=device, dtype=dtype)
-        self.length = 0  # positions filled, the same in every layer
+        shape = (batch_size, config.n_head, config.block_size, config.head_size)
+        self.keys = [torch.zeros(shape, device=device, dtype=dtype) for _ in range(config.n_layer)]
+        self.values = [torch.zeros(shape, device=device, dtype=dtype) for _ in range(config.n_layer)]
+        self.length = torch.zeros((), dtype=torch.long, device=device)  # positions filled, in every layer
+        self.slots = torch.arange(config.block_size, device=device)
 
     def update(self, layer: int, k: torch.Tensor, v: torch.Tensor):
-        """Store this step's (B, nh, T, hs) keys and values; return all of them so far."""
-        start, end = self.length, self.length + k.size(2)
-        self.keys[layer, :, :, start:end] = k
-        self.values[layer, :, :, start:end] = v
-        return self.keys[layer, :, :, :end], self.values[layer, :, :, :end]
+        """Store this step's (B, nh, T, hs) keys and values at positions length .. length + T - 1.
+
+        Returns the layer's keys and values at every slot, (B, nh, block_size, hs), and the (T,
+        block_size) mask of the slots each new query attends to: its own position and those before.
+        The slots after it hold nothing yet, or a longer prompt's padding (see generate.prefill).
+        """
+        input_pos = self.length + torch.arange(k.size(2), device=k.device)  # (T,)
+        self.keys[layer].index_copy_(2, input_pos, k.to(self.keys[layer].dtype))
+        self.values[layer].index_copy_(2, input_pos, v.to(self.values[layer].dtype))
+        return self.keys[layer], self.values[layer], self.slots[None, :] <= input_pos[:, None]
 
 
 class CausalSelfAttention(nn.Module):
@@ -40,12 +51,13 @@ class CausalSelfAttention(nn.Module):
         q, k, v = self.c_attn(x).split(self.n_embd, dim=2)
         # (B, T, C) -> (B, nh, T, hs)
         q, k, v = (t.view(B, T, self.n_head, C // self.n_head).transpose(1, 2) for t in (q, k, v))
-        if cache is not None:
-            k, v = cache.update(self.layer, k, v)
-        # With a cache, T > 1 only for the prompt (cache empty, so the usual causal mask is right);
-        # a single new token may attend to every cached position.
-        y = F.scaled_dot_product_attention(q, k, v, dropout_p=self.dropout if self.training else 0.0,
-                                           is_causal=T > 1)
+        if cache is None:
+            y = F.scaled_dot_product_attention(q, k, v, dropout_p=self.dropout if self.training else 0.0,
+                                               is_causal=True)
+        else:  # the queries attend to the whole fixed cache, masked by position: one shape at every step
+            k, v, mask = cache.update(self.layer, k, v)  # k, v: (B, nh, block_size, hs); mask (T, block_size)
+            y = F.scaled_dot_product_attention(q, k.to(q.dtype), v.to(q.dtype), attn_mask=mask,
+                                               dropout_p=self.dropout if self.training else 0.0)
         y = y.transpose(1, 2).contiguous().view(B, T, C)  # (B, nh, T, hs) -> (B, T, C)
         return self.resid_dropout(self.c_proj(y))
 
@@ -94,9 +106,11 @@ class GPT(nn.Module):
         """(B, T) ids -> (logits, cache): one call for training, prefill and decoding, as in every
         framework here. The cache is filled in place and handed back; None when none was passed."""
         B, T = idx.size()
-        start = cache.length if cache is not None else 0
-        assert start + T <= self.config.block_size, f"{start + T} positions > block_size"
-        pos = torch.arange(start, start + T, dtype=torch.long, device=idx.device)
+        assert T <= self.config.block_size, f"{T} positions > block_size"
+        # With a cache the positions start at its length, a tensor: reading it would wait for the device.
+        pos = torch.arange(T, dtype=torch.long, device=idx.device)
+        if cache is not None:
+            pos = pos + cache.length
         # A plain lookup, unlike the JAX model's one-hot matmul (jax_impl.model.embed_tokens): torch's
         # embedding backward sorts the ids and sums each token's rows, so on a GPU the positions that
         # share a character do not queue on atomic adds (an H100 shakespeare-char step took 11.5 ms
@@ -106,7 +120,7 @@ class GPT(nn.Module):
         for block in self.h:
             x = block(x, cache)
         if cache is not None:
-            cache.length += T
+            cache.length += T  # in place: a compiled step sees the same tensor, now one position further
         logits = F.linear(self.ln_f(x), self.wte.weight)  # (B, T, vocab_size)
         return logits, cache
 
