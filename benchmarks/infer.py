@@ -1,0 +1,503 @@
+"""Inference benchmark: prefill, decode speed per batch size, first token, memory and bandwidth use.
+
+    python -m benchmarks.infer --framework all --preset cpu-baby
+    python -m benchmarks.infer --framework pytorch,jax --checkpoint runs/<name>/jax --batch-sizes 1,8
+    python -m benchmarks.infer --framework all --init-from gpt2 --prompt-lengths 128,1024 --new-tokens 128
+
+Every row decodes the same weights (a run's checkpoint, a GPT-2 folder, or random weights at a
+preset's size) through the Backend's public generate_batch, greedily, from the same random prompts.
+The rows are the frameworks and PyTorch a second time with torch.compile (pytorch-compiled). Each
+row runs in a process of its own once per round (--repeat); the rounds take the rows in turn, so a
+drift of the machine over minutes touches every row alike. The output folder holds inference.json
+(the set: model, options, machine, the host memory bandwidth), one <row>.json per row, report.md
+and the plot of decode tokens/s against batch size.
+
+What is measured, per row:
+- first token: the process's first generate call (batch 1, the longest prompt, one new token),
+  compilation included, as a user of a fresh process waits for it;
+- prefill: one new token after prompts of several lengths, batch 1, warm;
+- decode: the time of one step (one new token in every row of the batch) is a call's time over the
+  new_tokens it makes after a one-token prompt, whose prefill is one step like the others; tokens/s
+  is the batch size over that time. Median and p90 over every timed call of every round; with and
+  without the KV cache at batch 1;
+- bandwidth utilisation: the bytes a decode step must read, every weight once and the K and V
+  cached for the context so far in every layer and row, over the step time, against the host's
+  memory bandwidth (measured once by the parent: see host_memory_bandwidth) or a GPU's datasheet.
+"""
+from __future__ import annotations
+
+import argparse
+import datetime as dt
+import json
+import os
+import resource
+import subprocess
+import sys
+import time
+from pathlib import Path
+from types import SimpleNamespace
+
+import numpy as np
+
+from benchmarks.quiet import native_logs_filtered, quiet_third_party
+from common.backend import canonical_framework, is_installed, load_backend, missing_modules
+from common.config import PRESETS, GPTConfig, TrainConfig, get_preset, to_dict
+from common.errors import OneLineParser, UserError, one_line
+from common.flops import _cpu_model, cpu_vector_isa
+from common.params import init_params, num_params
+
+REPO = Path(__file__).resolve().parents[1]
+COMPILED = "pytorch-compiled"  # PyTorch with TrainConfig.compile: torch.compile'd decode
+ROWS = ("pytorch", COMPILED, "tensorflow", "jax", "keras-jax")  # `all`, in report order
+SET_FILE = "inference.json"
+PLOT_FILE = "decode_tokens_per_s.png"
+DECODE_PROMPT_TOKENS = 1  # decode starts after one token, so new_tokens = block_size - 1 fills one window
+FLOAT_BYTES = {"float32": 4, "bfloat16": 2}
+
+# Memory bandwidth by device name fragment (vendor datasheets), more specific names first.
+DEVICE_BANDWIDTH = {
+    "H200": 4.8e12, "H100 PCIe": 2.0e12, "H100": 3.35e12, "A100-SXM4-80GB": 2.039e12, "A100 80GB PCIe": 1.935e12,
+    "A100": 1.555e12, "L4": 300e9, "A10G": 600e9, "T4": 320e9, "V100": 900e9, "RTX 4090": 1008e9,
+    "TPU v4": 1.2e12, "TPU v5 lite": 819e9, "TPU v5e": 819e9, "TPU v5p": 2.765e12, "TPU v6": 1.64e12,
+}
+
+
+# --- the arithmetic -------------------------------------------------------------------------------
+
+def host_memory_bandwidth(mib: int = 256, repeats: int = 5) -> float:
+    """Bytes per second numpy moves copying a mib MiB array into another (each byte read once and
+    written once), best of `repeats`: one thread's streaming copy, what one core draws from memory."""
+    source = np.ones(mib * 2**20 // 4, dtype=np.float32)
+    target = np.empty_like(source)
+    np.copyto(target, source)  # fault the pages in
+    best = float("inf")
+    for _ in range(repeats):
+        start = time.perf_counter()
+        np.copyto(target, source)
+        best = min(best, time.perf_counter() - start)
+    return 2 * source.nbytes / best
+
+
+def device_bandwidth(device_name: str) -> float | None:
+    return next((bw for fragment, bw in DEVICE_BANDWIDTH.items() if fragment.lower() in device_name.lower()), None)
+
+
+def decode_bytes_per_step(config: GPTConfig, batch_size: int, prompt_tokens: int, new_tokens: int,
+                          dtype: str = "float32") -> float:
+    """Bytes one decode step reads at the least, averaged over the timed steps: the float32 weights,
+    and the keys and values of every earlier position, in every layer, for every row of the batch.
+
+    Step k (1 .. new_tokens) attends to prompt_tokens + k - 1 positions, the last one its own:
+    prompt_tokens + (new_tokens - 1) / 2 on average.
+    """
+    weights = 4 * num_params(config)
+    context = prompt_tokens + (new_tokens - 1) / 2
+    kv = 2 * config.n_layer * config.n_embd * FLOAT_BYTES[dtype] * batch_size * context
+    return weights + kv
+
+
+def percentiles(values: list[float]) -> tuple[float, float]:
+    """(median, p90)."""
+    return float(np.percentile(values, 50)), float(np.percentile(values, 90))
+
+
+# --- one row, one round: the child process --------------------------------------------------------
+
+def load_weights(source: dict) -> tuple[GPTConfig, dict[str, np.ndarray], str]:
+    """The model and canonical parameters every row decodes, and where they came from, in words."""
+    from benchmarks.sample import load_model, load_pretrained
+    if source.get("checkpoint"):
+        model = load_model(source["checkpoint"])
+    elif source.get("init_from"):
+        model = load_pretrained(source["init_from"])
+    else:
+        config = get_preset(source["preset"])[0]
+        return config, init_params(config, source["seed"]), f"random weights at {source['preset']}, seed {source['seed']}"
+    return model.config, model.params, model.source
+
+
+def prompts(config: GPTConfig, batch_size: int, length: int) -> list[list[int]]:
+    """Random token ids, the same in every row."""
+    rng = np.random.default_rng([batch_size, length])
+    return rng.integers(0, config.vocab_size, (batch_size, length)).tolist()
+
+
+def timed(call) -> float:
+    started = time.perf_counter()
+    call()
+    return time.perf_counter() - started
+
+
+def measure(backend, config: GPTConfig, options: dict) -> dict:
+    """One round of one row: raw times in seconds, the first call first."""
+    calls, new = options["calls"], options["new_tokens"]
+
+    def generate(batch_size, length, max_new_tokens, use_cache=True):
+        return lambda: backend.generate_batch(prompts(config, batch_size, length), max_new_tokens,
+                                              temperature=0.0, use_cache=use_cache)
+
+    first_token_s = timed(generate(1, max(options["prompt_lengths"]), 1))
+    prefill = {}
+    for length in options["prompt_lengths"]:
+        timed(generate(1, length, 1))  # its own compilation, where a framework needs one per length
+        prefill[str(length)] = [timed(generate(1, length, 1)) for _ in range(calls)]
+
+    def steps(batch_size, use_cache=True):
+        decode = generate(batch_size, DECODE_PROMPT_TOKENS, new, use_cache)
+        decode()  # compile, warm up
+        return [timed(decode) / new for _ in range(calls)]
+
+    decode = {str(b): steps(b) for b in options["batch_sizes"]}
+    return {"first_token_s": first_token_s, "prefill_s": prefill, "decode_step_s": decode,
+            "nocache_step_s": steps(1, use_cache=False)}
+
+
+def peak_rss_bytes() -> int:
+    """This process's peak resident memory. Linux's VmHWM starts afresh at exec; getrusage's
+    ru_maxrss does not, and would report the parent's peak where that was higher."""
+    try:
+        with open("/proc/self/status") as status:
+            return next(int(line.split()[1]) * 1024 for line in status if line.startswith("VmHWM:"))
+    except (OSError, StopIteration):
+        return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+
+
+def run_row(out: Path, row: str, round_index: int) -> int:
+    """A child: one round of one row, written to out/rounds/<row>-<round>.json."""
+    from benchmarks.loop import environment
+    from common.allocator import retain_freed_memory
+    started = time.perf_counter()
+    spec = json.loads((out / SET_FILE).read_text())
+    config, params, _ = load_weights(spec["source"])
+    host_malloc = retain_freed_memory()  # as in every training run, before the framework allocates
+    framework = "pytorch" if row == COMPILED else row
+    train = TrainConfig(dtype=spec["options"]["dtype"], compile=row == COMPILED)
+    with native_logs_filtered():  # the framework is imported here
+        backend = load_backend(framework)(config, train, params, device=spec["options"]["device"])
+    startup_s = time.perf_counter() - started
+    times = measure(backend, config, spec["options"])
+    device_memory = backend.peak_memory_bytes()
+    result = {"row": row, "round": round_index, "startup_s": startup_s, **times,
+              "peak_memory_bytes": device_memory if device_memory is not None else peak_rss_bytes(),
+              "memory_kind": "device" if device_memory is not None else "host RSS",
+              "env": environment(backend, SimpleNamespace(command=spec["command"]), host_malloc)}
+    (out / "rounds").mkdir(exist_ok=True)
+    (out / "rounds" / f"{row}-{round_index}.json").write_text(json.dumps(result, indent=1))
+    return 0
+
+
+# --- combining the rounds of a row ----------------------------------------------------------------
+
+def combine(spec: dict, rounds: list[dict]) -> dict:
+    """A row's figures over its rounds: what <row>.json holds and the report reads."""
+    config = GPTConfig(**spec["model"])
+    options = spec["options"]
+    env = rounds[0]["env"]
+    bandwidth, bandwidth_source = ((spec["host_bandwidth"], spec["host_bandwidth_method"]) if env["device"] == "cpu"
+                                   else (device_bandwidth(env["device_name"]), "datasheet"))
+
+    def pooled(key, shape=None):
+        """Every round's figures for key (and one prompt length or batch size) in one list."""
+        entries = [r[key] if shape is None else r[key][str(shape)] for r in rounds]
+        return [v for entry in entries for v in (entry if isinstance(entry, list) else [entry])]
+
+    def decode_row(batch_size, key, shape):
+        median, p90 = percentiles(pooled(key, shape))
+        step_bytes = decode_bytes_per_step(config, batch_size, DECODE_PROMPT_TOKENS, options["new_tokens"],
+                                           options["dtype"])
+        return {"batch_size": batch_size, "step_ms_median": 1e3 * median, "step_ms_p90": 1e3 * p90,
+                "tokens_per_s": batch_size / median, "bytes_per_step": step_bytes,
+                "bandwidth_bytes_per_s": step_bytes / median,
+                "bandwidth_utilisation": step_bytes / median / bandwidth if bandwidth else None}
+
+    decode = [decode_row(b, "decode_step_s", b) for b in options["batch_sizes"]]
+    nocache = decode_row(1, "nocache_step_s", None)
+    cached_1 = next((d for d in decode if d["batch_size"] == 1), None)
+    first_median, first_p90 = percentiles(pooled("first_token_s"))
+    return {
+        "row": rounds[0]["row"], "framework": env["framework"], "compile": rounds[0]["row"] == COMPILED,
+        "device": env["device"], "device_name": env["device_name"], "framework_version": env["framework_version"],
+        "rounds": len(rounds), "calls_per_round": options["calls"], "params": num_params(config),
+        "first_token_s": first_median, "first_token_s_p90": first_p90,
+        "startup_s": float(np.median(pooled("startup_s"))),
+        "prefill": [{"prompt_tokens": n, **dict(zip(("ms_median", "ms_p90"),
+                                                    (1e3 * v for v in percentiles(pooled("prefill_s", n)))))}
+                    for n in options["prompt_lengths"]],
+        "decode": decode, "nocache": nocache,
+        "kv_cache_speedup": cached_1["tokens_per_s"] / nocache["tokens_per_s"] if cached_1 else None,
+        "memory_bandwidth_bytes_per_s": bandwidth, "memory_bandwidth_source": bandwidth_source,
+        "peak_memory_bytes": max(r["peak_memory_bytes"] for r in rounds), "memory_kind": rounds[0]["memory_kind"],
+        "env": env, "raw": rounds,
+    }
+
+
+# --- the report -----------------------------------------------------------------------------------
+
+def load_set(folder: Path) -> tuple[dict, list[dict]]:
+    """inference.json and every row's <row>.json, in report order."""
+    spec = json.loads((folder / SET_FILE).read_text())
+    rows = [json.loads((folder / f"{row}.json").read_text()) for row in ROWS if (folder / f"{row}.json").exists()]
+    return spec, rows
+
+
+def _ms(value) -> str:
+    return "–" if value is None else f"{value:,.2f}" if value < 10 else f"{value:,.0f}"
+
+
+def _pct(value) -> str:
+    return "–" if value is None else f"{100 * value:.1f}%" if value >= 1e-3 else f"{100 * value:.2g}%"
+
+
+def decode_at(row: dict, batch_size: int) -> dict | None:
+    return next((d for d in row["decode"] if d["batch_size"] == batch_size), None)
+
+
+def summary_table(spec: dict, rows: list[dict]) -> tuple[list[str], list[list[str]]]:
+    """One line per row: first token, prefill per prompt length, decode tok/s per batch size, the cache."""
+    options = spec["options"]
+    first_batch = options["batch_sizes"][0]
+    header = ["row", "first token s (compile incl.)",
+              *[f"prefill ms @{n}" for n in options["prompt_lengths"]],
+              *[f"decode tok/s @{b}" for b in options["batch_sizes"]],
+              f"ms/token @{first_batch} median (p90)", "no-cache tok/s @1", "KV-cache speed-up",
+              f"bandwidth used @{first_batch}", "peak memory"]
+    lines = []
+    for row in rows:
+        first = decode_at(row, first_batch)
+        speedup = row["kv_cache_speedup"]
+        lines.append([row["row"], f"{row['first_token_s']:.2f}", *[_ms(p["ms_median"]) for p in row["prefill"]],
+                      *[f"{d['tokens_per_s']:,.0f}" for d in row["decode"]],
+                      f"{_ms(first['step_ms_median'])} ({_ms(first['step_ms_p90'])})",
+                      f"{row['nocache']['tokens_per_s']:,.0f}", "–" if speedup is None else f"{speedup:.1f}×",
+                      _pct(first["bandwidth_utilisation"]),
+                      f"{row['peak_memory_bytes'] / 2**20:,.0f} MiB {row['memory_kind']}"])
+    return header, lines
+
+
+def decode_table(rows: list[dict]) -> tuple[list[str], list[list[str]]]:
+    """Every (row, batch size): the step time, tokens/s and the bytes it moves."""
+    header = ["row", "batch", "ms/token median", "ms/token p90", "tokens/s", "GB/s read", "bandwidth used"]
+    lines = [[row["row"], str(d["batch_size"]), _ms(d["step_ms_median"]), _ms(d["step_ms_p90"]),
+              f"{d['tokens_per_s']:,.0f}", f"{d['bandwidth_bytes_per_s'] / 1e9:,.2f}", _pct(d["bandwidth_utilisation"])]
+             for row in rows for d in row["decode"]]
+    return header, lines
+
+
+def machine(spec: dict, rows: list[dict]) -> str:
+    """The kind of machine the figures hold for: the GPU's model, or the CPU's with its vector ISA."""
+    accelerated = next((r for r in rows if r["device"] != "cpu"), None)
+    if accelerated:
+        return accelerated["device_name"]
+    host = spec["host"]
+    return f"{host['cpu']}, {host.get('cpu_isa') or 'vector ISA not recorded'}, {host['cpu_count']} cores"
+
+
+def caption(spec: dict) -> str:
+    model, options = spec["model"], spec["options"]
+    return (f"{spec['source']['described']}: {model['n_layer']} layers × {model['n_head']} heads × {model['n_embd']} "
+            f"wide, block {model['block_size']}, {spec['params'] / 1e6:.1f}M parameters, {options['dtype']}; "
+            f"greedy, {options['new_tokens']} new tokens after {DECODE_PROMPT_TOKENS}; {options['repeat']} "
+            f"round(s) × {options['calls']} timed calls. Bandwidth against {spec['host_bandwidth'] / 1e9:,.1f} GB/s "
+            f"({spec['host_bandwidth_method']}) on CPU, the datasheet on a GPU. {spec['date'][:10]}.")
+
+
+def decode_figure(sets: list[tuple[str, list[dict]]]) -> bytes:
+    """Decode tokens/s against batch size, one line per row, one panel per (title, rows)."""
+    import io
+
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    from matplotlib.ticker import FuncFormatter, NullFormatter, ScalarFormatter
+
+    from benchmarks.report import COLORS
+    fig, axes = plt.subplots(1, len(sets), figsize=(5 * len(sets), 3.5), squeeze=False, layout="constrained")
+    for ax, (title, rows) in zip(axes[0], sets):
+        for row in rows:
+            batches = [d["batch_size"] for d in row["decode"]]
+            ax.plot(batches, [d["tokens_per_s"] for d in row["decode"]], "--" if row["compile"] else "-",
+                    marker="o", color=COLORS.get(row["framework"]), label=row["row"])
+        ax.set_xscale("log", base=2)
+        ax.set_yscale("log")
+        ax.set_xticks(sorted({d["batch_size"] for row in rows for d in row["decode"]}))
+        ax.xaxis.set_major_formatter(ScalarFormatter())
+        ax.yaxis.set_major_formatter(FuncFormatter(lambda value, _: f"{value:,.0f}"))
+        ax.yaxis.set_minor_formatter(NullFormatter())
+        ax.set_xlabel("batch size")
+        ax.set_ylabel("decode tokens/s (KV cache)")
+        ax.set_title(title, fontsize=9)
+        ax.grid(alpha=0.3, which="both")
+        ax.legend(fontsize=7)
+    buffer = io.BytesIO()
+    fig.savefig(buffer, format="png", dpi=110, bbox_inches="tight", metadata={"Software": None})
+    plt.close(fig)
+    return buffer.getvalue()
+
+
+def write_report(out: Path, problems: list[str]) -> Path:
+    from benchmarks.report import markdown_table
+    spec, rows = load_set(out)
+    (out / PLOT_FILE).write_bytes(decode_figure([(machine(spec, rows), rows)]))
+    md = [f"# Inference: {machine(spec, rows)}\n", caption(spec) + "\n"]
+    if problems:
+        md.append("Problems: " + "; ".join(problems) + ".\n")
+    md += [markdown_table(*summary_table(spec, rows)) + "\n", f"![decode tokens/s against batch size]({PLOT_FILE})\n",
+           "## Decode by batch size\n", markdown_table(*decode_table(rows)) + "\n",
+           f"Command: `{spec['command']}`\n"]
+    (out / "report.md").write_text("\n".join(md), encoding="utf-8")
+    return out / "report.md"
+
+
+# --- the command ------------------------------------------------------------------------------------
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    p = OneLineParser(prog="python -m benchmarks.infer", description=__doc__.split("\n\n")[0],
+                      formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    p.add_argument("--framework", default="all", help=f"{' | '.join(ROWS)} | all, or several joined by commas "
+                   "(aliases: torch, keras, tf, flax)")
+    source = p.add_mutually_exclusive_group()
+    source.add_argument("--checkpoint", metavar="RUN_DIR|FILE", help="a run folder or a .safetensors file a run wrote")
+    source.add_argument("--init-from", metavar="NAME|DIR", help="a Hugging Face GPT-2 folder or name")
+    p.add_argument("--preset", default="cpu-baby", help=f"random weights at this size, without --checkpoint or "
+                   f"--init-from: one of {', '.join(PRESETS)}")
+    p.add_argument("--seed", type=int, default=1337, help="the random weights' seed")
+    p.add_argument("--batch-sizes", default="1,8,32", help="decode batch sizes, joined by commas")
+    p.add_argument("--prompt-lengths", help="prefill prompt lengths, joined by commas (default: block_size / 8, "
+                   "/ 4, / 2 and block_size)")
+    p.add_argument("--new-tokens", type=int, help=f"tokens a timed decode makes (default: block_size - "
+                   f"{DECODE_PROMPT_TOKENS}, one window)")
+    p.add_argument("--repeat", type=int, default=3, help="rounds: each row runs once a round, in a fresh process")
+    p.add_argument("--calls", type=int, default=3, help="timed calls of each shape in a round")
+    p.add_argument("--device", default="auto", choices=["auto", "cpu", "gpu", "tpu"])
+    p.add_argument("--dtype", default="float32", choices=["float32", "bfloat16"], help="compute dtype")
+    p.add_argument("--out", help="output folder (default runs/infer-<date>)")
+    p.add_argument("--force", action="store_true", help="overwrite a folder that already holds a set")
+    p.add_argument("--verbose", action="store_true", help="show the frameworks' own log lines and warnings")
+    p.add_argument("--child", metavar="OUT", help=argparse.SUPPRESS)  # a subprocess: one round of --row
+    p.add_argument("--row", help=argparse.SUPPRESS)
+    p.add_argument("--round", type=int, default=0, help=argparse.SUPPRESS)
+    args = p.parse_args(argv)
+    if args.repeat < 1 or args.calls < 1:
+        raise UserError("--repeat and --calls must be at least 1.")
+    if args.preset not in PRESETS:
+        raise UserError(f"unknown preset {args.preset!r}: choose one of {', '.join(PRESETS)}.")
+    return args
+
+
+def rows_of(text: str) -> list[str]:
+    """The rows --framework names, in report order; `all` is every one."""
+    names = set()
+    for item in (part.strip().lower() for part in text.split(",")):
+        if item == "all":
+            names.update(ROWS)
+        elif item == COMPILED:
+            names.add(item)
+        else:
+            try:
+                names.add(canonical_framework(item))
+            except UserError:
+                raise UserError(f"unknown framework {item!r}: choose from {', '.join(ROWS)} or all, "
+                                f"joined by commas.") from None
+    return [row for row in ROWS if row in names]
+
+
+def _numbers(text: str, flag: str, most: int | None = None) -> list[int]:
+    try:
+        values = sorted({int(v) for v in text.split(",")})
+    except ValueError:
+        values = []
+    if not values or values[0] < 1 or (most is not None and values[-1] > most):
+        limit = f" up to {most}" if most is not None else ""
+        raise UserError(f"{flag} takes whole numbers from 1{limit} joined by commas, got {text!r}.")
+    return values
+
+
+def plan(args, argv: list[str]) -> tuple[Path, dict, list[str], list[str]]:
+    """The set's inference.json, the rows to run and those of `all` that are not installed, all checked
+    before any process starts."""
+    rows = rows_of(args.framework)
+    frameworks = {"pytorch" if row == COMPILED else row for row in rows}
+    named_alone = "all" not in args.framework.lower()
+    for framework in frameworks:
+        if named_alone and not is_installed(framework):
+            load_backend(framework)  # the one-line "not installed" error
+    missing = [row for row in rows if not is_installed("pytorch" if row == COMPILED else row)]
+    source = {"checkpoint": args.checkpoint and str(Path(args.checkpoint).resolve()),
+              "init_from": args.init_from, "preset": args.preset, "seed": args.seed}
+    config, params, described = load_weights(source)
+    block = config.block_size
+    lengths = (_numbers(args.prompt_lengths, "--prompt-lengths", block) if args.prompt_lengths else
+               sorted({max(1, block // 8), max(1, block // 4), max(1, block // 2), block}))
+    new_tokens = args.new_tokens if args.new_tokens is not None else block - DECODE_PROMPT_TOKENS
+    if new_tokens < 1:
+        raise UserError(f"--new-tokens must be at least 1, got {new_tokens}.")
+    out = Path(args.out or REPO / "runs" / f"infer-{dt.datetime.now():%Y%m%d-%H%M%S}")
+    if out.exists() and not out.is_dir():
+        raise UserError(f"--out {out} is a file: name a folder (it is made if it does not exist).")
+    if (out / SET_FILE).exists() and not args.force:
+        raise UserError(f"{out} already holds an inference set: pass --force to overwrite it, or choose another --out.")
+    spec = {"command": " ".join(["python -m benchmarks.infer", *argv]), "source": {**source, "described": described},
+            "model": to_dict(config), "params": int(sum(p.size for p in params.values())),
+            "options": {"batch_sizes": _numbers(args.batch_sizes, "--batch-sizes"), "prompt_lengths": lengths,
+                        "new_tokens": new_tokens, "calls": args.calls, "repeat": args.repeat,
+                        "device": args.device, "dtype": args.dtype},
+            "host": {"cpu": _cpu_model(), "cpu_isa": cpu_vector_isa(), "cpu_count": os.cpu_count()},
+            "date": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds")}
+    return out, spec, [row for row in rows if row not in missing], missing
+
+
+def run_set(out: Path, spec: dict, rows: list[str], missing: list[str], verbose: bool) -> int:
+    """Every row in a fresh process each round, the rows in turn; then each row's file and the report."""
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+        for stale in [*out.glob("rounds/*.json"), *(out / f"{row}.json" for row in ROWS)]:
+            stale.unlink(missing_ok=True)
+    except OSError as e:
+        raise UserError(f"cannot write the output folder {out} ({e.strerror}): choose another --out.") from None
+    spec["host_bandwidth"] = host_memory_bandwidth()  # once, for every row
+    spec["host_bandwidth_method"] = "numpy copy of 256 MiB, bytes read + written, best of 5"
+    (out / SET_FILE).write_text(json.dumps(spec, indent=1))
+    problems = [f"{row}: not installed (missing {', '.join(missing_modules('pytorch' if row == COMPILED else row))})"
+                for row in missing]
+    failed = set()
+    for round_index in range(spec["options"]["repeat"]):
+        for row in (r for r in rows if r not in failed):
+            print(f"[{row}] round {round_index + 1}/{spec['options']['repeat']}", file=sys.stderr)
+            done = subprocess.run([sys.executable, "-m", "benchmarks.infer", "--child", str(out), "--row", row,
+                                   "--round", str(round_index), *(["--verbose"] if verbose else [])], cwd=REPO)
+            if done.returncode != 0:
+                failed.add(row)
+                problems.append(f"{row}: failed with exit code {done.returncode}")
+    for row in rows:
+        if row not in failed:
+            rounds = [json.loads(p.read_text()) for p in sorted((out / "rounds").glob(f"{row}-*.json"))]
+            (out / f"{row}.json").write_text(json.dumps(combine(spec, rounds), indent=1))
+    for line in problems:
+        print(f"note: {line}", file=sys.stderr)
+    if len(failed) < len(rows):
+        print(f"report: {write_report(out, problems)}", file=sys.stderr)
+    return 0 if rows and not failed else 1
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
+    try:
+        args = parse_args(argv)
+        quiet_third_party(args.verbose)
+        if args.child:
+            return run_row(Path(args.child), args.row, args.round)
+        out, spec, rows, missing = plan(args, argv)
+        if not rows:
+            raise UserError(f"none of the rows asked for is installed ({', '.join(missing)}): "
+                            f"pip install -e \".[all]\".")
+        return run_set(out, spec, rows, missing, args.verbose)
+    except UserError as e:
+        print(f"error: {one_line(e)}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("interrupted.", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())
