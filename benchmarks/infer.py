@@ -31,6 +31,7 @@ import datetime as dt
 import json
 import os
 import resource
+import shutil
 import subprocess
 import sys
 import time
@@ -240,12 +241,13 @@ def load_set(folder: Path) -> tuple[dict, list[dict]]:
     return spec, rows
 
 
-def _ms(value) -> str:
-    return "–" if value is None else f"{value:,.2f}" if value < 10 else f"{value:,.0f}"
+def _num(value, unit: str = "") -> str:
+    """Whole numbers from 100 up, three significant digits below: a small figure never reads as 0."""
+    return "–" if value is None else (f"{value:,.0f}" if value >= 100 else f"{value:.3g}") + unit
 
 
 def _pct(value) -> str:
-    return "–" if value is None else f"{100 * value:.1f}%" if value >= 1e-3 else f"{100 * value:.2g}%"
+    return _num(None if value is None else 100 * value, "%")
 
 
 def decode_at(row: dict, batch_size: int) -> dict | None:
@@ -264,21 +266,31 @@ def summary_table(spec: dict, rows: list[dict]) -> tuple[list[str], list[list[st
     lines = []
     for row in rows:
         first = decode_at(row, first_batch)
-        speedup = row["kv_cache_speedup"]
-        lines.append([row["row"], f"{row['first_token_s']:.2f}", *[_ms(p["ms_median"]) for p in row["prefill"]],
-                      *[f"{d['tokens_per_s']:,.0f}" for d in row["decode"]],
-                      f"{_ms(first['step_ms_median'])} ({_ms(first['step_ms_p90'])})",
-                      f"{row['nocache']['tokens_per_s']:,.0f}", "–" if speedup is None else f"{speedup:.1f}×",
+        lines.append([row["row"], _num(row["first_token_s"]), *[_num(p["ms_median"]) for p in row["prefill"]],
+                      *[_num(d["tokens_per_s"]) for d in row["decode"]],
+                      f"{_num(first['step_ms_median'])} ({_num(first['step_ms_p90'])})",
+                      _num(row["nocache"]["tokens_per_s"]), _num(row["kv_cache_speedup"], "×"),
                       _pct(first["bandwidth_utilisation"]),
                       f"{row['peak_memory_bytes'] / 2**20:,.0f} MiB {row['memory_kind']}"])
+    return header, lines
+
+
+def short_table(spec: dict, rows: list[dict]) -> tuple[list[str], list[list[str]]]:
+    """BENCHMARKS.md's few columns: decode tok/s per batch size, what the cache gives, the first token."""
+    first_batch = spec["options"]["batch_sizes"][0]
+    header = ["row", *[f"decode tok/s @{b}" for b in spec["options"]["batch_sizes"]], "KV-cache speed-up @1",
+              "first token s (compile incl.)", f"bandwidth used @{first_batch}"]
+    lines = [[row["row"], *[_num(d["tokens_per_s"]) for d in row["decode"]], _num(row["kv_cache_speedup"], "×"),
+              _num(row["first_token_s"]), _pct(decode_at(row, first_batch)["bandwidth_utilisation"])]
+             for row in rows]
     return header, lines
 
 
 def decode_table(rows: list[dict]) -> tuple[list[str], list[list[str]]]:
     """Every (row, batch size): the step time, tokens/s and the bytes it moves."""
     header = ["row", "batch", "ms/token median", "ms/token p90", "tokens/s", "GB/s read", "bandwidth used"]
-    lines = [[row["row"], str(d["batch_size"]), _ms(d["step_ms_median"]), _ms(d["step_ms_p90"]),
-              f"{d['tokens_per_s']:,.0f}", f"{d['bandwidth_bytes_per_s'] / 1e9:,.2f}", _pct(d["bandwidth_utilisation"])]
+    lines = [[row["row"], str(d["batch_size"]), _num(d["step_ms_median"]), _num(d["step_ms_p90"]),
+              _num(d["tokens_per_s"]), _num(d["bandwidth_bytes_per_s"] / 1e9), _pct(d["bandwidth_utilisation"])]
              for row in rows for d in row["decode"]]
     return header, lines
 
@@ -407,7 +419,7 @@ def _numbers(text: str, flag: str, most: int | None = None) -> list[int]:
     except ValueError:
         values = []
     if not values or values[0] < 1 or (most is not None and values[-1] > most):
-        limit = f" up to {most}" if most is not None else ""
+        limit = f" up to {most}, the model's block_size," if most is not None else ""
         raise UserError(f"{flag} takes whole numbers from 1{limit} joined by commas, got {text!r}.")
     return values
 
@@ -472,6 +484,7 @@ def run_set(out: Path, spec: dict, rows: list[str], missing: list[str], verbose:
         if row not in failed:
             rounds = [json.loads(p.read_text()) for p in sorted((out / "rounds").glob(f"{row}-*.json"))]
             (out / f"{row}.json").write_text(json.dumps(combine(spec, rounds), indent=1))
+    shutil.rmtree(out / "rounds", ignore_errors=True)  # each row's file holds its rounds
     for line in problems:
         print(f"note: {line}", file=sys.stderr)
     if len(failed) < len(rows):

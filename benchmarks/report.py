@@ -570,7 +570,8 @@ def _set_summary(results: Path, run_set: RunSet) -> str:
     return f"- [{run_set.name}](results/{run_set.name}/NOTES.md) ({run_set.machine}, {run_set.date[:10]}): {first}"
 
 
-def benchmarks_page(results: Path, figure: str = "docs/benchmarks/headline.png") -> str:
+def benchmarks_page(results: Path, figure: str = "docs/benchmarks/headline.png",
+                    inference_figure: str = "docs/benchmarks/inference.png") -> str:
     """BENCHMARKS.md: a headline table per kind of machine, one plot, the findings, then the run sets."""
     sets = load_run_sets(results)
     headline = headline_sets(sets)
@@ -582,6 +583,7 @@ def benchmarks_page(results: Path, figure: str = "docs/benchmarks/headline.png")
         header, rows = headline_rows(run_set)
         lines += [f"## {run_set.heading}", "", markdown_table(header, rows), "", _caption(run_set), ""]
     lines += [f"![training tokens/s against eager PyTorch's, per machine]({figure})", ""]
+    lines += inference_section(results, inference_figure)
     findings = _findings(results)
     if findings:
         lines += ["## Findings", "", *findings, ""]
@@ -595,12 +597,42 @@ def benchmarks_page(results: Path, figure: str = "docs/benchmarks/headline.png")
     return "\n".join(lines)
 
 
+def inference_sets(results: Path) -> list[tuple[str, dict, list[dict]]]:
+    """(name, inference.json, rows) of the newest benchmarks.infer set kept under results/ on each kind
+    of machine: CPUs first, newest first."""
+    from benchmarks.infer import SET_FILE, load_set, machine
+    newest = {}
+    for name, (spec, rows) in sorted(((p.parent.name, load_set(p.parent)) for p in results.glob(f"*/{SET_FILE}")),
+                                     key=lambda item: item[1][0]["date"]):
+        if rows:
+            newest[machine(spec, rows)] = (name, spec, rows)
+    newest_first = sorted(newest.values(), key=lambda item: item[1]["date"], reverse=True)
+    return sorted(newest_first, key=lambda item: any(row["device"] != "cpu" for row in item[2]))
+
+
+def inference_section(results: Path, figure: str) -> list[str]:
+    """BENCHMARKS.md's decoding figures: a short table per kind of machine and one plot; none without a set."""
+    from benchmarks.infer import caption, machine, short_table
+    sets = inference_sets(results)
+    lines = []
+    for name, spec, rows in sets:
+        lines += [f"## Inference: {machine(spec, rows)}", "", markdown_table(*short_table(spec, rows)), "",
+                  f"{caption(spec)} [{name}](results/{name}/report.md).", ""]
+    return lines + ([f"![decode tokens/s against batch size, per machine]({figure})", ""] if sets else [])
+
+
 def write_benchmarks(root: Path = REPO) -> Path:
     """Write root/BENCHMARKS.md and its plot from root/results/."""
     results, figure = root / "results", Path("docs/benchmarks/headline.png")
-    page = benchmarks_page(results, figure.as_posix())
+    inference = Path("docs/benchmarks/inference.png")
+    page = benchmarks_page(results, figure.as_posix(), inference.as_posix())
     (root / figure).parent.mkdir(parents=True, exist_ok=True)
     (root / figure).write_bytes(headline_figure(headline_sets(load_run_sets(results))))
+    newest_inference = inference_sets(results)
+    if newest_inference:
+        from benchmarks.infer import decode_figure, machine
+        (root / inference).write_bytes(decode_figure([(machine(spec, rows), rows)
+                                                      for _, spec, rows in newest_inference]))
     path = root / "BENCHMARKS.md"
     path.write_text(page, encoding="utf-8")
     return path

@@ -1,0 +1,135 @@
+"""python -m benchmarks.infer: the inference benchmark's command, its arithmetic and its refusals."""
+import json
+import re
+import shutil
+
+import pytest
+
+from benchmarks import infer
+from benchmarks.report import write_benchmarks
+from benchmarks.results import pack
+from common.backend import is_installed
+from common.config import GPTConfig
+from tests.test_results import make_run
+
+# Two layers of width 4 over a 10-token vocabulary and 8 positions, no biases: wte 40, wpe 32, and per
+# layer ln_1 4, c_attn 48, attn.c_proj 16, ln_2 4, c_fc 64, mlp.c_proj 64; ln_f 4.
+SMALL = GPTConfig(vocab_size=10, block_size=8, n_layer=2, n_head=2, n_embd=4, bias=False)
+SMALL_PARAMS = 40 + 32 + 2 * (4 + 48 + 16 + 4 + 64 + 64) + 4
+
+
+@pytest.fixture(scope="module")
+def inference_set(tmp_path_factory):
+    """One command's set: PyTorch and JAX on the tiny preset, one round of one call of each shape."""
+    if not (is_installed("pytorch") and is_installed("jax")):
+        pytest.skip("needs PyTorch and JAX")
+    out = tmp_path_factory.mktemp("infer") / "set"
+    assert infer.main(["--framework", "pytorch,jax", "--preset", "tiny", "--batch-sizes", "1,2",
+                       "--prompt-lengths", "4,32", "--new-tokens", "4", "--repeat", "1", "--calls", "1",
+                       "--out", str(out)]) == 0
+    return out
+
+
+def test_two_frameworks_write_every_row_their_table_and_plot(inference_set):
+    out = inference_set
+    spec, rows = infer.load_set(out)
+    assert [r["row"] for r in rows] == ["pytorch", "jax"] and spec["host_bandwidth"] > 0
+    for row in rows:
+        figures = [row["first_token_s"], row["startup_s"], row["peak_memory_bytes"], row["kv_cache_speedup"],
+                   *(p[k] for p in row["prefill"] for k in ("ms_median", "ms_p90")),
+                   *(d[k] for d in [*row["decode"], row["nocache"]]
+                     for k in ("step_ms_median", "step_ms_p90", "tokens_per_s", "bandwidth_utilisation"))]
+        assert all(value > 0 for value in figures), row
+        assert [d["batch_size"] for d in row["decode"]] == [1, 2] and row["memory_kind"] == "host RSS"
+    report = (out / "report.md").read_text()
+    header = next(line for line in report.splitlines() if line.startswith("| row | first token"))
+    for column in ("prefill ms @4", "prefill ms @32", "decode tok/s @1", "decode tok/s @2", "ms/token @1 median (p90)",
+                   "no-cache tok/s @1", "KV-cache speed-up", "bandwidth used @1", "peak memory"):
+        assert f"| {column} |" in header
+    for name in ("pytorch", "jax"):
+        cells = next(line for line in report.splitlines() if line.startswith(f"| {name} | ")).split(" | ")[1:]
+        assert len(cells) == header.count(" | ")
+        for cell in cells:
+            numbers = re.findall(r"\d[\d,]*(?:\.\d+)?", cell)
+            assert numbers and all(float(n.replace(",", "")) > 0 for n in numbers), (name, cell)
+    assert (out / infer.PLOT_FILE).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert f"]({infer.PLOT_FILE})" in report and not (out / "rounds").exists()  # each row's file holds its rounds
+
+
+def test_benchmarks_page_shows_the_newest_inference_set_per_machine(inference_set, tmp_path):
+    results = tmp_path / "results"
+    pack([make_run(tmp_path / "a" / "pytorch"), make_run(tmp_path / "a" / "jax", "jax")], results / "training")
+    shutil.copytree(inference_set, results / "infer-new")
+    shutil.copytree(inference_set, results / "infer-old")
+    spec = json.loads((results / "infer-old" / infer.SET_FILE).read_text())
+    (results / "infer-old" / infer.SET_FILE).write_text(json.dumps({**spec, "date": "2020-01-01T00:00:00+00:00"}))
+    write_benchmarks(tmp_path)
+    page = (tmp_path / "BENCHMARKS.md").read_text()
+    assert page.count("## Inference: ") == 1 and "[infer-new](results/infer-new/report.md)" in page
+    assert "infer-old" not in page.split("## Run sets")[0]
+    header = "| row | decode tok/s @1 | decode tok/s @2 | KV-cache speed-up @1 | first token s (compile incl.) |"
+    assert header in page and "\n| pytorch | " in page and "\n| jax | " in page
+    assert (tmp_path / "docs" / "benchmarks" / "inference.png").read_bytes()[:4] == b"\x89PNG"
+
+
+def test_bytes_a_decode_step_reads():
+    """Weights once (float32), then K and V of every position so far: 1 + (5 - 1) / 2 = 3 on average
+    over five steps after a one-token prompt, in 2 layers of width 4, for each of 3 rows."""
+    assert infer.decode_bytes_per_step(SMALL, batch_size=3, prompt_tokens=1, new_tokens=5) == \
+        4 * SMALL_PARAMS + 2 * 2 * 4 * 4 * 3 * 3
+    assert infer.decode_bytes_per_step(SMALL, 3, 1, 5, dtype="bfloat16") == 4 * SMALL_PARAMS + 2 * 2 * 4 * 2 * 3 * 3
+
+
+def _round(row: str, decode_s: dict, nocache_s: list, first: float) -> dict:
+    return {"row": row, "round": 0, "startup_s": 1.0, "first_token_s": first, "prefill_s": {"8": [0.002, 0.004]},
+            "decode_step_s": decode_s, "nocache_step_s": nocache_s, "peak_memory_bytes": 2**20,
+            "memory_kind": "host RSS", "env": {"framework": "pytorch", "device": "cpu", "device_name": "cpu",
+                                                 "framework_version": "x"}}
+
+
+def test_a_row_pools_its_rounds_and_measures_bandwidth_against_the_host():
+    spec = {"model": vars(SMALL), "host_bandwidth": 1e9, "host_bandwidth_method": "copy",
+            "options": {"batch_sizes": [1, 4], "prompt_lengths": [8], "new_tokens": 5, "calls": 2, "dtype": "float32"}}
+    rounds = [_round(infer.COMPILED, {"1": [0.001, 0.003], "4": [0.002, 0.002]}, [0.004, 0.004], 3.0),
+              _round(infer.COMPILED, {"1": [0.002, 0.002], "4": [0.002, 0.002]}, [0.004, 0.006], 5.0)]
+    row = infer.combine(spec, rounds)
+    one, four = row["decode"]
+    assert one["step_ms_median"] == pytest.approx(2.0) and one["step_ms_p90"] == pytest.approx(2.7)  # of 1, 2, 2, 3
+    assert one["tokens_per_s"] == pytest.approx(500) and four["tokens_per_s"] == pytest.approx(2000)
+    assert four["bandwidth_utilisation"] == pytest.approx((4 * SMALL_PARAMS + 2 * 2 * 4 * 4 * 4 * 3) / 0.002 / 1e9)
+    assert row["nocache"]["tokens_per_s"] == pytest.approx(250) and row["kv_cache_speedup"] == pytest.approx(2.0)
+    assert row["first_token_s"] == pytest.approx(4.0) and row["prefill"] == [
+        {"prompt_tokens": 8, "ms_median": pytest.approx(3.0), "ms_p90": pytest.approx(4.0)}]
+    assert row["compile"] and row["rounds"] == 2 and row["memory_bandwidth_source"] == "copy"
+
+
+def test_a_gpu_is_measured_against_its_datasheet_and_the_host_copy_is_timed():
+    assert infer.device_bandwidth("NVIDIA H100 80GB HBM3") == 3.35e12
+    assert infer.device_bandwidth("NVIDIA H100 PCIe") == 2.0e12
+    assert infer.device_bandwidth("NVIDIA A100-SXM4-80GB") == 2.039e12
+    assert infer.device_bandwidth("Some Future Accelerator") is None
+    assert infer.host_memory_bandwidth(mib=16, repeats=2) > 1e8  # any machine copies 100 MB/s
+
+
+@pytest.mark.parametrize("args, message", [
+    (["--framework", "mxnet"], "unknown framework 'mxnet'"),
+    (["--batch-sizes", "1,x"], "--batch-sizes takes whole numbers from 1"),
+    (["--batch-sizes", "0,8"], "--batch-sizes takes whole numbers from 1"),
+    (["--prompt-lengths", "4,33"], "up to 32, the model's block_size"),
+    (["--new-tokens", "0"], "--new-tokens must be at least 1"),
+    (["--repeat", "0"], "--repeat and --calls must be at least 1"),
+    (["--preset", "huge"], "unknown preset 'huge'"),
+    (["--checkpoint", "no/such/run"], "no checkpoint at"),
+    (["--checkpoint", "{tmp}", "--init-from", "gpt2"], "not allowed with argument"),
+    (["--out", "{file}"], "is a file: name a folder"),
+    (["--out", "{done}"], "already holds an inference set: pass --force"),
+    (["--calls", "many"], "argument --calls: invalid int value"),
+])
+def test_bad_input_is_one_line_and_exit_2(tmp_path, capsys, args, message):
+    (tmp_path / "file").write_text("")
+    (tmp_path / "done").mkdir()
+    (tmp_path / "done" / infer.SET_FILE).write_text("{}")
+    args = [a.format(tmp=tmp_path, file=tmp_path / "file", done=tmp_path / "done") for a in args]
+    assert infer.main(["--preset", "tiny", "--framework", "pytorch", *args]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("error: ") and err.count("\n") == 1 and re.search(re.escape(message), err), err
