@@ -143,6 +143,20 @@ def check_sampling(prompt: list[int], max_new_tokens: int, vocab_size: int, temp
         raise UserError(f"top_p must be above 0 and at most 1, got {top_p}.")
 
 
+def check_prompt(prompt: list[int], config: GPTConfig) -> None:
+    """Refuse a prompt the model cannot read in one pass: empty, outside the vocabulary, or longer
+    than its context."""
+    if len(prompt) == 0:
+        raise UserError("the prompt is empty: give at least one token.")
+    outside = [t for t in prompt if not 0 <= int(t) < config.vocab_size]
+    if outside:
+        raise UserError(f"prompt token {outside[0]} is outside the vocabulary: use ids from 0 to "
+                        f"{config.vocab_size - 1}.")
+    if len(prompt) > config.block_size:
+        raise UserError(f"the prompt has {len(prompt)} tokens, more than block_size {config.block_size}: "
+                        f"shorten it.")
+
+
 SEED_LIMIT = 2**32  # a seed is one uint32 word of each framework's random key
 
 
@@ -244,6 +258,22 @@ class Backend(ABC):
     @abstractmethod
     def export_params(self) -> dict[str, np.ndarray]:
         """The current weights in canonical names and layouts."""
+
+    def inspect(self, prompt: list[int]) -> dict[str, np.ndarray]:
+        """What the model computes on one prompt, layer by layer (benchmarks/explain.py), no dropout:
+        float32 arrays `logits` (T, vocab_size), `attention` (n_layer, n_head, T, T), the weights of
+        each query (row) over the keys (columns), and `norms` (n_layer, 3, T): per position, the L2
+        norm of the residual stream entering each block and of the block's attention and MLP updates.
+        The weights come from each model's own attention (its `record` option)."""
+        check_prompt(prompt, self.config)
+        logits, attention, norms = self._inspect(np.asarray([prompt], dtype=np.int32))
+        return {"logits": np.asarray(logits, np.float32)[0], "attention": np.asarray(attention, np.float32)[:, 0],
+                "norms": np.asarray(norms, np.float32)[:, :, 0]}
+
+    def _inspect(self, ids: np.ndarray) -> tuple:
+        """(1, T) int32 ids -> logits (1, T, vocab_size), attention (n_layer, 1, nh, T, T) and norms
+        (n_layer, 3, 1, T), as the framework's arrays: the model file's `inspect` on the eval model."""
+        raise NotImplementedError(f"{self.runtime} cannot inspect its model yet.")
 
     def optimizer_state(self) -> dict[str, np.ndarray]:
         """AdamW state in canonical names: `adam_m.<param>`, `adam_v.<param>`, and `adam_count`."""

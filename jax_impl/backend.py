@@ -151,3 +151,9 @@ class Backend(BaseBackend):
 
     def profile(self, log_dir):
         return jax.profiler.trace(log_dir)
+
+    # --- looking inside ------------------------------------------------------------------------
+    def _inspect(self, ids):
+        from jax_impl.model import inspect
+        model, _ = self._merged()
+        return self._run(inspect, model, jax.device_put(ids, self.placement))

@@ -49,6 +49,12 @@ class CausalSelfAttention(nnx.Module):
         self.c_proj = nnx.Linear(config.n_embd, config.n_embd, use_bias=config.bias, dtype=dtype, rngs=rngs)
         self.attn_dropout = nnx.Dropout(config.dropout, rngs=rngs)
         self.resid_dropout = nnx.Dropout(config.dropout, rngs=rngs)
+        self.record = False  # keep the attention weights for inspection (see `inspect`)
+
+    def set_view(self, record: bool | None = None):
+        """nnx.view(model, record=True) gives a model that sows what `inspect` reads."""
+        if record is not None:
+            self.record = record
 
     def __call__(self, x, cache: KVCache | None = None):
         B, T, C = x.shape
@@ -67,7 +73,10 @@ class CausalSelfAttention(nnx.Module):
         # Written out rather than jax.nn.dot_product_attention, which has no dropout on the weights.
         att = jnp.einsum("bhqd,bhkd->bhqk", q, k) / math.sqrt(k.shape[-1])  # (B, nh, T, S)
         att = jnp.where(mask, att.astype(jnp.float32), -jnp.inf)  # softmax in float32 also under bf16
-        att = self.attn_dropout(jax.nn.softmax(att, axis=-1).astype(v.dtype))
+        att = jax.nn.softmax(att, axis=-1)
+        if self.record:  # the weights before dropout, which inspection runs without
+            self.sow(nnx.Intermediate, "att", att)
+        att = self.attn_dropout(att.astype(v.dtype))
         y = jnp.einsum("bhqk,bhkd->bhqd", att, v)
         y = y.transpose(0, 2, 1, 3).reshape(B, T, C)  # (B, nh, T, hs) -> (B, T, C)
         return self.resid_dropout(self.c_proj(y)), cache
@@ -110,11 +119,24 @@ class Block(nnx.Module):
         self.ln_2 = nnx.LayerNorm(config.n_embd, epsilon=config.layer_norm_eps, use_bias=config.bias,
                                   dtype=dtype, rngs=rngs)
         self.mlp = MLP(config, dtype=dtype, rngs=rngs)
+        self.record = False  # keep the norms below for inspection (see `inspect`)
+
+    def set_view(self, record: bool | None = None):
+        if record is not None:
+            self.record = record
 
     def __call__(self, x, cache: KVCache | None = None):
-        y, cache = self.attn(self.ln_1(x), cache)
-        x = x + y
-        return x + self.mlp(self.ln_2(x)), cache
+        attn_out, cache = self.attn(self.ln_1(x), cache)
+        h = x + attn_out
+        mlp_out = self.mlp(self.ln_2(h))
+        if self.record:  # the residual stream's size and what each update adds to it: (3, B, T)
+            self.sow(nnx.Intermediate, "norms", jnp.stack([token_norms(t) for t in (x, attn_out, mlp_out)]))
+        return h + mlp_out, cache
+
+
+def token_norms(x):
+    """(B, T, C) -> (B, T): the L2 norm of every position's vector, in float32."""
+    return jnp.linalg.norm(x.astype(jnp.float32), axis=-1)
 
 
 class GPT(nnx.Module):
@@ -162,6 +184,20 @@ def embed_tokens(wte: nnx.Embed, idx):
         return wte(idx)
     table = wte.embedding[...].astype(wte.dtype or wte.embedding[...].dtype)
     return jax.nn.one_hot(idx, wte.num_embeddings, dtype=table.dtype) @ table
+
+
+def inspect(model: GPT, idx):
+    """One forward pass without dropout in which every layer records what it computed, for
+    benchmarks/explain.py: the logits (B, T, vocab_size), the attention weights (n_layer, B, nh, T, T)
+    and the norms (n_layer, 3, B, T) of the residual stream entering each block and of the block's
+    attention and MLP updates. `nnx.capture` collects what the layers sow."""
+    viewed = nnx.view(model, deterministic=True, record=True)
+    (logits, _), recorded = nnx.capture(viewed, nnx.Intermediate)(idx)
+    layers = [recorded["h"][i] for i in range(model.config.n_layer)]
+    # sow keeps a tuple of what each call sowed: one call here
+    attention = jnp.stack([layer["attn"]["att"].get_value()[0] for layer in layers])
+    norms = jnp.stack([layer["norms"].get_value()[0] for layer in layers])
+    return logits, attention, norms
 
 
 def cross_entropy(logits, targets):

@@ -129,3 +129,9 @@ class Backend(KerasModelState, BaseBackend):
             yield
         finally:
             tf.profiler.experimental.stop()
+
+    # --- looking inside ------------------------------------------------------------------------
+    def _inspect(self, ids):
+        from tensorflow_impl.model import inspect
+        with self._placed():
+            return inspect(self.model, ids)

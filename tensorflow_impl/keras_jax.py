@@ -132,3 +132,9 @@ class Backend(KerasModelState, BaseBackend):
 
     def profile(self, log_dir):
         return jax.profiler.trace(log_dir)
+
+    # --- looking inside ------------------------------------------------------------------------
+    def _inspect(self, ids):
+        from tensorflow_impl.model import inspect
+        with self._placed():
+            return inspect(self.model, ids)

@@ -62,6 +62,7 @@ class CausalSelfAttention(layers.Layer):
         self.c_proj = layers.Dense(C, use_bias=bias, dtype=dtype, name="c_proj")
         self.attn_dropout = layers.Dropout(dropout, dtype=dtype)
         self.resid_dropout = layers.Dropout(dropout, dtype=dtype)
+        self.record = False  # keep the attention weights for inspection (see `inspect`)
 
     def build(self, input_shape):
         self.c_attn.build(input_shape)
@@ -88,7 +89,10 @@ class CausalSelfAttention(layers.Layer):
         visible = key_pos[None, :] <= query_pos[:, None]  # (T, T) or (T, block_size)
         scores = ops.matmul(q, ops.swapaxes(k, -1, -2)) * (1.0 / math.sqrt(hs))  # (B, nh, T, keys)
         scores = ops.where(visible, scores, ops.cast(float("-inf"), scores.dtype))
-        weights = self.attn_dropout(ops.softmax(scores, axis=-1), training=training)
+        weights = ops.softmax(scores, axis=-1)
+        if self.record:  # the weights before dropout, which inspection runs without
+            self.att = weights
+        weights = self.attn_dropout(weights, training=training)
         y = ops.matmul(weights, v)  # (B, nh, T, hs)
         y = ops.reshape(ops.transpose(y, (0, 2, 1, 3)), (B * T, C))  # (B, nh, T, hs) -> (B*T, C)
         y = self.resid_dropout(ops.reshape(self.c_proj(y), (B, T, C)), training=training)
@@ -149,18 +153,27 @@ class Block(layers.Layer):
         self.attn = CausalSelfAttention(self.config, layer, dtype=self.dtype_policy, name="attn")
         self.ln_2 = _layer_norm(self.config, "ln_2", self.dtype_policy)
         self.mlp = MLP(self.config, dtype=self.dtype_policy, name="mlp")
+        self.record = False  # keep the norms below for inspection (see `inspect`)
 
     def build(self, input_shape):
         for sublayer in (self.ln_1, self.attn, self.ln_2, self.mlp):
             sublayer.build(input_shape)
 
     def call(self, x, cache: KVCache | None = None, training=None):
-        y, cache = self.attn(self.ln_1(x), cache=cache, training=training)
-        x = x + y
-        return x + self.mlp(self.ln_2(x), training=training), cache
+        attn_out, cache = self.attn(self.ln_1(x), cache=cache, training=training)
+        h = x + attn_out
+        mlp_out = self.mlp(self.ln_2(h), training=training)
+        if self.record:  # the residual stream's size and what each update adds to it: (3, B, T)
+            self.norms = ops.stack([token_norms(t) for t in (x, attn_out, mlp_out)])
+        return h + mlp_out, cache
 
     def get_config(self):
         return {**super().get_config(), "config": dataclasses.asdict(self.config), "layer": self.layer}
+
+
+def token_norms(x):
+    """(B, T, C) -> (B, T): the L2 norm of every position's vector, in float32."""
+    return ops.norm(ops.cast(x, "float32"), axis=-1)
 
 
 @keras.saving.register_keras_serializable(package=PACKAGE)
@@ -211,6 +224,22 @@ class GPT(keras.Model):
 
     def get_config(self):
         return {**super().get_config(), "config": dataclasses.asdict(self.config)}
+
+
+def inspect(model: GPT, idx):
+    """One forward pass without dropout in which every layer records what it computed, for
+    benchmarks/explain.py: the logits (B, T, vocab_size), the attention weights (n_layer, B, nh, T, T)
+    and the norms (n_layer, 3, B, T) of the residual stream entering each block and of the block's
+    attention and MLP updates. Run eagerly, so the layers' attributes hold values, not symbols."""
+    for block in model.h:
+        block.record = block.attn.record = True
+    try:
+        logits, _ = model(idx, training=False)
+    finally:
+        for block in model.h:
+            block.record = block.attn.record = False
+    return (logits, ops.stack([block.attn.att for block in model.h]),
+            ops.stack([block.norms for block in model.h]))
 
 
 # A Keras loss object rather than ops: under tf.distribute it divides each replica's mean by the
