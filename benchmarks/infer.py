@@ -134,14 +134,15 @@ def measure(backend, config: GPTConfig, options: dict) -> dict:
     calls, new = options["calls"], options["new_tokens"]
 
     def generate(batch_size, length, max_new_tokens, use_cache=True):
-        return lambda: backend.generate_batch(prompts(config, batch_size, length), max_new_tokens,
-                                              temperature=0.0, use_cache=use_cache)
+        ids = prompts(config, batch_size, length)
+        return lambda: backend.generate_batch(ids, max_new_tokens, temperature=0.0, use_cache=use_cache)
 
     first_token_s = timed(generate(1, max(options["prompt_lengths"]), 1))
     prefill = {}
     for length in options["prompt_lengths"]:
-        timed(generate(1, length, 1))  # its own compilation, where a framework needs one per length
-        prefill[str(length)] = [timed(generate(1, length, 1)) for _ in range(calls)]
+        first_token = generate(1, length, 1)
+        first_token()  # a framework may compile once per prompt length
+        prefill[str(length)] = [timed(first_token) for _ in range(calls)]
 
     def steps(batch_size, use_cache=True):
         decode = generate(batch_size, DECODE_PROMPT_TOKENS, new, use_cache)
@@ -171,10 +172,9 @@ def run_row(out: Path, row: str, round_index: int) -> int:
     spec = json.loads((out / SET_FILE).read_text())
     config, params, _ = load_weights(spec["source"])
     host_malloc = retain_freed_memory()  # as in every training run, before the framework allocates
-    framework = "pytorch" if row == COMPILED else row
     train = TrainConfig(dtype=spec["options"]["dtype"], compile=row == COMPILED)
     with native_logs_filtered():  # the framework is imported here
-        backend = load_backend(framework)(config, train, params, device=spec["options"]["device"])
+        backend = load_backend(framework_of(row))(config, train, params, device=spec["options"]["device"])
     startup_s = time.perf_counter() - started
     times = measure(backend, config, spec["options"])
     device_memory = backend.peak_memory_bytes()
@@ -221,9 +221,8 @@ def combine(spec: dict, rounds: list[dict]) -> dict:
         "rounds": len(rounds), "calls_per_round": options["calls"], "params": num_params(config),
         "first_token_s": first_median, "first_token_s_p90": first_p90,
         "startup_s": float(np.median(pooled("startup_s"))),
-        "prefill": [{"prompt_tokens": n, **dict(zip(("ms_median", "ms_p90"),
-                                                    (1e3 * v for v in percentiles(pooled("prefill_s", n)))))}
-                    for n in options["prompt_lengths"]],
+        "prefill": [{"prompt_tokens": n, "ms_median": 1e3 * median, "ms_p90": 1e3 * p90}
+                    for n in options["prompt_lengths"] for median, p90 in [percentiles(pooled("prefill_s", n))]],
         "decode": decode, "nocache": nocache,
         "kv_cache_speedup": cached_1["tokens_per_s"] / nocache["tokens_per_s"] if cached_1 else None,
         "memory_bandwidth_bytes_per_s": bandwidth, "memory_bandwidth_source": bandwidth_source,
@@ -396,6 +395,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     return args
 
 
+def framework_of(row: str) -> str:
+    return "pytorch" if row == COMPILED else row
+
+
 def rows_of(text: str) -> list[str]:
     """The rows --framework names, in report order; `all` is every one."""
     names = set()
@@ -428,12 +431,12 @@ def plan(args, argv: list[str]) -> tuple[Path, dict, list[str], list[str]]:
     """The set's inference.json, the rows to run and those of `all` that are not installed, all checked
     before any process starts."""
     rows = rows_of(args.framework)
-    frameworks = {"pytorch" if row == COMPILED else row for row in rows}
+    frameworks = {framework_of(row) for row in rows}
     named_alone = "all" not in args.framework.lower()
     for framework in frameworks:
         if named_alone and not is_installed(framework):
             load_backend(framework)  # the one-line "not installed" error
-    missing = [row for row in rows if not is_installed("pytorch" if row == COMPILED else row)]
+    missing = [row for row in rows if not is_installed(framework_of(row))]
     source = {"checkpoint": args.checkpoint and str(Path(args.checkpoint).resolve()),
               "init_from": args.init_from, "preset": args.preset, "seed": args.seed}
     config, params, described = load_weights(source)
@@ -469,7 +472,7 @@ def run_set(out: Path, spec: dict, rows: list[str], missing: list[str], verbose:
     spec["host_bandwidth"] = host_memory_bandwidth()  # once, for every row
     spec["host_bandwidth_method"] = "numpy copy of 256 MiB, bytes read + written, best of 5"
     (out / SET_FILE).write_text(json.dumps(spec, indent=1))
-    problems = [f"{row}: not installed (missing {', '.join(missing_modules('pytorch' if row == COMPILED else row))})"
+    problems = [f"{row}: not installed (missing {', '.join(missing_modules(framework_of(row)))})"
                 for row in missing]
     failed = set()
     for round_index in range(spec["options"]["repeat"]):
