@@ -617,7 +617,7 @@ def inference_section(results: Path, figure: str) -> list[str]:
     lines = []
     for name, spec, rows in sets:
         lines += [f"## Inference: {machine(spec, rows)}", "", markdown_table(*short_table(spec, rows)), "",
-                  f"{caption(spec)} [{name}](results/{name}/report.md).", ""]
+                  f"{caption(spec, rows)} [{name}](results/{name}/report.md).", ""]
     return lines + ([f"![decode tokens/s against batch size, per machine]({figure})", ""] if sets else [])
 
 

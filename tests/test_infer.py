@@ -80,16 +80,19 @@ def test_bytes_a_decode_step_reads():
     assert infer.decode_bytes_per_step(SMALL, 3, 1, 5, dtype="bfloat16") == 4 * SMALL_PARAMS + 2 * 2 * 4 * 2 * 3 * 3
 
 
-def _round(row: str, decode_s: dict, nocache_s: list, first: float) -> dict:
+SPEC = {"model": vars(SMALL), "host_bandwidth": 1e9, "host_bandwidth_method": "copy",
+        "options": {"batch_sizes": [1, 4], "prompt_lengths": [8], "new_tokens": 5, "calls": 2, "dtype": "float32"}}
+
+
+def _round(row: str, decode_s: dict, nocache_s: list, first: float, device_name: str = "cpu") -> dict:
     return {"row": row, "round": 0, "startup_s": 1.0, "first_token_s": first, "prefill_s": {"8": [0.002, 0.004]},
             "decode_step_s": decode_s, "nocache_step_s": nocache_s, "peak_memory_bytes": 2**20,
-            "memory_kind": "host RSS", "env": {"framework": "pytorch", "device": "cpu", "device_name": "cpu",
-                                                 "framework_version": "x"}}
+            "memory_kind": "host RSS", "env": {"framework": "pytorch", "device": "cpu" if device_name == "cpu" else "gpu",
+                                                 "device_name": device_name, "framework_version": "x"}}
 
 
 def test_a_row_pools_its_rounds_and_measures_bandwidth_against_the_host():
-    spec = {"model": vars(SMALL), "host_bandwidth": 1e9, "host_bandwidth_method": "copy",
-            "options": {"batch_sizes": [1, 4], "prompt_lengths": [8], "new_tokens": 5, "calls": 2, "dtype": "float32"}}
+    spec = SPEC
     rounds = [_round(infer.COMPILED, {"1": [0.001, 0.003], "4": [0.002, 0.002]}, [0.004, 0.004], 3.0),
               _round(infer.COMPILED, {"1": [0.002, 0.002], "4": [0.002, 0.002]}, [0.004, 0.006], 5.0)]
     row = infer.combine(spec, rounds)
@@ -108,6 +111,9 @@ def test_a_gpu_is_measured_against_its_datasheet_and_the_host_copy_is_timed():
     assert infer.device_bandwidth("NVIDIA H100 PCIe") == 2.0e12
     assert infer.device_bandwidth("NVIDIA A100-SXM4-80GB") == 2.039e12
     assert infer.device_bandwidth("Some Future Accelerator") is None
+    row = infer.combine(SPEC, [_round("pytorch", {"1": [0.001], "4": [0.001]}, [0.002], 1.0, "NVIDIA H100 PCIe")])
+    assert row["memory_bandwidth_source"] == "datasheet"
+    assert row["decode"][0]["bandwidth_utilisation"] == pytest.approx((4 * SMALL_PARAMS + 2 * 2 * 4 * 4 * 3) / 1e-3 / 2e12)
     assert infer.host_memory_bandwidth(mib=16, repeats=2) > 1e8  # any machine copies 100 MB/s
 
 
