@@ -3,13 +3,17 @@ import json
 import re
 import shutil
 
+import numpy as np
 import pytest
 
 from benchmarks import infer
 from benchmarks.report import write_benchmarks
 from benchmarks.results import pack
 from common.backend import is_installed
-from common.config import GPTConfig
+from common.checkpoint import save_checkpoint
+from common.config import GPTConfig, get_preset
+from common.params import init_params
+from common.tokenizers import CharTokenizer
 from tests.test_results import make_run
 
 # Two layers of width 4 over a 10-token vocabulary and 8 positions, no biases: wte 40, wpe 32, and per
@@ -70,6 +74,17 @@ def test_benchmarks_page_shows_the_newest_inference_set_per_machine(inference_se
     header = "| row | decode tok/s @1 | decode tok/s @2 | KV-cache speed-up @1 | first token s (compile incl.) |"
     assert header in page and "\n| pytorch | " in page and "\n| jax | " in page
     assert (tmp_path / "docs" / "benchmarks" / "inference.png").read_bytes()[:4] == b"\x89PNG"
+
+
+def test_every_row_loads_the_same_weights_from_a_preset_or_a_checkpoint(tmp_path):
+    config, params, described = infer.load_weights({"preset": "tiny", "seed": 3})
+    assert config == get_preset("tiny")[0] and described == "random weights at tiny, seed 3"
+    assert all(np.array_equal(params[name], value) for name, value in init_params(config, 3).items())
+    save_checkpoint(tmp_path / "model.safetensors", params, config, step=0,
+                    tokenizer_json=CharTokenizer.train("ab").to_json(), framework="jax")
+    loaded_config, loaded, where = infer.load_weights({"checkpoint": str(tmp_path), "preset": "cpu-baby", "seed": 0})
+    assert loaded_config == config and where == str(tmp_path / "model.safetensors")
+    assert loaded.keys() == params.keys() and all(np.array_equal(loaded[n], params[n]) for n in params)
 
 
 def test_bytes_a_decode_step_reads():
