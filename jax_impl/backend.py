@@ -126,12 +126,11 @@ class Backend(BaseBackend):
             "temperature": np.float32(temperature),
             "top_k": None if top_k is None else np.int32(top_k),
             "top_p": None if top_p is None else np.float32(top_p)}
-        model, _ = self._merged()
         P = prompts.shape[1]
-        out = self._run(functools.partial(generate, max_new_tokens=max_new_tokens,
-                                          use_cache=use_cache and P <= self.config.block_size, greedy=greedy),
-                        model, self._ids(self._token_buffer(prompts, max_new_tokens)), np.int32(P),
-                        seeds, *sampling.values())
+        out = self._run(lambda *args: generate(*args, max_new_tokens=max_new_tokens, greedy=greedy,
+                                               use_cache=use_cache and P <= self.config.block_size),
+                        self.eval_graph, self.leaves, self._ids(self._token_buffer(prompts, max_new_tokens)),
+                        np.int32(P), seeds, *sampling.values())
         return np.asarray(out)[:, P:P + max_new_tokens]
 
     # --- environment -------------------------------------------------------------------------

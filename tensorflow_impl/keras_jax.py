@@ -23,12 +23,13 @@ from tensorflow_impl.model import GPT, KVCache, cross_entropy, load_canonical  #
 from tensorflow_impl.train import KerasModelState, compile_model, train_step  # noqa: E402
 
 
-@functools.partial(jax.jit, static_argnums=0, static_argnames=("max_new_tokens", "use_cache", "greedy"))
+@functools.partial(jax.jit, static_argnums=0, static_argnames=("max_new_tokens", "use_cache", "greedy"),
+                   donate_argnums=2)
 def _generate(model: GPT, variables, tokens, prompt_len, seeds, temperature, top_k, top_p, *,
               max_new_tokens: int, use_cache: bool, greedy: bool):
     """The Keras decode loop (tensorflow_impl/generate.py) under jax.jit, the model's variables
-    passed in as arrays; JAX's own keys draw the tokens, one per row (from its uint32 seed) folded
-    with the position."""
+    passed in as arrays and the token buffer donated, filled in place; JAX's own keys draw the
+    tokens, one per row (from its uint32 seed) folded with the position."""
     trainable, non_trainable = variables
     keys = jax.vmap(jax.random.key)(seeds)
 
@@ -112,7 +113,8 @@ class Backend(KerasModelState, BaseBackend):
         greedy = temperature == 0
         P = prompts.shape[1]
         with self._placed():
-            out = _generate(self.model, self._variables(), self._token_buffer(prompts, max_new_tokens), np.int32(P),
+            tokens = jax.device_put(self._token_buffer(prompts, max_new_tokens), self.device)
+            out = _generate(self.model, self._variables(), tokens, np.int32(P),
                             seeds, None if greedy else np.float32(temperature),
                             None if greedy or top_k is None else np.int32(top_k),
                             None if greedy or top_p is None else np.float32(top_p),
