@@ -378,10 +378,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                    f"--init-from: one of {', '.join(PRESETS)}")
     p.add_argument("--seed", type=int, default=1337, help="the random weights' seed")
     p.add_argument("--batch-sizes", default="1,8,32", help="decode batch sizes, joined by commas")
-    p.add_argument("--prompt-lengths", help="prefill prompt lengths, joined by commas (default: block_size / 8, "
-                   "/ 4, / 2 and block_size)")
-    p.add_argument("--new-tokens", type=int, help=f"tokens a timed decode makes (default: block_size - "
-                   f"{DECODE_PROMPT_TOKENS}, one window)")
+    p.add_argument("--prompt-lengths", help="prefill prompt lengths, joined by commas; None: block_size / 8, "
+                   "/ 4, / 2 and block_size")
+    p.add_argument("--new-tokens", type=int, help=f"tokens a timed decode makes; None: block_size - "
+                   f"{DECODE_PROMPT_TOKENS}, one window")
     p.add_argument("--repeat", type=int, default=3, help="rounds: each row runs once a round, in a fresh process")
     p.add_argument("--calls", type=int, default=3, help="timed calls of each shape in a round")
     p.add_argument("--device", default="auto", choices=["auto", "cpu", "gpu", "tpu"])
