@@ -1,5 +1,7 @@
 """GPT in PyTorch, after nanoGPT's model.py. The architecture is specified in common/spec.py."""
 
+import math
+
 import torch
 import torch.nn as nn
 from torch.nn import functional as F
@@ -45,21 +47,35 @@ class CausalSelfAttention(nn.Module):
         self.c_attn = nn.Linear(config.n_embd, 3 * config.n_embd, bias=config.bias)  # q, k, v at once
         self.c_proj = nn.Linear(config.n_embd, config.n_embd, bias=config.bias)
         self.resid_dropout = nn.Dropout(config.dropout)
+        self.record = False  # keep the attention weights for inspection (see `inspect`)
 
     def forward(self, x, cache: KVCache | None = None):
         B, T, C = x.size()
         q, k, v = self.c_attn(x).split(self.n_embd, dim=2)
         # (B, T, C) -> (B, nh, T, hs)
         q, k, v = (t.view(B, T, self.n_head, C // self.n_head).transpose(1, 2) for t in (q, k, v))
-        if cache is None:
-            y = F.scaled_dot_product_attention(q, k, v, dropout_p=self.dropout if self.training else 0.0,
-                                               is_causal=True)
-        else:  # the queries attend to the whole fixed cache, masked by position: one shape at every step
+        mask = None  # causal
+        # With a cache the queries attend to the whole fixed cache, masked by position: one shape at every step.
+        if cache is not None:
             k, v, mask = cache.update(self.layer, k, v)  # k, v: (B, nh, block_size, hs); mask (T, block_size)
-            y = F.scaled_dot_product_attention(q, k.to(q.dtype), v.to(q.dtype), attn_mask=mask,
-                                               dropout_p=self.dropout if self.training else 0.0)
+            k, v = k.to(q.dtype), v.to(q.dtype)
+        dropout = self.dropout if self.training else 0.0
+        if self.record:  # written out, as the fused kernel cannot return its weights; before dropout
+            self.att = attention_weights(q, k, mask)
+            y = F.dropout(self.att, dropout) @ v
+        else:
+            y = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, dropout_p=dropout, is_causal=mask is None)
         y = y.transpose(1, 2).contiguous().view(B, T, C)  # (B, nh, T, hs) -> (B, T, C)
         return self.resid_dropout(self.c_proj(y))
+
+
+def attention_weights(q, k, visible=None):
+    """softmax(q k^T / sqrt(hs)) over the keys each query may see, (B, nh, T, S): what
+    scaled_dot_product_attention computes inside; causal when no (T, S) mask is given."""
+    scores = (q @ k.transpose(-2, -1)) / math.sqrt(q.size(-1))
+    if visible is None:
+        visible = torch.ones(q.size(2), k.size(2), dtype=torch.bool, device=q.device).tril()
+    return scores.masked_fill(~visible, float("-inf")).softmax(dim=-1)
 
 
 class MLP(nn.Module):
@@ -83,10 +99,20 @@ class Block(nn.Module):
         self.attn = CausalSelfAttention(config, layer)
         self.ln_2 = nn.LayerNorm(config.n_embd, eps=config.layer_norm_eps, bias=config.bias)
         self.mlp = MLP(config)
+        self.record = False  # keep the norms below for inspection (see `inspect`)
 
     def forward(self, x, cache: KVCache | None = None):
-        x = x + self.attn(self.ln_1(x), cache)
-        return x + self.mlp(self.ln_2(x))
+        attn_out = self.attn(self.ln_1(x), cache)
+        h = x + attn_out
+        mlp_out = self.mlp(self.ln_2(h))
+        if self.record:  # the residual stream's size and what each update adds to it: (3, B, T)
+            self.norms = torch.stack([token_norms(t) for t in (x, attn_out, mlp_out)])
+        return h + mlp_out
+
+
+def token_norms(x):
+    """(B, T, C) -> (B, T): the L2 norm of every position's vector, in float32."""
+    return torch.linalg.vector_norm(x.float(), dim=-1)
 
 
 class GPT(nn.Module):
@@ -123,6 +149,22 @@ class GPT(nn.Module):
             cache.length += T  # in place: a compiled step sees the same tensor, now one position further
         logits = F.linear(self.ln_f(x), self.wte.weight)  # (B, T, vocab_size)
         return logits, cache
+
+
+@torch.no_grad()
+def inspect(model: GPT, idx):
+    """One forward pass in which every layer records what it computed, for benchmarks/explain.py
+    (dropout as the model's mode has it: call it in eval mode): the logits (B, T, vocab_size), the
+    attention weights (n_layer, B, nh, T, T) and the norms (n_layer, 3, B, T) of the residual stream
+    entering each block and of the block's attention and MLP updates."""
+    for block in model.h:
+        block.record = block.attn.record = True
+    try:
+        logits, _ = model(idx)
+    finally:
+        for block in model.h:
+            block.record = block.attn.record = False
+    return logits, torch.stack([block.attn.att for block in model.h]), torch.stack([block.norms for block in model.h])
 
 
 def cross_entropy(logits, targets):
