@@ -124,3 +124,11 @@ class Backend(BaseBackend):
             activities.append(torch.profiler.ProfilerActivity.CUDA)
         return torch.profiler.profile(activities=activities,
                                       on_trace_ready=torch.profiler.tensorboard_trace_handler(log_dir))
+
+    # --- looking inside ------------------------------------------------------------------------
+    @torch.no_grad()
+    def _inspect(self, ids):
+        from pytorch_impl.model import inspect
+        self.model.eval()
+        with self.amp:
+            return [t.float().cpu().numpy() for t in inspect(self.model, self._tensor(ids))]
