@@ -30,6 +30,7 @@ from __future__ import annotations
 
 import argparse
 import datetime as dt
+import gc
 import json
 import os
 import resource
@@ -139,16 +140,20 @@ def measure(backend, config: GPTConfig, options: dict) -> dict:
         ids = prompts(config, batch_size, length)
         return lambda: backend.generate_batch(ids, max_new_tokens, temperature=0.0, use_cache=use_cache)
 
+    def warm(call):
+        call()  # a framework compiles once per shape: per prompt length, batch size or token count
+        gc.collect()  # the garbage compiling leaves, collected now rather than inside a timed call
+
     first_token_s = timed(generate(1, max(options["prompt_lengths"]), 1))
     prefill = {}
     for length in options["prompt_lengths"]:
         first_token = generate(1, length, 1)
-        first_token()  # a framework may compile once per prompt length
+        warm(first_token)
         prefill[str(length)] = [timed(first_token) for _ in range(calls)]
 
     def steps(batch_size, use_cache=True):
         decode = generate(batch_size, DECODE_PROMPT_TOKENS, new, use_cache)
-        decode()  # compile, warm up
+        warm(decode)
         return [timed(decode) / new for _ in range(calls)]
 
     decode = {str(b): steps(b) for b in options["batch_sizes"]}
