@@ -29,11 +29,6 @@ class Backend(KerasModelState, BaseBackend):
         # Variables built under a strategy's scope are mirrored on its replicas; Keras' calls find it.
         self.strategy = None
         if replicas > 1:
-            if train.grad_accum > 1:
-                # Keras' accumulation branches on the micro-batch count around the replicas'
-                # gradient sum (a cond with a sync point inside), which MirroredStrategy refuses.
-                raise UserError("Keras cannot accumulate gradients over replicas under tf.distribute: use "
-                                "--replicas 1, or --set grad_accum=1 with a batch_size grad_accum times larger.")
             self.strategy = parallel.mirrored_strategy(replicas, self.device)
         # float32 means float32: no TF32 matmuls, so the GPU agrees with the CPU and the others.
         tf.config.experimental.enable_tensor_float_32_execution(False)
@@ -41,7 +36,10 @@ class Backend(KerasModelState, BaseBackend):
         with self._placed():
             self.model = GPT(config, dtype=policy)
             load_canonical(self.model, params)
-            compile_model(self.model, train)
+            # Over replicas the micro-batches' gradients are summed in the replicas' own step.
+            accumulating = self.strategy is not None and train.grad_accum > 1
+            compile_model(self.model, train, accumulate=not accumulating)
+            self._accumulating_step = parallel.accumulating_step(self.model, self.strategy) if accumulating else None
         if self.strategy:
             # XLA would compile Keras' whole step, the strategy's fan-out included, for one device,
             # which cannot reach the other replicas' variables; Keras' own "auto" turns it off too.
@@ -57,6 +55,8 @@ class Backend(KerasModelState, BaseBackend):
     def train_step(self, x, y, lr):
         x, y = np.asarray(x, np.int32), np.asarray(y, np.int32)
         batches = micro_batches(x, y, self.train_config.grad_accum)
+        if self._accumulating_step:  # the k micro-batches stacked (k, B, T), one step over the replicas
+            return train_step(self.model, [tuple(np.stack(a) for a in zip(*batches))], lr, self._accumulating_step)
         if self.strategy:
             return train_step(self.model, batches, lr,
                               lambda x, y: parallel.train_on_batch(self.model, self.strategy, x, y))

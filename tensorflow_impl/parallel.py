@@ -9,6 +9,7 @@ the update a single device would have made.
 Beyond one machine the same model trains under MultiWorkerMirroredStrategy (one process per worker,
 each told the cluster through TF_CONFIG), and on TPUs under TPUStrategy; neither is built here.
 """
+import numpy as np
 import tensorflow as tf
 
 from common.errors import UserError
@@ -39,13 +40,13 @@ def _split_cpu(replicas: int) -> None:
                         "the Backend with replicas > 1 in a fresh process, before anything else uses TF.") from None
 
 
-def split_batch(strategy: tf.distribute.Strategy, *arrays):
-    """Each replica's contiguous, equal rows of the global batch, as per-replica values."""
+def split_batch(strategy: tf.distribute.Strategy, *arrays, axis: int = 0):
+    """Each replica's contiguous, equal rows of the global batch (along `axis`), as per-replica values."""
     n = strategy.num_replicas_in_sync
 
     def rows(context):
         i = context.replica_id_in_sync_group
-        return tuple(tf.constant(a[i * len(a) // n:(i + 1) * len(a) // n]) for a in arrays)
+        return tuple(tf.constant(np.split(a, n, axis=axis)[i]) for a in arrays)
     return strategy.experimental_distribute_values_from_function(rows)
 
 
@@ -59,6 +60,36 @@ def train_on_batch(model, strategy: tf.distribute.Strategy, x, y) -> float:
     model.make_train_function()
     model.reset_metrics()
     return float(model.train_function([split_batch(strategy, x, y)])["loss"])
+
+
+def accumulating_step(model, strategy: tf.distribute.Strategy):
+    """A compiled step(x, y) for k micro-batches stacked (k, B, T): every replica sums the gradients
+    of its rows of each, then the optimizer applies them once (clipped over the replicas' sum, as
+    Keras' own step). Returns the mean loss over all the micro-batches.
+
+    Keras' own accumulation (the optimizer's gradient_accumulation_steps) branches on the micro-batch
+    count around the sum over replicas, a cond with a sync point inside, which MirroredStrategy
+    refuses; so over replicas the sum happens here, in the replicas' own step, and the optimizer is
+    built without it (tensorflow_impl.train.configure_optimizer).
+    """
+    def on_replica(x, y):  # (k, B / replicas, T)
+        k = x.shape[0]
+        variables = model.trainable_variables
+        total_loss, grads = 0.0, [tf.zeros_like(v) for v in variables]
+        for i in range(k):
+            with tf.GradientTape() as tape:
+                # Keras' loss divides its mean by the replicas (scale_loss_for_distribution).
+                loss = model.compute_loss(y=y[i], y_pred=model(x[i], training=True)) / k
+            grads = [g + step for g, step in zip(grads, tape.gradient(loss, variables))]
+            total_loss += loss
+        model.optimizer.apply(grads, variables)
+        return total_loss
+
+    @tf.function
+    def step(rows):
+        return strategy.reduce(tf.distribute.ReduceOp.SUM, strategy.run(on_replica, args=rows), axis=None)
+
+    return lambda x, y: float(step(split_batch(strategy, x, y, axis=1)))
 
 
 def test_on_batch(model, strategy: tf.distribute.Strategy, x, y) -> float:

@@ -53,7 +53,8 @@ class AdamW(keras.optimizers.AdamW):
         return self._momentums[index], self._velocities[index]
 
 
-def configure_optimizer(model: GPT, train: TrainConfig) -> AdamW:
+def configure_optimizer(model: GPT, train: TrainConfig, accumulate: bool = True) -> AdamW:
+    """accumulate=False leaves grad_accum to the caller (tensorflow_impl.parallel.accumulating_step)."""
     optimizer = AdamW(learning_rate=train.lr, weight_decay=train.weight_decay, beta_1=train.beta1,
                       beta_2=train.beta2, epsilon=train.eps,  # Keras' default epsilon is 1e-7
                       # One norm over all gradients, as torch; Keras scales by clip/norm where torch
@@ -62,17 +63,17 @@ def configure_optimizer(model: GPT, train: TrainConfig) -> AdamW:
                       # Keras sums k micro-batches' gradients and on the k-th applies their mean,
                       # clipped, with the bias correction of the updates made (iterations counts
                       # updates, _iterations micro-batches): the one update a k-times batch makes.
-                      gradient_accumulation_steps=train.grad_accum if train.grad_accum > 1 else None)
+                      gradient_accumulation_steps=train.grad_accum if accumulate and train.grad_accum > 1 else None)
     # Weight decay on matrices and embeddings only (common.params.decays): never biases or LayerNorm.
     optimizer.exclude_from_weight_decay(
         var_list=[v for name, v in canonical_variables(model).items() if not decays(name, v.shape)])
     return optimizer
 
 
-def compile_model(model: GPT, train: TrainConfig) -> GPT:
+def compile_model(model: GPT, train: TrainConfig, accumulate: bool = True) -> GPT:
     """Keras' own train step (forward, loss, gradients, AdamW) as one XLA computation; the loss is
     the model's compute_loss (model.cross_entropy on the logits), so compile names none."""
-    model.compile(optimizer=configure_optimizer(model, train), jit_compile=True)
+    model.compile(optimizer=configure_optimizer(model, train, accumulate), jit_compile=True)
     model.optimizer.build(model.trainable_variables)  # now, so its state can be read and loaded
     return model
 
