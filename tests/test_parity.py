@@ -62,14 +62,14 @@ def test_fifty_training_steps_match_pytorch(framework, grad_accum, shakespeare_t
     from common.data import get_batch
     train = TrainConfig(**{**TRAIN.__dict__, "batch_size": TRAIN.batch_size // grad_accum, "grad_accum": grad_accum})
     reference, other = _pair(framework, train=train)
-    clipped = 0
+    clipped = False
     for step in range(TRAIN.max_iters):
         x, y = get_batch(shakespeare_tokens, TRAIN.batch_size, CONFIG.block_size, TRAIN.seed, step)
-        clipped += _global_grad_norm(reference, x, y) > TRAIN.grad_clip
+        clipped = clipped or _global_grad_norm(reference, x, y) > TRAIN.grad_clip  # one clipped step is enough
         lr = learning_rate(step, TRAIN)
         ref_loss, loss = reference.train_step(x, y, lr), other.train_step(x, y, lr)
         assert abs(loss - ref_loss) <= 1e-3, f"step {step}: {loss} vs {ref_loss}"
-    assert clipped >= 1, "the test must exercise gradient clipping"
+    assert clipped, "the test must exercise gradient clipping"
     assert_trained_params_match(other.export_params(), reference.export_params(), 1e-3, CONFIG.n_embd)
 
 

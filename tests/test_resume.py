@@ -86,9 +86,13 @@ def test_resume_after_sigkill_in_training_matches_an_uninterrupted_run(framework
         assert abs(resumed[step] - loss) <= 1e-5, step
 
 
+# The write itself (temporary files, then a rename, then `latest`) is common/checkpoint.py in every
+# framework, and what a framework restores from an older checkpoint is what the test above restores:
+# one framework shows that a write cut short costs only the steps since the previous checkpoint.
 @pytest.mark.slow
-@pytest.mark.parametrize("framework", FRAMEWORKS)
-def test_resume_after_sigkill_during_a_checkpoint_write(framework, uninterrupted, tmp_path):
+@pytest.mark.pytorch
+def test_resume_after_sigkill_during_a_checkpoint_write(uninterrupted, tmp_path):
+    framework = "pytorch"
     expected = uninterrupted(framework)
     hook = tmp_path / "hook"
     hook.mkdir()
