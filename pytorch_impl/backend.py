@@ -4,9 +4,9 @@ import torch
 
 from common.backend import Backend as BaseBackend, micro_batches
 from common.errors import UserError
-from pytorch_impl.generate import generate
+from pytorch_impl.generate import EAGER, compiled_steps, generate
 from pytorch_impl import parallel
-from pytorch_impl.model import GPT, cross_entropy, from_canonical_like, load_canonical, to_canonical
+from pytorch_impl.model import GPT, KVCache, cross_entropy, from_canonical_like, load_canonical, to_canonical
 from pytorch_impl.train import autocast, configure_optimizer, train_step
 
 
@@ -33,6 +33,8 @@ class Backend(BaseBackend):
         self.forward = torch.compile(trained) if train.compile else trained
         # Evaluation runs on one process only, so it must not enter DDP's collectives.
         self.evaluated = self.model if self.world_size > 1 else self.forward
+        self.decode_steps = compiled_steps(self.device.type) if train.compile else EAGER
+        self.kv_caches: dict[int, KVCache] = {}  # by batch size: compiled steps keep meeting the same tensors
 
     def _tensor(self, a: np.ndarray) -> torch.Tensor:
         return torch.from_numpy(np.asarray(a, dtype=np.int64)).to(self.device, non_blocking=True)
@@ -93,10 +95,22 @@ class Backend(BaseBackend):
 
     def _generate(self, prompts, max_new_tokens, temperature, top_k, top_p, seeds, use_cache):
         self.model.eval()
+        P = prompts.shape[1]
+        cache = self._kv_cache(len(prompts)) if use_cache and P <= self.config.block_size else None
         with self.amp:
-            out = generate(self.model, self._tensor(prompts), max_new_tokens, temperature, top_k, top_p, seeds,
-                           use_cache)
-        return out[:, prompts.shape[1]:].cpu().numpy()
+            out = generate(self.model, self._tensor(self._token_buffer(prompts, max_new_tokens)), P, max_new_tokens,
+                           temperature, top_k, top_p, seeds, cache, self.decode_steps)
+        return out[:, P:P + max_new_tokens].cpu().numpy()
+
+    def _kv_cache(self, batch_size: int) -> KVCache:
+        if batch_size not in self.kv_caches:
+            cache = KVCache(self.config, batch_size, self.device, self.model.wte.weight.dtype)
+            if self.train_config.compile:
+                # CUDA graphs may then write the cache in place, where they would copy it at every step.
+                for t in (*cache.keys, *cache.values, cache.length, cache.slots):
+                    torch._dynamo.mark_static_address(t)
+            self.kv_caches[batch_size] = cache
+        return self.kv_caches[batch_size]
 
     def close(self):
         parallel.shutdown()

@@ -1,4 +1,7 @@
-"""Sampling with a KV cache in PyTorch."""
+"""Sampling with a KV cache in PyTorch, after gpt-fast: fixed-shape steps (`prefill`, `decode_one_token`,
+`window_logits`) that torch.compile compiles once per batch size, driven by a Python loop."""
+from typing import Callable, NamedTuple
+
 import torch
 from torch.nn import functional as F
 
@@ -30,28 +33,86 @@ def sample_next(logits, temperature: float, top_k: int | None, top_p: float | No
     return torch.searchsorted(cdf, target, right=True).clamp(max=logits.size(-1) - 1)
 
 
-@torch.no_grad()
-def generate(model: GPT, idx, max_new_tokens: int, temperature: float = 1.0, top_k=None, top_p=None,
-             seeds=(0,), use_cache: bool = True):
-    """(B, P) prompts -> (B, P + max_new_tokens); row b samples from the stream of seeds[b].
+def prefill(model: GPT, window, cache: KVCache):
+    """(B, block_size) ids, the prompt padded after its end -> (B, block_size, V) logits, the cache
+    filled. One shape for every prompt length: the padding's keys land in slots after the prompt,
+    which every later query masks until decoding overwrites them."""
+    cache.length.zero_()
+    return model(window, cache=cache)[0]
 
-    The cache holds at most block_size positions. Once the context is longer, each step runs the
-    model on the last block_size tokens, exactly as the no-cache path does: with learned absolute
-    position embeddings, every token's position changes when the window slides.
+
+def decode_one_token(model: GPT, token, cache: KVCache):
+    """(B, 1) ids, the newest token -> (B, V) logits of the next one; the cache one position longer."""
+    return model(token, cache=cache)[0][:, -1]
+
+
+def window_logits(model: GPT, window):
+    """(B, block_size) ids -> (B, block_size, V) logits, no cache: the step once the window slides."""
+    return model(window)[0]
+
+
+class Steps(NamedTuple):
+    """The three fixed-shape functions a generation runs, eager or compiled."""
+    prefill: Callable
+    decode_one_token: Callable
+    window_logits: Callable
+
+
+EAGER = Steps(prefill, decode_one_token, window_logits)
+
+
+def compiled_steps(device_type: str) -> Steps:
+    """The steps under torch.compile, built once where the program starts; each compiles on its first
+    call at a batch size. On CUDA, mode="reduce-overhead" records each as a CUDA graph and replays it,
+    which takes the per-kernel launch cost out of every token."""
+    if device_type != "cuda":
+        # dynamic=False: one program per batch size, rather than a recompile into a shape-generic one.
+        return Steps(*(torch.compile(step, fullgraph=True, dynamic=False) for step in EAGER))
+
+    def graphed(step):
+        compiled = torch.compile(step, mode="reduce-overhead", fullgraph=True, dynamic=False)
+
+        def replay(*args):
+            # Every call starts afresh: the loop has read the last call's outputs, which the next
+            # replay may overwrite, so CUDA graphs need not keep them alive.
+            torch.compiler.cudagraph_mark_step_begin()
+            return compiled(*args)
+        return replay
+    return Steps(*(graphed(step) for step in EAGER))
+
+
+@torch.no_grad()
+def generate(model: GPT, tokens, prompt_len: int, max_new_tokens: int, temperature: float = 1.0, top_k=None,
+             top_p=None, seeds=(0,), cache: KVCache | None = None, steps: Steps = EAGER):
+    """Fill tokens[:, prompt_len:prompt_len + max_new_tokens] after the prompts; row b samples from the
+    stream of seeds[b]. The loop of jax_impl/generate.py, in Python around compiled steps.
+
+    tokens is a (B, S) buffer with S >= max(prompt_len + max_new_tokens, block_size). `cache` (None: no
+    cache) holds at most block_size positions and needs prompt_len <= block_size. Once the context is
+    longer, each step runs the model on the last block_size tokens, exactly as the no-cache path does:
+    with learned absolute position embeddings, every token's position changes when the window slides.
     """
     block_size = model.config.block_size
-    cache = None
-    for _ in range(max_new_tokens):
-        if use_cache and idx.size(1) <= block_size:
-            if cache is None:
-                cache = KVCache(model.config, idx.size(0), idx.device, model.wte.weight.dtype)
-                logits, _ = model(idx, cache=cache)
-            else:
-                logits, _ = model(idx[:, -1:], cache=cache)
-        else:
-            logits, _ = model(idx[:, -block_size:])
-        # The draw for the token at position idx.size(1), keyed by (seed, position).
-        uniforms = torch.from_numpy(stream_uniforms(seeds, idx.size(1))) if temperature > 0 else None
-        next_id = sample_next(logits[:, -1, :], temperature, top_k, top_p, uniforms)
-        idx = torch.cat((idx, next_id), dim=1)
-    return idx
+
+    def sample(logits, i):  # (B, V) -> (B,) the token at position prompt_len + i, keyed by (seed, position)
+        uniforms = torch.from_numpy(stream_uniforms(seeds, prompt_len + i)) if temperature > 0 else None
+        return sample_next(logits, temperature, top_k, top_p, uniforms)[:, 0]
+
+    n_cached = 0
+    if cache is not None:
+        logits = steps.prefill(model, tokens[:, :block_size], cache)
+        cache.length.fill_(prompt_len)
+        tokens[:, prompt_len] = sample(logits[:, prompt_len - 1], 0)
+        # Steps whose context (prompt_len + i tokens) still fits in block_size extend the cache.
+        n_cached = min(block_size - prompt_len + 1, max_new_tokens)
+        for i in range(1, n_cached):
+            length = prompt_len + i
+            tokens[:, length] = sample(steps.decode_one_token(model, tokens[:, length - 1:length], cache), i)
+    for i in range(n_cached, max_new_tokens):
+        # A full block_size window keeps the shape fixed; while the context is shorter, causality
+        # makes the columns after it irrelevant to the logits at its last position.
+        length = prompt_len + i
+        start = max(length - block_size, 0)
+        logits = steps.window_logits(model, tokens[:, start:start + block_size])
+        tokens[:, length] = sample(logits[:, length - 1 - start], i)
+    return tokens

@@ -1,0 +1,93 @@
+"""Decoding as the inference benchmark and the harness time it: compiled once per (batch, bucket)
+shape, in every framework, and PyTorch's torch.compile decode giving eager PyTorch's tokens.
+
+That batched rows equal their own decode, and cached decoding the no-cache one, is the Backend
+contract's (tests/test_backend.py); here the compiled PyTorch decode is held to the same.
+"""
+import contextlib
+import dataclasses
+import functools
+
+import pytest
+
+from tests.conftest import KERAS_ROW, SMALL_CONFIG, SMALL_TRAIN, decisive_params, framework_param, make_backend
+
+# A model of its own: compiled programs are cached per process by shape (JAX's jit, torch.compile's
+# code objects), so one another test had compiled first would make the first count here 0.
+CONFIG = dataclasses.replace(SMALL_CONFIG, n_layer=1)
+# PyTorch decodes eagerly unless TrainConfig.compile; its compiled decode is the one that compiles.
+COMPILED = dataclasses.replace(SMALL_TRAIN, compile=True)
+PAST_WINDOW = CONFIG.block_size + 4  # new tokens: prefill, cached steps, then the sliding window
+
+
+@functools.cache
+def compiled_backend(framework: str):
+    return make_backend(framework, CONFIG, COMPILED, params=decisive_params(CONFIG))
+
+
+@contextlib.contextmanager
+def compilations(framework: str, backend):
+    """Yields a list that holds, once the block ends, how many programs the framework compiled in it:
+    graphs torch.compile captured, XLA compilations of anything under JAX, traces of TensorFlow's
+    decode function."""
+    counted = []
+    if framework == "pytorch":
+        from torch._dynamo.utils import counters
+        before = counters["stats"]["unique_graphs"]
+        yield counted
+        counted.append(counters["stats"]["unique_graphs"] - before)
+    elif framework == "tensorflow":
+        before = backend._compiled_generate.experimental_get_tracing_count()
+        yield counted
+        counted.append(backend._compiled_generate.experimental_get_tracing_count() - before)
+    else:  # jax, keras-jax
+        import jax
+        events = []
+
+        def listener(event, duration, **kwargs):
+            if event == "/jax/core/compile/backend_compile_duration":
+                events.append(kwargs.get("fun_name"))
+
+        jax.monitoring.register_event_duration_secs_listener(listener)
+        try:
+            yield counted
+        finally:
+            jax.monitoring.unregister_event_duration_listener(listener)
+        counted.append(len(events))
+
+
+@pytest.mark.parametrize("framework", [framework_param(f) for f in ("pytorch", "jax", KERAS_ROW)])
+def test_decode_compiles_once_per_batch_and_bucket(framework):
+    """A second decode with the same shapes (batch, token buffer) compiles nothing, whatever the
+    prompt length, seeds or sampling values; a new batch size compiles its own programs, once."""
+    backend = compiled_backend(framework)
+    sampled = dict(temperature=0.9, top_k=5, top_p=0.9)
+    with compilations(framework, backend) as first:
+        backend.generate_batch([[1, 2, 3]], PAST_WINDOW, seeds=[0], **sampled)
+    assert first[0] >= 1
+    with compilations(framework, backend) as again:
+        backend.generate_batch([[4, 5]], PAST_WINDOW, seeds=[7], **sampled)
+        backend.generate_batch([[6] * CONFIG.block_size], PAST_WINDOW, seeds=[8], temperature=0.5, top_k=3,
+                               top_p=0.5)
+    assert again == [0]
+    with compilations(framework, backend) as batch_of_two:
+        backend.generate_batch([[1, 2, 3], [4, 5, 6]], PAST_WINDOW, seeds=[0, 1], **sampled)
+    assert batch_of_two == first  # the same programs, at the new batch size
+    with compilations(framework, backend) as again:
+        backend.generate_batch([[7, 8], [9, 10]], PAST_WINDOW, seeds=[2, 3], **sampled)
+    assert again == [0]
+
+
+@pytest.mark.pytorch
+def test_compiled_pytorch_decode_gives_eager_tokens():
+    """torch.compile's decode steps give eager PyTorch's tokens, greedy and seeded, cache or not,
+    batched, past block_size, and after a longer prompt has been through the same cache."""
+    eager, compiled = make_backend("pytorch", CONFIG, params=decisive_params(CONFIG)), compiled_backend("pytorch")
+    long_prompt, prompts = [[5] * CONFIG.block_size], [[1, 2, 3], [4, 5, 6]]
+    for options in (dict(temperature=0.0), dict(temperature=1.0, top_k=20, seeds=[7, 8]),
+                    dict(temperature=0.8, top_p=0.9, seeds=[3, 4]), dict(temperature=0.0, use_cache=False)):
+        one = {k: v[:1] if k == "seeds" else v for k, v in options.items()}
+        assert compiled.generate_batch(long_prompt, PAST_WINDOW, **one) == eager.generate_batch(long_prompt,
+                                                                                                 PAST_WINDOW, **one)
+        assert compiled.generate_batch(prompts, PAST_WINDOW, **options) == eager.generate_batch(prompts, PAST_WINDOW,
+                                                                                                **options)
