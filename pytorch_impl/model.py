@@ -32,7 +32,7 @@ class KVCache:
         block_size) mask of the slots each new query attends to: its own position and those before.
         The slots after it hold nothing yet, or a longer prompt's padding (see generate.prefill).
         """
-        input_pos = self.length + torch.arange(k.size(2), device=k.device)  # (T,)
+        input_pos = self.slots[:k.size(2)] + self.length  # (T,)
         self.keys[layer].index_copy_(2, input_pos, k.to(self.keys[layer].dtype))
         self.values[layer].index_copy_(2, input_pos, v.to(self.values[layer].dtype))
         return self.keys[layer], self.values[layer], self.slots[None, :] <= input_pos[:, None]
