@@ -1,0 +1,282 @@
+"""Training throughput against model size, context length and batch size, every framework alike.
+
+    python -m benchmarks.sweep --framework all [--ladder size,context,batch] [--dtype float32,bfloat16]
+
+Each point of a ladder is one model shape, context and batch; each framework trains it in a process
+of its own from the same canonical initialisation (common.params.init_params) on the same random
+token batches: the first step (compilation included), a few warm-up steps, then timed steps whose
+median gives the step time, tokens/s and MFU, with the process's peak memory. The frameworks take
+turns at every point, so a slower minute of the machine falls on all of them. The points land in
+points.jsonl as they finish, then report.md (a table per ladder) and sweep.png (log-log tokens/s and
+MFU against parameters, a line per framework and dtype).
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import resource
+import subprocess
+import sys
+import time
+from dataclasses import asdict, dataclass, replace
+from pathlib import Path
+
+import numpy as np
+
+from common.backend import FRAMEWORKS, canonical_framework, is_installed
+from common.config import GPTConfig, TrainConfig
+from common.errors import OneLineParser, UserError, one_line
+from common.flops import _cpu_model, cpu_peak_flops, cpu_vector_isa, mfu
+from common.params import num_params
+
+REPO = Path(__file__).resolve().parents[1]
+GPT2_VOCAB = 50257
+
+
+def _shape(n_layer: int, n_head: int, n_embd: int, vocab_size: int, block_size: int, **extra) -> GPTConfig:
+    return GPTConfig(vocab_size=vocab_size, block_size=block_size, n_layer=n_layer, n_head=n_head,
+                     n_embd=n_embd, dropout=0.0, bias=True, **extra)
+
+
+# The size ladder, smallest first: the presets' shapes and contexts (character vocabulary) up to
+# GPT-2 small's shape at block 256 (its 50,257-token vocabulary, whose tied embedding is 39M of its
+# 124M parameters); "gpt-mini" is a step between.
+SIZES = {
+    "tiny": _shape(2, 2, 32, 65, 32),
+    "cpu-baby": _shape(4, 4, 128, 65, 64),
+    "shakespeare-char": _shape(6, 6, 384, 65, 256),
+    "gpt-mini": _shape(8, 8, 512, GPT2_VOCAB, 256, gelu_approximate=True),
+    "gpt2": _shape(12, 12, 768, GPT2_VOCAB, 256, gelu_approximate=True),
+}
+TOKENS_PER_STEP = 1024  # every point of the size and context ladders trains on batches of this many tokens
+CONTEXTS = (64, 128, 256, 512, 1024)
+CONTEXT_MODEL = "cpu-baby"
+BATCHES = (1, 2, 4, 8, 16, 32)
+BATCH_MODEL, BATCH_CONTEXT = "cpu-baby", 64
+
+
+@dataclass(frozen=True)
+class Point:
+    """One measurement: a framework training one shape at one context, batch and dtype."""
+    ladder: str
+    size: str
+    framework: str
+    dtype: str
+    block_size: int
+    batch_size: int
+    steps: int
+    warmup: int
+    device: str
+    cpu_peak_flops: float | None = None
+
+    @property
+    def model(self) -> GPTConfig:
+        return replace(SIZES[self.size], block_size=self.block_size)
+
+
+def ladder_points(ladder: str, sizes: list[str]) -> list[tuple[str, int, int]]:
+    """(size, block_size, batch_size) of every point of one ladder."""
+    if ladder == "size":
+        return [(s, SIZES[s].block_size, 0) for s in sizes]
+    if ladder == "context":
+        return [(CONTEXT_MODEL, block, 0) for block in CONTEXTS]
+    return [(BATCH_MODEL, BATCH_CONTEXT, batch) for batch in BATCHES]
+
+
+def plan(args) -> list[Point]:
+    frameworks = [f for f in FRAMEWORKS if is_installed(f)] if args.framework == "all" else list(dict.fromkeys(
+        canonical_framework(f) for f in args.framework.split(",")))
+    missing = [f for f in frameworks if not is_installed(f)]
+    if missing or not frameworks:
+        raise UserError(f"{', '.join(missing) or 'no framework'} not installed: pip install -e \".[all]\" (see README).")
+    dtypes = _list(args.dtype, ("float32", "bfloat16"), "--dtype")
+    ladders = _list(args.ladder, ("size", "context", "batch"), "--ladder")
+    sizes = _list(args.sizes, tuple(SIZES), "--sizes")
+    if args.steps < 1 or args.warmup < 0:
+        raise UserError("--steps must be at least 1 and --warmup at least 0.")
+    points = []
+    for ladder in ladders:
+        for size, block, batch in ladder_points(ladder, sizes):
+            batch = batch or max(1, TOKENS_PER_STEP // block)
+            for dtype in dtypes:
+                points += [Point(ladder, size, fw, dtype, block, batch, args.steps, args.warmup, args.device)
+                           for fw in frameworks]
+    return points
+
+
+def _list(text: str, allowed: tuple[str, ...], flag: str) -> list[str]:
+    items = [t.strip() for t in text.split(",") if t.strip()]
+    unknown = [t for t in items if t not in allowed]
+    if unknown or not items:
+        raise UserError(f"{flag} takes a comma-separated list of {', '.join(allowed)}; got {text!r}.")
+    return items
+
+
+# --- one point, in its own process ----------------------------------------------------------------
+
+def measure(point: Point) -> dict:
+    """Train `point` for warmup + steps steps after the first; the figures of the timed steps."""
+    from benchmarks.quiet import native_logs_filtered
+    from common.allocator import retain_freed_memory
+    from common.backend import load_backend
+    from common.params import init_params
+
+    retain_freed_memory()  # as every training run does (common/allocator.py)
+    model = point.model
+    train = replace(TrainConfig(), batch_size=point.batch_size, dtype=point.dtype, max_iters=point.steps)
+    started = time.perf_counter()
+    with native_logs_filtered():
+        backend = load_backend(point.framework)(model, train, init_params(model, seed=0), device=point.device)
+    rng = np.random.default_rng(0)
+    batches = [rng.integers(0, model.vocab_size, (2, point.batch_size, point.block_size), dtype=np.int32)
+               for _ in range(2)]
+    times = []
+    for step in range(1 + point.warmup + point.steps):
+        x, y = batches[step % 2]
+        step_started = time.perf_counter()
+        backend.train_step(x, y, train.lr)  # returns the loss as a float: the step has finished
+        times.append(time.perf_counter() - step_started)
+        if step == 0:
+            first_step_s, setup_s = times[0], step_started - started
+    timed = np.array(times[1 + point.warmup:])
+    tokens_per_s = point.batch_size * point.block_size / float(np.median(timed))
+    peak = backend.peak_memory_bytes()
+    info = backend.device_info()
+    return {**asdict(point), "params": num_params(model), "step_ms": 1e3 * float(np.median(timed)),
+            "step_ms_p90": 1e3 * float(np.percentile(timed, 90)), "tokens_per_s": tokens_per_s,
+            "mfu": mfu(tokens_per_s, model, point.cpu_peak_flops if info["device"] == "cpu" else None),
+            "first_step_s": first_step_s, "setup_s": setup_s,
+            "peak_memory_bytes": peak if peak is not None else resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024,
+            "peak_memory_kind": "device" if peak is not None else "process RSS",
+            "framework_version": info["framework_version"], "device_name": info.get("device_name")}
+
+
+# --- the whole sweep --------------------------------------------------------------------------------
+
+def run(points: list[Point], out: Path, verbose: bool = False) -> list[dict]:
+    results = []
+    with (out / "points.jsonl").open("a") as log:
+        for i, point in enumerate(points, 1):
+            done = subprocess.run([sys.executable, "-m", "benchmarks.sweep", "--point", json.dumps(asdict(point))],
+                                  cwd=REPO, capture_output=True, text=True)
+            label = f"[{point.framework}] {point.ladder} {point.size} block {point.block_size} batch {point.batch_size} {point.dtype}"
+            if done.returncode != 0:
+                reason = (done.stderr.strip().splitlines() or ["no output"])[-1]
+                result = {**asdict(point), "failed": one_line(reason)}
+                print(f"{label}: failed: {one_line(reason)} ({i}/{len(points)})", file=sys.stderr)
+            else:
+                result = json.loads(done.stdout.strip().splitlines()[-1])
+                print(f"{label}: {result['step_ms']:.1f} ms/step, {result['tokens_per_s']:,.0f} tok/s "
+                      f"({i}/{len(points)})", file=sys.stderr)
+            if verbose and done.stderr:
+                print(done.stderr, file=sys.stderr)
+            log.write(json.dumps(result) + "\n")
+            log.flush()  # a sweep cut short keeps every point it finished
+            results.append(result)
+    return results
+
+
+def write_report(results: list[dict], out: Path, machine: str) -> Path:
+    """report.md: per ladder a table of tokens/s (and MFU) per framework and dtype; sweep.png."""
+    lines = [f"# Training sweep: {machine}", ""]
+    for ladder in dict.fromkeys(r["ladder"] for r in results):
+        rows = [r for r in results if r["ladder"] == ladder]
+        columns = list(dict.fromkeys((r["size"], r["block_size"], r["batch_size"]) for r in rows))
+        lines += [f"## {ladder} ladder: tokens/s (MFU)", "",
+                  "| framework | dtype | " + " | ".join(f"{s} ({_params(rows, s)}) T={t} B={b}" for s, t, b in columns) + " |",
+                  "|---|---|" + "---|" * len(columns)]
+        for framework, dtype in dict.fromkeys((r["framework"], r["dtype"]) for r in rows):
+            cells = []
+            for column in columns:
+                r = next((r for r in rows if (r["size"], r["block_size"], r["batch_size"]) == column
+                          and r["framework"] == framework and r["dtype"] == dtype), None)
+                cells.append("–" if r is None or "failed" in r else
+                             f"{r['tokens_per_s']:,.0f}" + (f" ({100 * r['mfu']:.1f}%)" if r.get("mfu") else ""))
+            lines.append(f"| {framework} | {dtype} | " + " | ".join(cells) + " |")
+        lines.append("")
+    failed = [r for r in results if "failed" in r]
+    lines += [f"- {r['framework']} {r['size']} {r['dtype']}: {r['failed']}" for r in failed]
+    if _plot(results, out / "sweep.png"):
+        lines += ["", "![tokens/s and MFU against parameters](sweep.png)"]
+    (out / "report.md").write_text("\n".join(lines).rstrip() + "\n")
+    return out / "report.md"
+
+
+def _params(rows: list[dict], size: str) -> str:
+    n = num_params(SIZES[size])
+    return f"{n / 1e6:.1f}M" if n >= 1e6 else f"{n / 1e3:.0f}k"
+
+
+def _plot(results: list[dict], path: Path) -> bool:
+    """Tokens/s and MFU against parameters (log-log), one line per framework and dtype."""
+    rows = [r for r in results if r["ladder"] == "size" and "failed" not in r]
+    if not rows:
+        return False
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    fig, (speed, util) = plt.subplots(1, 2, figsize=(11, 4))
+    for framework, dtype in dict.fromkeys((r["framework"], r["dtype"]) for r in rows):
+        line = sorted((r for r in rows if r["framework"] == framework and r["dtype"] == dtype), key=lambda r: r["params"])
+        style = "-" if dtype == "float32" else "--"
+        params = [r["params"] for r in line]
+        speed.plot(params, [r["tokens_per_s"] for r in line], style, marker="o", label=f"{framework} {dtype}")
+        if all(r.get("mfu") for r in line):
+            util.plot(params, [100 * r["mfu"] for r in line], style, marker="o", label=f"{framework} {dtype}")
+    for axis, label in ((speed, "training tokens/s"), (util, "MFU (%)")):
+        axis.set_xscale("log")
+        axis.set_yscale("log")
+        axis.set_xlabel("parameters")
+        axis.set_ylabel(label)
+        axis.grid(True, which="both", alpha=0.3)
+    speed.legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return True
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    p = OneLineParser(prog="python -m benchmarks.sweep", description=__doc__.split("\n\n")[0],
+                      formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    p.add_argument("--framework", default="all", help="pytorch, tensorflow, jax, keras-jax (comma-separated), or all")
+    p.add_argument("--ladder", default="size", help="comma-separated: size, context, batch")
+    p.add_argument("--sizes", default=",".join(SIZES), help="the size ladder's shapes, comma-separated")
+    p.add_argument("--dtype", default="float32", help="comma-separated: float32, bfloat16")
+    p.add_argument("--steps", type=int, default=5, help="timed steps per point (their median is the figure)")
+    p.add_argument("--warmup", type=int, default=2, help="untimed steps after the first")
+    p.add_argument("--device", default="cpu", choices=["auto", "cpu", "gpu"])
+    p.add_argument("--out", help="folder for points.jsonl, report.md and sweep.png (default runs/sweep-<date>)")
+    p.add_argument("--verbose", action="store_true", help="show each point's own output")
+    p.add_argument("--point", help=argparse.SUPPRESS)  # a child process: one Point as JSON
+    return p.parse_args(argv)
+
+
+def main(argv: list[str] | None = None) -> int:
+    try:
+        args = parse_args(argv)
+        if args.point:
+            print(json.dumps(measure(Point(**json.loads(args.point)))))
+            return 0
+        points = plan(args)
+        out = Path(args.out or f"runs/sweep-{time.strftime('%Y%m%d-%H%M%S')}")
+        if out.exists() and not out.is_dir():
+            raise UserError(f"--out {out} is a file: name a folder.")
+        out.mkdir(parents=True, exist_ok=True)
+        if (out / "points.jsonl").exists():
+            raise UserError(f"{out} already holds a sweep: choose another --out.")
+        peak = cpu_peak_flops() if args.device == "cpu" else None
+        points = [replace(p, cpu_peak_flops=peak) for p in points]
+        machine = f"{_cpu_model()} ({cpu_vector_isa() or 'unknown ISA'}), {os.cpu_count()} cores" \
+            if args.device == "cpu" else args.device
+        results = run(points, out, args.verbose)
+        print(f"report: {write_report(results, out, machine)}", file=sys.stderr)
+        return 0 if all("failed" not in r for r in results) else 1
+    except UserError as e:
+        print(f"error: {one_line(e)}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

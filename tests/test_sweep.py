@@ -1,0 +1,54 @@
+"""python -m benchmarks.sweep: the ladder's points, each in a process of its own, then a table and a plot."""
+import json
+import re
+
+import pytest
+
+from benchmarks import sweep
+from common.params import num_params
+
+
+@pytest.mark.pytorch
+def test_two_sizes_write_their_points_table_and_plot(tmp_path, capsys):
+    out = tmp_path / "sweep"
+    assert sweep.main(["--framework", "pytorch", "--sizes", "tiny,cpu-baby", "--steps", "2", "--warmup", "0",
+                       "--out", str(out)]) == 0, capsys.readouterr().err
+    points = [json.loads(line) for line in (out / "points.jsonl").read_text().splitlines()]
+    assert [(p["size"], p["block_size"], p["batch_size"]) for p in points] == [("tiny", 32, 32), ("cpu-baby", 64, 16)]
+    for p in points:
+        assert p["params"] == num_params(sweep.SIZES[p["size"]])
+        assert p["tokens_per_s"] == pytest.approx(p["batch_size"] * p["block_size"] / (p["step_ms"] / 1e3))
+        assert 0 < p["mfu"] < 1 and p["first_step_s"] > 0 and p["peak_memory_bytes"] > 2**20
+    report = (out / "report.md").read_text()
+    row = next(line for line in report.splitlines() if line.startswith("| pytorch | float32 |"))
+    assert len(re.findall(r"\d[\d,]* \(\d+\.\d%\)", row)) == 2, report
+    assert "tiny (" in report and "cpu-baby (810k) T=64 B=16" in report and "![" in report
+    assert (out / "sweep.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_every_point_of_a_ladder_at_every_dtype_and_framework():
+    args = sweep.parse_args(["--framework", "jax,torch", "--ladder", "size,context,batch", "--sizes", "tiny,gpt2",
+                             "--dtype", "float32,bfloat16"])
+    points = sweep.plan(args) if all(map(sweep.is_installed, ("jax", "pytorch"))) else pytest.skip("needs jax and torch")
+    ladders = {ladder: [p for p in points if p.ladder == ladder] for ladder in ("size", "context", "batch")}
+    assert len(ladders["size"]) == 2 * 2 * 2 and len(ladders["context"]) == 5 * 2 * 2 and len(ladders["batch"]) == 6 * 2 * 2
+    assert {p.block_size * p.batch_size for p in ladders["size"] + ladders["context"]} == {sweep.TOKENS_PER_STEP}
+    assert [p.batch_size for p in ladders["batch"][::4]] == list(sweep.BATCHES)
+    gpt2 = next(p for p in points if p.size == "gpt2").model
+    assert (gpt2.n_layer, gpt2.n_embd, gpt2.vocab_size, gpt2.block_size) == (12, 768, 50257, 256)
+    assert 123e6 < num_params(gpt2) < 125e6
+
+
+@pytest.mark.parametrize("args, message", [
+    (["--ladder", "width"], "--ladder takes a comma-separated list of size, context, batch; got 'width'"),
+    (["--sizes", "gpt5"], "--sizes takes a comma-separated list of tiny, cpu-baby"),
+    (["--dtype", "float16"], "--dtype takes a comma-separated list of float32, bfloat16"),
+    (["--framework", "mxnet"], "unknown framework 'mxnet'"),
+    (["--steps", "0"], "--steps must be at least 1"),
+    (["--steps", "x"], "argument --steps: invalid int value"),
+])
+def test_bad_input_is_one_line_and_exit_2(args, message, tmp_path, capsys):
+    assert sweep.main([*args, "--out", str(tmp_path / "out")]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("error: ") and err.count("\n") == 1 and message in err, err
+    assert not (tmp_path / "out").exists()
