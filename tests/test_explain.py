@@ -162,7 +162,7 @@ class Page(HTMLParser):
 
     def __init__(self, text: str):
         super().__init__()
-        self.sections, self.images, self.addresses, self.tags = [], [], [], set()
+        self.sections, self.images, self.names, self.addresses, self.tags = [], [], [], [], set()
         self.feed(text)
 
     def handle_starttag(self, tag, attrs):
@@ -172,7 +172,12 @@ class Page(HTMLParser):
             self.sections.append(attrs["id"])
         if tag == "img":
             self.images.append(attrs["src"])
+            self.names.append(attrs["alt"])
         self.addresses += [value for name, value in attrs.items() if name in ("src", "href")]
+
+
+def png_bytes(src: str) -> bytes:
+    return base64.b64decode(src.removeprefix("data:image/png;base64,"), validate=True)
 
 
 def check_page(text: str, frameworks: list[str]) -> Page:
@@ -183,7 +188,7 @@ def check_page(text: str, frameworks: list[str]) -> Page:
     per_framework = ("attention", "next-token", "residual")
     assert len(page.images) == len(per_framework) * len(frameworks) + 2
     for src in page.images:
-        png = base64.b64decode(src.removeprefix("data:image/png;base64,"), validate=True)
+        png = png_bytes(src)
         assert png.startswith(b"\x89PNG\r\n\x1a\n")
         width, height = int.from_bytes(png[16:20], "big"), int.from_bytes(png[20:24], "big")
         assert width > 200 and height > 200
@@ -191,11 +196,11 @@ def check_page(text: str, frameworks: list[str]) -> Page:
 
 
 @pytest.fixture(scope="module")
-def page_dir(run_dir, tmp_path_factory):
-    """The page for every installed framework (keras-jax in a process of its own), through the command."""
-    out = tmp_path_factory.mktemp("page")
-    assert explain.main([str(run_dir), "--prompt", "First Citizen", "--framework", "all", "--out", str(out)]) == 0
-    return out
+def page_dir(run_dir):
+    """The page for every installed framework (keras-jax in a process of its own), through the command,
+    written where it goes by default: explain/ in the run folder."""
+    assert explain.main([str(run_dir), "--prompt", "First Citizen", "--framework", "all"]) == 0
+    return run_dir / "explain"
 
 
 def test_the_command_writes_a_self_contained_page_with_every_framework(page_dir, capsys):
@@ -220,6 +225,32 @@ def test_the_page_renders_in_headless_chromium(page_dir):
     page = Page(dom)
     assert page.sections == list(explain.SECTIONS)
     assert len(page.images) == len(Page((page_dir / "index.html").read_text(encoding="utf-8")).images)
+
+
+def test_a_gpt2_folder_is_explained_with_its_own_tokens(tmp_path, capsys):
+    """--init-from: BPE tokens as labels, and of a vocabulary over LABELLED_TOKENS only the prompt's
+    tokens labelled in the embedding plot."""
+    pytest.importorskip("transformers")
+    from tests.test_hf_gpt2 import save_gpt2_folder, tiny_bpe, tiny_gpt2
+    tokenizer = tiny_bpe()
+    folder = save_gpt2_folder(tiny_gpt2(tokenizer), tokenizer, tmp_path / "gpt2")
+    assert tokenizer.vocab_size > explain.LABELLED_TOKENS
+    assert explain.main(["--init-from", str(folder), "--prompt", "the quick brown fox", "--out",
+                         str(tmp_path / "page")]) == 0, capsys.readouterr().err
+    check_page((tmp_path / "page" / "index.html").read_text(encoding="utf-8"), ["pytorch"])
+    labels = [explain.token_label(tokenizer, t) for t in tokenizer.encode("the quick brown fox")]
+    assert len(labels) < len("the quick brown fox") and "␣quick" in labels
+
+
+def test_the_committed_example_is_a_complete_page():
+    from tests.conftest import REPO
+    example = REPO / "docs" / "explain"
+    text = (example / "index.html").read_text(encoding="utf-8")
+    page = check_page(text, ["pytorch", "tensorflow", "jax", "keras-jax"])
+    for name, src in zip(page.names, page.images):  # the PNGs beside it are the page's own
+        assert (example / f"{name}.png").read_bytes() == png_bytes(src), name
+    differences = [float(d) for d in re.findall(r"Largest difference between frameworks[^:]*: ([0-9.e+-]+)", text)]
+    assert len(differences) == len(explain.SECTIONS) and max(differences) <= 1e-5
 
 
 @pytest.mark.parametrize("args, message", [
