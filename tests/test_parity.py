@@ -73,6 +73,42 @@ def test_fifty_training_steps_match_pytorch(framework, grad_accum, shakespeare_t
     assert_trained_params_match(other.export_params(), reference.export_params(), 1e-3, CONFIG.n_embd)
 
 
+@pytest.fixture(scope="module")
+def float32_losses(shakespeare_tokens):
+    """PyTorch's float32 losses over the fifty parity steps: the reference of the bfloat16 bound."""
+    from common.data import get_batch
+    reference = make_backend("pytorch", CONFIG, TRAIN)
+    return [reference.train_step(*get_batch(shakespeare_tokens, TRAIN.batch_size, CONFIG.block_size, TRAIN.seed, step),
+                                 learning_rate(step, TRAIN)) for step in range(TRAIN.max_iters)]
+
+
+# The bfloat16 bounds: every framework computing in bfloat16 (float32 weights, Adam state and loss)
+# follows float32 over the fifty parity steps. bfloat16 keeps 8 bits of mantissa, a relative 4e-3
+# a rounding: for the first steps the losses differ by that rounding alone (measured on the 2-core
+# Xeon with AMX: at most 3e-3 up to step 18). Then the runs part, as any two runs whose
+# arithmetic differs do: around step 22, where the loss drops fastest, one run drops a step before
+# the other (0.08 to 0.16 apart in that one step), and the last ten steps' mean is 0.007 to 0.018
+# off float32's. A wrong bfloat16 path (a float32 loss or master weight lost, a cast in the wrong
+# place) misses these by tenths.
+BF16_EARLY_STEPS, BF16_EARLY_BOUND, BF16_LATE_MEAN_BOUND = 16, 1e-2, 5e-2
+
+
+@pytest.mark.parametrize("framework", [framework_param("pytorch"), *OTHERS])
+def test_bfloat16_training_follows_float32(framework, float32_losses, shakespeare_tokens):
+    from dataclasses import replace
+    from common.data import get_batch
+    bf16 = make_backend(framework, CONFIG, replace(TRAIN, dtype="bfloat16"))
+    x, _ = random_batch(CONFIG)
+    assert relative_error(bf16.logits(x), make_backend(framework, CONFIG, TRAIN).logits(x)) > 1e-4  # bf16 ran
+    losses = np.array([bf16.train_step(*get_batch(shakespeare_tokens, TRAIN.batch_size, CONFIG.block_size,
+                                                  TRAIN.seed, step), learning_rate(step, TRAIN))
+                       for step in range(TRAIN.max_iters)])
+    difference = losses - np.array(float32_losses)
+    assert np.abs(difference[:BF16_EARLY_STEPS]).max() <= BF16_EARLY_BOUND, difference.round(4)
+    assert abs(difference[-10:].mean()) <= BF16_LATE_MEAN_BOUND, difference.round(4)
+    assert all(v.dtype == np.float32 for v in bf16.export_params().values())
+
+
 @pytest.mark.parametrize("framework", OTHERS)
 def test_optimizer_state_carries_over_from_pytorch(framework, shakespeare_tokens):
     """Resume in another framework: PyTorch trains 5 steps, the other continues from its state."""

@@ -131,16 +131,11 @@ def test_keras_serialization_round_trip(tmp_path):
     np.testing.assert_array_equal(np.asarray(loaded(x)[0]), np.asarray(model(x)[0]))
 
 
-def test_mixed_bfloat16_trains_close_to_float32():
+def test_mixed_bfloat16_keeps_float32_weights_and_the_global_policy():
+    """Keras' mixed_bfloat16 per layer (how it trains: tests/test_parity.py's bfloat16 bounds)."""
     import keras
     policy = keras.config.dtype_policy()
-    x, y = random_batch(CONFIG, seed=4)
     bf16 = _backend(train=TrainConfig(**{**TRAIN.__dict__, "dtype": "bfloat16"}))
     assert bf16.model.h[0].mlp.c_fc.compute_dtype == "bfloat16"
     assert bf16.model.h[0].mlp.c_fc.kernel.dtype == "float32"  # float32 master weights
     assert keras.config.dtype_policy() == policy  # the global policy is left alone
-    f32 = _backend()
-    for step in range(4):
-        lr = learning_rate(step, TRAIN)
-        low, full = bf16.train_step(x, y, lr), f32.train_step(x, y, lr)
-        assert np.isfinite(low) and abs(low - full) <= 0.05, (step, low, full)
