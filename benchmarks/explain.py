@@ -277,6 +277,10 @@ EXPLANATIONS = {
 }
 
 
+def last_position_probabilities(logits: np.ndarray) -> np.ndarray:
+    return softmax(logits[-1].astype(np.float64))
+
+
 def _difference_note(looks: dict, key: str, transform=lambda a: a, what: str = "") -> str:
     if len(looks) < 2:
         return ""
@@ -286,24 +290,23 @@ def _difference_note(looks: dict, key: str, transform=lambda a: a, what: str = "
 
 def build_figures(looks: dict[str, dict[str, np.ndarray]], tokenizer: AnyTokenizer, prompt_ids: list[int],
                   temperature: float, top_k: int | None, top_p: float | None) -> dict[str, tuple[str, list[Figure]]]:
-    """Section id -> (the note on how far the frameworks are apart, its figures)."""
+    """Section id -> (the note on how far the frameworks are apart, its figures). The embedding
+    tables are drawn once: every framework holds the same ones, as their note shows."""
     labels = [token_label(tokenizer, t) for t in prompt_ids]
-    first = next(iter(looks.values()))
-    probabilities = lambda logits: softmax(logits[-1].astype(np.float64))  # noqa: E731
+    first, tables = next(iter(looks.items()))
+    shared = "every framework" if len(looks) > 1 else first
     return {
         "attention": (_difference_note(looks, "attention", what=" in any weight"),
                       [Figure(f"attention-{f}", f, plot_attention(seen["attention"], labels, f))
                        for f, seen in looks.items()]),
-        "next-token": (_difference_note(looks, "logits", probabilities, " in any probability"),
+        "next-token": (_difference_note(looks, "logits", last_position_probabilities, " in any probability"),
                        [Figure(f"next-token-{f}", f, plot_next_token(seen["logits"][-1], tokenizer, temperature,
                                                                      top_k, top_p, f"after {labels[-1]!r}: {f}"))
                         for f, seen in looks.items()]),
         "embeddings": (_difference_note(looks, "wte", what=" in the table"),
-                       [Figure("embeddings", "every framework" if len(looks) > 1 else next(iter(looks)),
-                               plot_embeddings(first["wte"], tokenizer, prompt_ids))]),
+                       [Figure("embeddings", shared, plot_embeddings(tables["wte"], tokenizer, prompt_ids))]),
         "positions": (_difference_note(looks, "wpe", what=" in the table"),
-                      [Figure("positions", "every framework" if len(looks) > 1 else next(iter(looks)),
-                              plot_positions(first["wpe"]))]),
+                      [Figure("positions", shared, plot_positions(tables["wpe"]))]),
         "residual": (_difference_note(looks, "norms", what=" in any norm"),
                      [Figure(f"residual-{f}", f, plot_norms(seen["norms"], f)) for f, seen in looks.items()]),
     }
