@@ -39,7 +39,8 @@ from common.backend import load_backend
 from common.checkpoint import load_training_state, save_checkpoint, save_training_state
 from common.data import Prepared, eval_batches, get_batch, prepare, split_batches
 from common.errors import UserError, one_line
-from common.flops import _cpu_model, accelerator_peak, cpu_peak_flops, cpu_vector_isa, flops_per_token
+from common.flops import (_cpu_model, accelerator_peak, cpu_native_bf16, cpu_peak_flops, cpu_vector_isa,
+                          flops_per_token)
 from common.hf_gpt2 import HFModel, load_gpt2
 from common.params import crop_block_size, init_params
 from common.quality import sample_quality
@@ -430,6 +431,6 @@ def environment(backend: Backend, config: RunConfig, host_malloc: str) -> dict:
         commit = None
     commit = commit or os.environ.get("NANOGPT_GIT_COMMIT")  # a copy of the tree without .git
     return {"framework": backend.name, **backend.device_info(), "python": platform.python_version(),
-            "platform": platform.platform(), "cpu": _cpu_model(), "cpu_isa": cpu_vector_isa(),
+            "platform": platform.platform(), "cpu": _cpu_model(), "cpu_isa": cpu_vector_isa(), "cpu_bf16": cpu_native_bf16(),
             "cpu_count": os.cpu_count(), "host_malloc": host_malloc, "versions": versions, "git_commit": commit,
             "command": config.command, "date": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds")}

@@ -27,7 +27,7 @@ import numpy as np
 from common.backend import FRAMEWORKS, canonical_framework, is_installed
 from common.config import GPTConfig, TrainConfig
 from common.errors import OneLineParser, UserError, one_line
-from common.flops import _cpu_model, cpu_peak_flops, cpu_vector_isa, mfu
+from common.flops import _cpu_model, cpu_native_bf16, cpu_peak_flops, cpu_vector_isa, mfu
 from common.params import num_params
 
 REPO = Path(__file__).resolve().parents[1]
@@ -268,8 +268,8 @@ def main(argv: list[str] | None = None) -> int:
             raise UserError(f"{out} already holds a sweep: choose another --out.")
         peak = cpu_peak_flops() if args.device == "cpu" else None
         points = [replace(p, cpu_peak_flops=peak) for p in points]
-        machine = f"{_cpu_model()} ({cpu_vector_isa() or 'unknown ISA'}), {os.cpu_count()} cores" \
-            if args.device == "cpu" else args.device
+        machine = (f"{_cpu_model()} ({cpu_vector_isa() or 'unknown ISA'}; native bfloat16: "
+                   f"{', '.join(cpu_native_bf16()) or 'none'}), {os.cpu_count()} cores") if args.device == "cpu" else args.device
         results = run(points, out, args.verbose)
         print(f"report: {write_report(results, out, machine)}", file=sys.stderr)
         return 0 if all("failed" not in r for r in results) else 1

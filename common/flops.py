@@ -105,6 +105,17 @@ def cpu_vector_isa(cpuinfo: str | None = None) -> str | None:
     return f"{isa} + AMX" if isa and "amx_tile" in flags else isa
 
 
+# The CPU instructions that compute in bfloat16 natively; without them a framework's bfloat16
+# matmul converts to float32 and back, and is slower than float32 (BENCHMARKS.md).
+_BF16_FLAGS = {"avx512_bf16": "AVX512_BF16", "amx_bf16": "AMX-BF16", "sve_bf16": "SVE-BF16", "bf16": "BF16"}
+
+
+def cpu_native_bf16(cpuinfo: str | None = None) -> list[str]:
+    """The native bfloat16 extensions /proc/cpuinfo lists ([] where it has none or cannot say)."""
+    flags = set((_cpuinfo_field("flags", "Features", cpuinfo=cpuinfo) or "").split())
+    return [name for flag, name in _BF16_FLAGS.items() if flag in flags]
+
+
 def mfu(tokens_per_second: float, config: GPTConfig, peak_flops: float | None) -> float | None:
     if not peak_flops:
         return None

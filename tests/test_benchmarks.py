@@ -44,8 +44,8 @@ def test_run_folder_has_every_file(pytorch_run):
     assert len(list((folder / "checkpoints").glob("step_*"))) == 2  # older ones pruned
     env = json.loads((folder / "env.json").read_text())
     assert env["framework"] == "pytorch" and env["device"] == "cpu" and "torch" in env["versions"]
-    from common.flops import cpu_vector_isa
-    assert env["cpu_isa"] == cpu_vector_isa()
+    from common.flops import cpu_native_bf16, cpu_vector_isa
+    assert env["cpu_isa"] == cpu_vector_isa() and env["cpu_bf16"] == cpu_native_bf16()
     if platform.libc_ver()[0] == "glibc":
         assert env["host_malloc"] == "glibc mallopt mmap_max=0 trim_threshold=1073741824 top_pad=67108864"
     config = json.loads((folder / "config.json").read_text())

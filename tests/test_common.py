@@ -10,7 +10,7 @@ from common.checkpoint import (load_checkpoint, load_optimizer_state, load_train
                                save_optimizer_state, save_training_state)
 from common.config import GPTConfig, TrainConfig, get_preset
 from common.errors import UserError
-from common.flops import accelerator_peak, cpu_vector_isa, flops_per_token, mfu
+from common.flops import accelerator_peak, cpu_native_bf16, cpu_vector_isa, flops_per_token, mfu
 from common.params import decays, init_params, num_params, param_shapes
 from common.sampling import cut_at_stop, filter_logits
 from common.schedule import learning_rate
@@ -165,6 +165,13 @@ def test_flops_per_token_matches_nanogpt():
 ])
 def test_cpu_vector_isa_reads_the_widest_extension(cpuinfo, isa):
     assert cpu_vector_isa(cpuinfo) == isa
+
+
+@pytest.mark.parametrize("flags, native", [
+    ("fpu avx2 avx512f avx512_bf16 amx_bf16 amx_tile", ["AVX512_BF16", "AMX-BF16"]),
+    ("fpu avx2 avx512f", []), ("fp asimd sve bf16", ["BF16"])])
+def test_cpu_native_bf16_lists_what_computes_in_bfloat16(flags, native):
+    assert cpu_native_bf16(f"processor\t: 0\nflags\t\t: {flags}\n") == native
 
 
 def test_filter_logits_rules():
