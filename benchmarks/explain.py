@@ -160,7 +160,7 @@ def plot_attention(attention: np.ndarray, labels: list[str], title: str) -> byte
     above the diagonal, which no query may see, in grey."""
     plt = _pyplot()
     n_layer, n_head, T, _ = attention.shape
-    side = 1.2 + 0.12 * T
+    side = 1.2 + 0.12 * min(T, 48)  # inches a head; a longer prompt shares them, its labels thinned
     fig, axes = plt.subplots(n_layer, n_head, figsize=(side * n_head, side * n_layer + 0.4), squeeze=False,
                              layout="constrained")
     cmap = plt.get_cmap("viridis").copy()
