@@ -90,6 +90,7 @@ def test_asking_for_the_weights_leaves_the_logits_as_they_were(framework):
     assert np.array_equal(backend.logits(np.asarray([PROMPT], dtype=np.int32))[0], plain)  # and back again
 
 
+@pytest.mark.pytorch
 @pytest.mark.parametrize("prompt, message", [
     ([], "the prompt is empty"),
     ([3, 65], "prompt token 65 is outside the vocabulary"),
@@ -227,6 +228,7 @@ def test_the_page_renders_in_headless_chromium(page_dir):
     assert len(page.images) == len(Page((page_dir / "index.html").read_text(encoding="utf-8")).images)
 
 
+@pytest.mark.pytorch
 def test_a_gpt2_folder_is_explained_with_its_own_tokens(tmp_path, capsys):
     """--init-from: BPE tokens as labels, and of a vocabulary over LABELLED_TOKENS only the prompt's
     tokens labelled in the embedding plot."""
