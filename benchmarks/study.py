@@ -611,7 +611,9 @@ INTRO = ("The same GPT written three times, cut from the live source symbol by s
          "flows through it. Read across a row to see one idea in three frameworks; the notes under each "
          "section say what differs and why it matters for parity. The concepts themselves are explained in "
          "<a href=\"../docs/transformer.md\">docs/transformer.md</a>; the architecture every model follows "
-         "is <a href=\"../common/spec.py\">common/spec.py</a>.")
+         "is <a href=\"../common/spec.py\">common/spec.py</a>. What a trained model's attention heads actually "
+         "do, every layer and head over one prompt and every framework side by side, is on "
+         "<a href=\"../docs/explain/index.html\">docs/explain/index.html</a>.")
 COUNT_NOTE = ("What each framework's style costs, in code lines: not blank, not only a comment, not "
               "docstring. Per section, the lines of the symbols shown; per file, the whole file. The shared "
               "<code>common/</code> package, which no framework has to repeat, is {common} lines.")

@@ -1,8 +1,9 @@
 """keras-jax: the Keras GPT on Keras' JAX backend held to the same contract and parity bar as the
 TensorFlow row.
 
-Keras picks its backend once per process and this one runs Keras on TensorFlow, so the contract and
-parity modules run again in a child process under KERAS_BACKEND=jax, where their Keras row is keras-jax.
+Keras picks its backend once per process and this one runs Keras on TensorFlow, so the contract,
+parity, decode and explain modules run again in a child process under KERAS_BACKEND=jax, where their
+Keras row is keras-jax.
 """
 import os
 import re
@@ -19,9 +20,10 @@ pytestmark = [pytest.mark.keras_jax, pytest.mark.pytorch, pytest.mark.parity, py
 def test_contract_and_parity_pass_for_keras_on_jax():
     env = {**os.environ, "KERAS_BACKEND": "jax"}
     result = subprocess.run([sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider",
-                             "tests/test_backend.py", "tests/test_parity.py", "-k", "keras-jax"],
+                             "tests/test_backend.py", "tests/test_parity.py", "tests/test_decode.py",
+                             "tests/test_explain.py", "-k", "keras-jax"],
                             cwd=REPO, env=env, capture_output=True, text=True, timeout=1200)
     tail = result.stdout[-3000:]
     assert result.returncode == 0, tail
     passed = int(re.search(r"(\d+) passed", tail).group(1))
-    assert passed >= 31 and "skipped" not in tail.splitlines()[-1], tail  # every keras-jax case ran
+    assert passed >= 43 and "skipped" not in tail.splitlines()[-1], tail  # every keras-jax case ran
