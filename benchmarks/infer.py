@@ -196,6 +196,12 @@ def run_row(out: Path, row: str, round_index: int) -> int:
 
 # --- combining the rounds of a row ----------------------------------------------------------------
 
+def rounds_of(out: Path, row: str) -> list[dict]:
+    """The rounds one row's processes wrote (not those of a row whose name starts with its own)."""
+    return [json.loads(path.read_text()) for path in sorted((out / "rounds").glob(f"{row}-*.json"))
+            if path.stem.rpartition("-")[0] == row]
+
+
 def combine(spec: dict, rounds: list[dict]) -> dict:
     """A row's figures over its rounds: what <row>.json holds and the report reads."""
     config = GPTConfig(**spec["model"])
@@ -495,8 +501,7 @@ def run_set(out: Path, spec: dict, rows: list[str], missing: list[str], verbose:
                 problems.append(f"{row}: failed with exit code {done.returncode}")
     for row in rows:
         if row not in failed:
-            rounds = [json.loads(p.read_text()) for p in sorted((out / "rounds").glob(f"{row}-*.json"))]
-            (out / f"{row}.json").write_text(json.dumps(combine(spec, rounds), indent=1))
+            (out / f"{row}.json").write_text(json.dumps(combine(spec, rounds_of(out, row)), indent=1))
     shutil.rmtree(out / "rounds", ignore_errors=True)  # each row's file holds its rounds
     for line in problems:
         print(f"note: {line}", file=sys.stderr)

@@ -87,6 +87,14 @@ def test_every_row_loads_the_same_weights_from_a_preset_or_a_checkpoint(tmp_path
     assert loaded.keys() == params.keys() and all(np.array_equal(loaded[n], params[n]) for n in params)
 
 
+def test_a_row_takes_its_own_rounds_only(tmp_path):
+    (tmp_path / "rounds").mkdir()
+    for name in ("pytorch-0", "pytorch-1", "pytorch-compiled-0", "jax-0"):
+        (tmp_path / "rounds" / f"{name}.json").write_text(json.dumps({"row": name.rpartition("-")[0]}))
+    assert [r["row"] for r in infer.rounds_of(tmp_path, "pytorch")] == ["pytorch", "pytorch"]
+    assert [r["row"] for r in infer.rounds_of(tmp_path, infer.COMPILED)] == [infer.COMPILED]
+
+
 def test_bytes_a_decode_step_reads():
     """Weights once (float32), then K and V of every position so far: 1 + (5 - 1) / 2 = 3 on average
     over five steps after a one-token prompt, in 2 layers of width 4, for each of 3 rows."""
