@@ -185,7 +185,7 @@ def run_row(out: Path, row: str, round_index: int) -> int:
     startup_s = time.perf_counter() - started
     times = measure(backend, config, spec["options"])
     device_memory = backend.peak_memory_bytes()
-    result = {"row": row, "round": round_index, "startup_s": startup_s, **times,
+    result = {"row": row, "round": round_index, "startup_s": startup_s, **times, "load_average": os.getloadavg()[0],
               "peak_memory_bytes": device_memory if device_memory is not None else peak_rss_bytes(),
               "memory_kind": "device" if device_memory is not None else "host RSS",
               "env": environment(backend, SimpleNamespace(command=spec["command"]), host_malloc)}
@@ -233,7 +233,7 @@ def combine(spec: dict, rounds: list[dict]) -> dict:
         "device": env["device"], "device_name": env["device_name"], "framework_version": env["framework_version"],
         "rounds": len(rounds), "calls_per_round": options["calls"], "params": num_params(config),
         "first_token_s": first_median, "first_token_s_p90": first_p90,
-        "startup_s": float(np.median(pooled("startup_s"))),
+        "startup_s": float(np.median(pooled("startup_s"))), "load_average_max": max(pooled("load_average")),
         "prefill": [{"prompt_tokens": n, "ms_median": 1e3 * median, "ms_p90": 1e3 * p90}
                     for n in options["prompt_lengths"] for median, p90 in [percentiles(pooled("prefill_s", n))]],
         "decode": decode, "nocache": nocache,
@@ -365,7 +365,10 @@ def write_report(out: Path, problems: list[str]) -> Path:
     from benchmarks.report import markdown_table
     spec, rows = load_set(out)
     (out / PLOT_FILE).write_bytes(decode_figure([(machine(spec, rows), rows)]))
-    md = [f"# Inference: {machine(spec, rows)}\n", caption(spec, rows) + "\n"]
+    load = max(row["load_average_max"] for row in rows)
+    md = [f"# Inference: {machine(spec, rows)}\n", caption(spec, rows) + "\n",
+          f"Highest 1-minute load average after a row's round: {load:.1f} on {spec['host']['cpu_count']} cores (above "
+          f"the core count, other processes shared the cores: PyTorch's OpenMP threads then wait on each other).\n"]
     if problems:
         md.append("Problems: " + "; ".join(problems) + ".\n")
     md += [markdown_table(*summary_table(spec, rows)) + "\n", f"![decode tokens/s against batch size]({PLOT_FILE})\n",

@@ -57,6 +57,7 @@ def test_two_frameworks_write_every_row_their_table_and_plot(inference_set):
             numbers = re.findall(r"\d[\d,]*(?:\.\d+)?", cell)
             assert numbers and all(float(n.replace(",", "")) > 0 for n in numbers), (name, cell)
     assert (out / infer.PLOT_FILE).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert "Highest 1-minute load average after a row's round: " in report
     assert f"]({infer.PLOT_FILE})" in report and not (out / "rounds").exists()  # each row's file holds its rounds
 
 
@@ -108,7 +109,7 @@ SPEC = {"model": vars(SMALL), "host_bandwidth": 1e9, "host_bandwidth_method": "c
 
 
 def _round(row: str, decode_s: dict, nocache_s: list, first: float, device_name: str = "cpu") -> dict:
-    return {"row": row, "round": 0, "startup_s": 1.0, "first_token_s": first, "prefill_s": {"8": [0.002, 0.004]},
+    return {"row": row, "round": 0, "startup_s": 1.0, "load_average": 0.5, "first_token_s": first, "prefill_s": {"8": [0.002, 0.004]},
             "decode_step_s": decode_s, "nocache_step_s": nocache_s, "peak_memory_bytes": 2**20,
             "memory_kind": "host RSS", "env": {"framework": "pytorch", "device": "cpu" if device_name == "cpu" else "gpu",
                                                  "device_name": device_name, "framework_version": "x"}}
