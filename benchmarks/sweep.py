@@ -8,7 +8,8 @@ token batches: the first step (compilation included), a few warm-up steps, then 
 median gives the step time, tokens/s and MFU, with the process's peak memory. The frameworks take
 turns at every point, so a slower minute of the machine falls on all of them. The points land in
 points.jsonl as they finish, then report.md (a table per ladder) and sweep.png (log-log tokens/s and
-MFU against parameters, a line per framework and dtype).
+MFU against parameters, a line per framework and dtype), beside sweep.json (command, date, machine).
+Kept under results/<set>/ with a NOTES.md, the newest set per machine is plotted in BENCHMARKS.md.
 """
 from __future__ import annotations
 
@@ -32,6 +33,7 @@ from common.params import num_params
 
 REPO = Path(__file__).resolve().parents[1]
 GPT2_VOCAB = 50257
+SET_FILE = "sweep.json"  # what the sweep was: command, date, machine
 
 
 def _shape(n_layer: int, n_head: int, n_embd: int, vocab_size: int, block_size: int, **extra) -> GPTConfig:
@@ -177,9 +179,51 @@ def run(points: list[Point], out: Path, verbose: bool = False) -> list[dict]:
     return results
 
 
-def write_report(results: list[dict], out: Path, machine: str) -> Path:
+def machine(spec: dict, results: list[dict]) -> str:
+    """The kind of machine a sweep ran on: the GPU's model, or the CPU's with its ISA and native bfloat16."""
+    gpu = next((r.get("device_name") for r in results if spec["device"] != "cpu" and r.get("device_name")), None)
+    if gpu:
+        return gpu
+    host = spec["host"]
+    return (f"{host['cpu']}, {host.get('cpu_isa') or 'vector ISA not recorded'} (native bfloat16: "
+            f"{', '.join(host.get('cpu_bf16') or []) or 'none'}), {host['cpu_count']} cores")
+
+
+def load_set(folder: Path) -> tuple[dict, list[dict]]:
+    """sweep.json and the points of one sweep folder (a run, or a set kept under results/)."""
+    spec = json.loads((folder / SET_FILE).read_text())
+    return spec, [json.loads(line) for line in (folder / "points.jsonl").read_text().splitlines() if line.strip()]
+
+
+def newest_sets(results: Path) -> list[tuple[str, dict, list[dict]]]:
+    """(name, spec, points) of the newest sweep kept under results/ on each kind of machine, newest first."""
+    newest = {}
+    for folder in sorted(results.glob(f"*/{SET_FILE}")):
+        spec, points = load_set(folder.parent)
+        key = machine(spec, points)
+        if key not in newest or spec["date"] > newest[key][1]["date"]:
+            newest[key] = (folder.parent.name, spec, points)
+    return sorted(newest.values(), key=lambda item: item[1]["date"], reverse=True)
+
+
+def benchmarks_section(results: Path, figure_dir: Path, root: Path) -> list[str]:
+    """BENCHMARKS.md's sweep part: per kind of machine the size ladder's plot, its report linked;
+    writes the plots into figure_dir."""
+    lines = []
+    for i, (name, spec, points) in enumerate(newest_sets(results)):
+        figure = figure_dir / f"sweep-{i}.png"
+        (root / figure).parent.mkdir(parents=True, exist_ok=True)
+        if not _plot(points, root / figure):
+            continue
+        lines += [f"## Training speed against model size: {machine(spec, points)}", "",
+                  f"![tokens/s and MFU against parameters]({figure.as_posix()})", "",
+                  f"`{spec['command']}`; every figure in [{name}](results/{name}/report.md).", ""]
+    return lines
+
+
+def write_report(results: list[dict], out: Path, title: str) -> Path:
     """report.md: per ladder a table of tokens/s (and MFU) per framework and dtype; sweep.png."""
-    lines = [f"# Training sweep: {machine}", ""]
+    lines = [f"# Training sweep: {title}", ""]
     for ladder in dict.fromkeys(r["ladder"] for r in results):
         rows = [r for r in results if r["ladder"] == ladder]
         columns = list(dict.fromkeys((r["size"], r["block_size"], r["batch_size"]) for r in rows))
@@ -249,6 +293,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--device", default="cpu", choices=["auto", "cpu", "gpu"])
     p.add_argument("--out", help="folder for points.jsonl, report.md and sweep.png (default runs/sweep-<date>)")
     p.add_argument("--verbose", action="store_true", help="show each point's own output")
+    p.add_argument("--report", metavar="DIR", help="only write DIR's report.md and sweep.png again, from its "
+                   "points.jsonl (a sweep folder, or a set kept under results/)")
     p.add_argument("--point", help=argparse.SUPPRESS)  # a child process: one Point as JSON
     return p.parse_args(argv)
 
@@ -259,6 +305,13 @@ def main(argv: list[str] | None = None) -> int:
         if args.point:
             print(json.dumps(measure(Point(**json.loads(args.point)))))
             return 0
+        if args.report:
+            folder = Path(args.report)
+            if not (folder / SET_FILE).is_file() or not (folder / "points.jsonl").is_file():
+                raise UserError(f"{folder} holds no {SET_FILE} and points.jsonl: name the folder a sweep wrote.")
+            spec, results = load_set(folder)
+            print(f"report: {write_report(results, folder, machine(spec, results))}", file=sys.stderr)
+            return 0
         points = plan(args)
         out = Path(args.out or f"runs/sweep-{time.strftime('%Y%m%d-%H%M%S')}")
         if out.exists() and not out.is_dir():
@@ -268,10 +321,13 @@ def main(argv: list[str] | None = None) -> int:
             raise UserError(f"{out} already holds a sweep: choose another --out.")
         peak = cpu_peak_flops() if args.device == "cpu" else None
         points = [replace(p, cpu_peak_flops=peak) for p in points]
-        machine = (f"{_cpu_model()} ({cpu_vector_isa() or 'unknown ISA'}; native bfloat16: "
-                   f"{', '.join(cpu_native_bf16()) or 'none'}), {os.cpu_count()} cores") if args.device == "cpu" else args.device
+        spec = {"command": "python -m benchmarks.sweep " + " ".join(argv if argv is not None else sys.argv[1:]),
+                "date": time.strftime("%Y-%m-%dT%H:%M:%S"), "device": args.device, "cpu_peak_flops": peak,
+                "host": {"cpu": _cpu_model(), "cpu_isa": cpu_vector_isa(), "cpu_bf16": cpu_native_bf16(),
+                         "cpu_count": os.cpu_count()}}
+        (out / SET_FILE).write_text(json.dumps(spec, indent=2))
         results = run(points, out, args.verbose)
-        print(f"report: {write_report(results, out, machine)}", file=sys.stderr)
+        print(f"report: {write_report(results, out, machine(spec, results))}", file=sys.stderr)
         return 0 if all("failed" not in r for r in results) else 1
     except UserError as e:
         print(f"error: {one_line(e)}", file=sys.stderr)

@@ -1,6 +1,7 @@
 """python -m benchmarks.sweep: the ladder's points, each in a process of its own, then a table and a plot."""
 import json
 import re
+from pathlib import Path
 
 import pytest
 
@@ -24,6 +25,35 @@ def test_two_sizes_write_their_points_table_and_plot(tmp_path, capsys):
     assert len(re.findall(r"\d[\d,]* \(\d+\.\d%\)", row)) == 2, report
     assert "tiny (" in report and "cpu-baby (810k) T=64 B=16" in report and "![" in report
     assert (out / "sweep.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    spec = json.loads((out / sweep.SET_FILE).read_text())
+    assert spec["command"].startswith("python -m benchmarks.sweep --framework pytorch") and spec["cpu_peak_flops"] > 0
+    (out / "report.md").unlink()
+    assert sweep.main(["--report", str(out)]) == 0 and (out / "report.md").read_text() == report
+
+
+def _kept_set(results, name, date, cpu, tokens_per_s):
+    folder = results / name
+    folder.mkdir(parents=True)
+    spec = {"command": "python -m benchmarks.sweep", "date": date, "device": "cpu", "cpu_peak_flops": 1e11,
+            "host": {"cpu": cpu, "cpu_isa": "AVX2", "cpu_bf16": [], "cpu_count": 2}}
+    (folder / sweep.SET_FILE).write_text(json.dumps(spec))
+    points = [{"ladder": "size", "size": size, "framework": "jax", "dtype": "float32", "block_size": 32,
+               "batch_size": 32, "params": num_params(sweep.SIZES[size]), "tokens_per_s": tokens_per_s, "mfu": 0.1}
+              for size in ("tiny", "cpu-baby")]
+    (folder / "points.jsonl").write_text("".join(json.dumps(p) + "\n" for p in points))
+
+
+def test_benchmarks_page_plots_the_newest_sweep_of_each_machine(tmp_path):
+    results = tmp_path / "results"
+    _kept_set(results, "old-epyc", "2026-11-01T10:00:00", "AMD EPYC", 1000.0)
+    _kept_set(results, "new-epyc", "2026-12-01T10:00:00", "AMD EPYC", 2000.0)
+    _kept_set(results, "xeon", "2026-11-15T10:00:00", "Intel Xeon", 3000.0)
+    lines = sweep.benchmarks_section(results, Path("figures"), tmp_path)
+    headings = [line for line in lines if line.startswith("## ")]
+    assert headings == ["## Training speed against model size: AMD EPYC, AVX2 (native bfloat16: none), 2 cores",
+                        "## Training speed against model size: Intel Xeon, AVX2 (native bfloat16: none), 2 cores"]
+    assert "[new-epyc](results/new-epyc/report.md)" in "\n".join(lines) and "old-epyc" not in "\n".join(lines)
+    assert sorted(f.name for f in (tmp_path / "figures").iterdir()) == ["sweep-0.png", "sweep-1.png"]
 
 
 def test_every_point_of_a_ladder_at_every_dtype_and_framework():
@@ -46,6 +76,7 @@ def test_every_point_of_a_ladder_at_every_dtype_and_framework():
     (["--framework", "mxnet"], "unknown framework 'mxnet'"),
     (["--steps", "0"], "--steps must be at least 1"),
     (["--steps", "x"], "argument --steps: invalid int value"),
+    (["--report", "no/such/sweep"], "no/such/sweep holds no sweep.json and points.jsonl"),
 ])
 def test_bad_input_is_one_line_and_exit_2(args, message, tmp_path, capsys):
     assert sweep.main([*args, "--out", str(tmp_path / "out")]) == 2
