@@ -67,7 +67,10 @@ def compiled_steps(device_type: str) -> Steps:
     which takes the per-kernel launch cost out of every token."""
     if device_type != "cuda":
         # dynamic=False: one program per batch size, rather than a recompile into a shape-generic one.
-        return Steps(*(torch.compile(step, fullgraph=True, dynamic=False) for step in EAGER))
+        # cpp_wrapper: the code around the kernels in C++, not Python; on 2 CPU cores at cpu-baby,
+        # batch 1, 1,836 tokens/s against 1,650 (eager: 1,089).
+        return Steps(*(torch.compile(step, fullgraph=True, dynamic=False, options={"cpp_wrapper": True})
+                       for step in EAGER))
 
     def graphed(step):
         compiled = torch.compile(step, mode="reduce-overhead", fullgraph=True, dynamic=False)
