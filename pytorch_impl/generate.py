@@ -97,25 +97,29 @@ def generate(model: GPT, tokens, prompt_len: int, max_new_tokens: int, temperatu
     """
     block_size = model.config.block_size
 
+    def ids(start: int, end: int):  # (B, end - start) tokens
+        # A copy: a view's strides hold the buffer's length, and compiled steps would specialise on it.
+        return tokens[:, start:end].clone(memory_format=torch.contiguous_format)
+
     def sample(logits, i):  # (B, V) -> (B,) the token at position prompt_len + i, keyed by (seed, position)
         uniforms = torch.from_numpy(stream_uniforms(seeds, prompt_len + i)) if temperature > 0 else None
         return sample_next(logits, temperature, top_k, top_p, uniforms)[:, 0]
 
     n_cached = 0
     if cache is not None:
-        logits = steps.prefill(model, tokens[:, :block_size], cache)
+        logits = steps.prefill(model, ids(0, block_size), cache)
         cache.length.fill_(prompt_len)
         tokens[:, prompt_len] = sample(logits[:, prompt_len - 1], 0)
         # Steps whose context (prompt_len + i tokens) still fits in block_size extend the cache.
         n_cached = min(block_size - prompt_len + 1, max_new_tokens)
         for i in range(1, n_cached):
             length = prompt_len + i
-            tokens[:, length] = sample(steps.decode_one_token(model, tokens[:, length - 1:length], cache), i)
+            tokens[:, length] = sample(steps.decode_one_token(model, ids(length - 1, length), cache), i)
     for i in range(n_cached, max_new_tokens):
         # A full block_size window keeps the shape fixed; while the context is shorter, causality
         # makes the columns after it irrelevant to the logits at its last position.
         length = prompt_len + i
         start = max(length - block_size, 0)
-        logits = steps.window_logits(model, tokens[:, start:start + block_size])
+        logits = steps.window_logits(model, ids(start, start + block_size))
         tokens[:, length] = sample(logits[:, length - 1 - start], i)
     return tokens

@@ -91,3 +91,15 @@ def test_compiled_pytorch_decode_gives_eager_tokens():
                                                                                                  PAST_WINDOW, **one)
         assert compiled.generate_batch(prompts, PAST_WINDOW, **options) == eager.generate_batch(prompts, PAST_WINDOW,
                                                                                                 **options)
+
+
+@pytest.mark.pytorch
+def test_compiled_pytorch_decode_compiles_once_per_batch_size():
+    """PyTorch's steps see fixed-shape copies of the token buffer, not views whose strides hold its
+    length: other token counts and prompt lengths reuse the programs of their batch size."""
+    backend = compiled_backend("pytorch")
+    backend.generate_batch([[1, 2, 3]], PAST_WINDOW, temperature=0.0)
+    with compilations("pytorch", backend) as counted:
+        for n, prompt in ((1, [1]), (5, [2, 3]), (3 * CONFIG.block_size, [4, 5, 6, 7])):
+            backend.generate_batch([prompt], n, temperature=0.0)
+    assert counted == [0]
