@@ -572,7 +572,8 @@ def _set_summary(results: Path, run_set: RunSet) -> str:
 
 def benchmarks_page(results: Path, figure: str = "docs/benchmarks/headline.png",
                     inference_figure: str = "docs/benchmarks/inference.png") -> str:
-    """BENCHMARKS.md: a headline table per kind of machine, one plot, the findings, then the run sets."""
+    """BENCHMARKS.md: a headline table per kind of machine, one plot, the decoding and model-size
+    figures, the findings, then the run sets."""
     sets = load_run_sets(results)
     headline = headline_sets(sets)
     if not headline:
@@ -584,6 +585,8 @@ def benchmarks_page(results: Path, figure: str = "docs/benchmarks/headline.png",
         lines += [f"## {run_set.heading}", "", markdown_table(header, rows), "", _caption(run_set), ""]
     lines += [f"![training tokens/s against eager PyTorch's, per machine]({figure})", ""]
     lines += inference_section(results, inference_figure)
+    from benchmarks.sweep import benchmarks_section
+    lines += benchmarks_section(results, Path(figure).parent)[0]
     findings = _findings(results)
     if findings:
         lines += ["## Findings", "", *findings, ""]
@@ -633,6 +636,9 @@ def write_benchmarks(root: Path = REPO) -> Path:
         from benchmarks.infer import decode_figure, machine
         (root / inference).write_bytes(decode_figure([(machine(spec, rows), rows)
                                                       for _, spec, rows in newest_inference]))
+    from benchmarks.sweep import benchmarks_section
+    for sweep_figure, png in benchmarks_section(results, figure.parent)[1].items():
+        (root / sweep_figure).write_bytes(png)
     path = root / "BENCHMARKS.md"
     path.write_text(page, encoding="utf-8")
     return path

@@ -14,6 +14,7 @@ Kept under results/<set>/ with a NOTES.md, the newest set per machine is plotted
 from __future__ import annotations
 
 import argparse
+import io
 import json
 import os
 import resource
@@ -206,19 +207,20 @@ def newest_sets(results: Path) -> list[tuple[str, dict, list[dict]]]:
     return sorted(newest.values(), key=lambda item: item[1]["date"], reverse=True)
 
 
-def benchmarks_section(results: Path, figure_dir: Path, root: Path) -> list[str]:
-    """BENCHMARKS.md's sweep part: per kind of machine the size ladder's plot, its report linked;
-    writes the plots into figure_dir."""
-    lines = []
+def benchmarks_section(results: Path, figure_dir: Path) -> tuple[list[str], dict[Path, bytes]]:
+    """BENCHMARKS.md's sweep part, per kind of machine the size ladder's plot with its report linked:
+    the lines, and the PNGs to write at their paths (figure_dir/sweep-<i>.png)."""
+    lines, figures = [], {}
     for i, (name, spec, points) in enumerate(newest_sets(results)):
-        figure = figure_dir / f"sweep-{i}.png"
-        (root / figure).parent.mkdir(parents=True, exist_ok=True)
-        if not _plot(points, root / figure):
+        png = size_figure(points)
+        if png is None:
             continue
+        figure = figure_dir / f"sweep-{i}.png"
+        figures[figure] = png
         lines += [f"## Training speed against model size: {machine(spec, points)}", "",
                   f"![tokens/s and MFU against parameters]({figure.as_posix()})", "",
                   f"`{spec['command']}`; every figure in [{name}](results/{name}/report.md).", ""]
-    return lines
+    return lines, figures
 
 
 def write_report(results: list[dict], out: Path, title: str) -> Path:
@@ -241,7 +243,9 @@ def write_report(results: list[dict], out: Path, title: str) -> Path:
         lines.append("")
     failed = [r for r in results if "failed" in r]
     lines += [f"- {r['framework']} {r['size']} {r['dtype']}: {r['failed']}" for r in failed]
-    if _plot(results, out / "sweep.png"):
+    png = size_figure(results)
+    if png is not None:
+        (out / "sweep.png").write_bytes(png)
         lines += ["", "![tokens/s and MFU against parameters](sweep.png)"]
     (out / "report.md").write_text("\n".join(lines).rstrip() + "\n")
     return out / "report.md"
@@ -252,11 +256,12 @@ def _params(rows: list[dict], size: str) -> str:
     return f"{n / 1e6:.1f}M" if n >= 1e6 else f"{n / 1e3:.0f}k"
 
 
-def _plot(results: list[dict], path: Path) -> bool:
-    """Tokens/s and MFU against parameters (log-log), one line per framework and dtype."""
+def size_figure(results: list[dict]) -> bytes | None:
+    """PNG: tokens/s and MFU against parameters (log-log), one line per framework and dtype; None
+    without a size ladder."""
     rows = [r for r in results if r["ladder"] == "size" and "failed" not in r]
     if not rows:
-        return False
+        return None
     import matplotlib
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
@@ -276,9 +281,10 @@ def _plot(results: list[dict], path: Path) -> bool:
         axis.grid(True, which="both", alpha=0.3)
     speed.legend(fontsize=8)
     fig.tight_layout()
-    fig.savefig(path, dpi=110)
+    buffer = io.BytesIO()
+    fig.savefig(buffer, format="png", dpi=110)
     plt.close(fig)
-    return True
+    return buffer.getvalue()
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:

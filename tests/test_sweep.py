@@ -48,12 +48,13 @@ def test_benchmarks_page_plots_the_newest_sweep_of_each_machine(tmp_path):
     _kept_set(results, "old-epyc", "2026-11-01T10:00:00", "AMD EPYC", 1000.0)
     _kept_set(results, "new-epyc", "2026-12-01T10:00:00", "AMD EPYC", 2000.0)
     _kept_set(results, "xeon", "2026-11-15T10:00:00", "Intel Xeon", 3000.0)
-    lines = sweep.benchmarks_section(results, Path("figures"), tmp_path)
+    lines, figures = sweep.benchmarks_section(results, Path("figures"))
     headings = [line for line in lines if line.startswith("## ")]
     assert headings == ["## Training speed against model size: AMD EPYC, AVX2 (native bfloat16: none), 2 cores",
                         "## Training speed against model size: Intel Xeon, AVX2 (native bfloat16: none), 2 cores"]
     assert "[new-epyc](results/new-epyc/report.md)" in "\n".join(lines) and "old-epyc" not in "\n".join(lines)
-    assert sorted(f.name for f in (tmp_path / "figures").iterdir()) == ["sweep-0.png", "sweep-1.png"]
+    assert sorted(figures) == [Path("figures/sweep-0.png"), Path("figures/sweep-1.png")]
+    assert all(png[:8] == b"\x89PNG\r\n\x1a\n" for png in figures.values())
 
 
 def test_every_point_of_a_ladder_at_every_dtype_and_framework():
