@@ -118,8 +118,8 @@ def _list(text: str, allowed: tuple[str, ...], flag: str) -> list[str]:
 
 # --- one point, in its own process ----------------------------------------------------------------
 
-def measure(point: Point) -> dict:
-    """Train `point` for warmup + steps steps after the first; the figures of the timed steps."""
+def start(point: Point):
+    """The point's backend, from the shared initialisation, and its two alternating (x, y) batches."""
     from benchmarks.quiet import native_logs_filtered
     from common.allocator import retain_freed_memory
     from common.backend import load_backend
@@ -128,12 +128,19 @@ def measure(point: Point) -> dict:
     retain_freed_memory()  # as every training run does (common/allocator.py)
     model = point.model
     train = replace(TrainConfig(), batch_size=point.batch_size, dtype=point.dtype, max_iters=point.steps)
-    started = time.perf_counter()
     with native_logs_filtered():
         backend = load_backend(point.framework)(model, train, init_params(model, seed=0), device=point.device)
     rng = np.random.default_rng(0)
     batches = [rng.integers(0, model.vocab_size, (2, point.batch_size, point.block_size), dtype=np.int32)
                for _ in range(2)]
+    return backend, batches
+
+
+def measure(point: Point) -> dict:
+    """Train `point` for warmup + steps steps after the first; the figures of the timed steps."""
+    model, train = point.model, TrainConfig()
+    started = time.perf_counter()
+    backend, batches = start(point)
     times = []
     for step in range(1 + point.warmup + point.steps):
         x, y = batches[step % 2]
