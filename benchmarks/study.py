@@ -139,14 +139,16 @@ SECTIONS: tuple[Section, ...] = (
             "Keras applies both projections to the tokens as rows of one (B*T, C) matrix, as its and JAX's MLPs "
             "do: a layout choice for XLA:CPU, whose backward otherwise computed the weight "
             "gradients from transposed copies (the comment in `call` has the measurement).",
-            "PyTorch calls the fused `F.scaled_dot_product_attention` (`is_causal=T > 1`), which may pick a "
+            "PyTorch calls the fused `F.scaled_dot_product_attention` (causal, or the cache's mask), which may pick a "
             "flash or memory-efficient kernel; Keras and JAX write the softmax out, because neither "
             "`keras.ops.dot_product_attention` nor `jax.nn.dot_product_attention` applies dropout to the "
             "attention weights.",
-            "The mask: torch's cache is cut to the filled length, so `is_causal` is enough. Keras and JAX "
-            "attend over the whole fixed-size cache and mask by absolute position "
+            "The mask: all three attend over the whole fixed-size cache and mask by absolute position "
             "(`key_pos <= query_pos`), which is the causal mask without a cache and also hides the slots "
-            "not written yet.",
+            "not written yet; one shape at every step is what lets a decode step compile once.",
+            "Asked to record (`record = True`, for benchmarks/explain.py), each attention writes its weights "
+            "out as softmax(q k^T / sqrt(hs)) and keeps them: NNX sows them as an `nnx.Intermediate`, torch "
+            "and Keras keep an attribute; the fused torch call cannot return them.",
             "Train/eval mode: torch reads `self.training` (set by `model.train()`/`eval()`), Keras passes "
             "`training=` down every `call`, NNX's `Dropout` holds a `deterministic` flag and its own fork of "
             "the `dropout` RNG stream of the `nnx.Rngs` it was built with.",
@@ -295,7 +297,8 @@ SECTIONS: tuple[Section, ...] = (
     Section(
         "generation", "KV-cache generation and sampling",
         shared=("common.sampling:filter_logits", "common.sampling:cut_at_stop", "common.backend:Backend.generate_batch"),
-        pytorch=("pytorch_impl.model:KVCache", "pytorch_impl.generate:sample_next",
+        pytorch=("pytorch_impl.model:KVCache", "pytorch_impl.generate:sample_next", "pytorch_impl.generate:prefill",
+                 "pytorch_impl.generate:decode_one_token", "pytorch_impl.generate:compiled_steps",
                  "pytorch_impl.generate:generate", "pytorch_impl.backend:Backend._generate"),
         tensorflow=("tensorflow_impl.model:KVCache", "tensorflow_impl.generate:filter_logits",
                     "tensorflow_impl.generate:decode", "tensorflow_impl.generate:sample_next",
@@ -306,10 +309,11 @@ SECTIONS: tuple[Section, ...] = (
         focus_on="where randomness enters",
         notes=(
             "The cache keeps every layer's keys and values so each new token costs one position, not a "
-            "full forward pass. torch's `KVCache` is a mutable object filled in place and read back cut to "
-            "the filled length; Keras' and JAX's are immutable NamedTuples of fixed-size (block_size) arrays "
-            "that come back updated, so the whole loop compiles (`keras.ops.fori_loop`, `jax.lax.fori_loop`) "
-            "with static shapes. The Keras loop is written once in `keras.ops` and runs on both of Keras' "
+            "full forward pass. torch's `KVCache` is a mutable object of fixed-size (block_size) tensors "
+            "written in place at a position held in a tensor, as in gpt-fast, so `torch.compile` (with "
+            "`--compile`) compiles each decode step once; Keras' and JAX's are immutable NamedTuples of "
+            "fixed-size arrays that come back updated, so the whole loop compiles (`keras.ops.fori_loop`, "
+            "`jax.lax.fori_loop`) with static shapes. The Keras loop is written once in `keras.ops` and runs on both of Keras' "
             "backends; only the random draw is the backend's own.",
             "Past block_size all three drop the cache and run the last block_size tokens: with learned "
             "absolute positions every token's position changes when the window slides.",
