@@ -155,7 +155,8 @@ def measure(point: Point) -> dict:
     info = backend.device_info()
     return {**asdict(point), "params": num_params(model), "step_ms": 1e3 * float(np.median(timed)),
             "step_ms_p90": 1e3 * float(np.percentile(timed, 90)), "tokens_per_s": tokens_per_s,
-            "mfu": mfu(tokens_per_s, model, point.cpu_peak_flops if info["device"] == "cpu" else None),
+            "mfu": mfu(tokens_per_s, model, point.cpu_peak_flops if info["device"] == "cpu" and point.dtype == "float32"
+                       else None),  # the CPU's peak is measured in float32: no MFU for bfloat16 against it
             "first_step_s": first_step_s, "setup_s": setup_s,
             "peak_memory_bytes": peak if peak is not None else resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024,
             "peak_memory_kind": "device" if peak is not None else "process RSS",
@@ -219,14 +220,23 @@ def benchmarks_section(results: Path, figure_dir: Path) -> tuple[list[str], dict
     the lines, and the PNGs to write at their paths (figure_dir/sweep-<i>.png)."""
     lines, figures = [], {}
     for i, (name, spec, points) in enumerate(newest_sets(results)):
-        png = size_figure(points)
-        if png is None:
+        sized = [r for r in points if r["ladder"] == "size" and "failed" not in r]
+        if not sized:
             continue
-        figure = figure_dir / f"sweep-{i}.png"
-        figures[figure] = png
+        sizes = list(dict.fromkeys(r["size"] for r in sized))
         lines += [f"## Training speed against model size: {machine(spec, points)}", "",
-                  f"![tokens/s and MFU against parameters]({figure.as_posix()})", "",
-                  f"`{spec['command']}`; every figure in [{name}](results/{name}/report.md).", ""]
+                  "| framework | dtype | " + " | ".join(f"{s} ({_params(sized, s)}) tokens/s" for s in sizes) + " |",
+                  "|---|---|" + "---|" * len(sizes)]
+        for framework, dtype in dict.fromkeys((r["framework"], r["dtype"]) for r in sized):
+            lines.append(f"| {framework} | {dtype} | " + " | ".join(next(
+                (f"{r['tokens_per_s']:,.0f}" for r in sized if (r["framework"], r["dtype"], r["size"]) ==
+                 (framework, dtype, s)), "–") for s in sizes) + " |")
+        lines.append("")
+        if len(sizes) > 1:  # a plot of one size would be a column of dots
+            figure = figure_dir / f"sweep-{i}.png"
+            figures[figure] = size_figure(points)
+            lines += [f"![tokens/s and MFU against parameters]({figure.as_posix()})", ""]
+        lines += [f"`{spec['command']}`; every figure in [{name}](results/{name}/report.md).", ""]
     return lines, figures
 
 
@@ -245,9 +255,16 @@ def write_report(results: list[dict], out: Path, title: str) -> Path:
                 r = next((r for r in rows if (r["size"], r["block_size"], r["batch_size"]) == column
                           and r["framework"] == framework and r["dtype"] == dtype), None)
                 cells.append("–" if r is None or "failed" in r else
-                             f"{r['tokens_per_s']:,.0f}" + (f" ({100 * r['mfu']:.1f}%)" if r.get("mfu") else ""))
+                             f"{r['tokens_per_s']:,.0f}" + (f" ({100 * r['mfu']:.1f}%)" if _mfu(r) else ""))
             lines.append(f"| {framework} | {dtype} | " + " | ".join(cells) + " |")
         lines.append("")
+    lines += ["## Every point", "", "| ladder | size | T | B | framework | dtype | step ms (p90) | tokens/s | first step s "
+              "| peak memory |", "|---|---|---|---|---|---|---|---|---|---|"]
+    lines += [f"| {r['ladder']} | {r['size']} | {r['block_size']} | {r['batch_size']} | {r['framework']} | {r['dtype']} "
+              f"| {r['step_ms']:,.1f} ({r['step_ms_p90']:,.1f}) | {r['tokens_per_s']:,.0f} | {r['first_step_s']:.1f} "
+              f"| {r['peak_memory_bytes'] / 2**30:.2f} GiB {'RSS' if r['peak_memory_kind'] == 'process RSS' else ''} |"
+              for r in results if "failed" not in r]
+    lines.append("")
     failed = [r for r in results if "failed" in r]
     lines += [f"- {r['framework']} {r['size']} {r['dtype']}: {r['failed']}" for r in failed]
     png = size_figure(results)
@@ -256,6 +273,11 @@ def write_report(results: list[dict], out: Path, title: str) -> Path:
         lines += ["", "![tokens/s and MFU against parameters](sweep.png)"]
     (out / "report.md").write_text("\n".join(lines).rstrip() + "\n")
     return out / "report.md"
+
+
+def _mfu(point: dict) -> float | None:
+    """MFU where its peak is of the same kind: a GPU's table per dtype, the CPU's float32 matmul peak."""
+    return point.get("mfu") if point["device"] != "cpu" or point["dtype"] == "float32" else None
 
 
 def _params(rows: list[dict], size: str) -> str:
@@ -278,7 +300,7 @@ def size_figure(results: list[dict]) -> bytes | None:
         style = "-" if dtype == "float32" else "--"
         params = [r["params"] for r in line]
         speed.plot(params, [r["tokens_per_s"] for r in line], style, marker="o", label=f"{framework} {dtype}")
-        if all(r.get("mfu") for r in line):
+        if all(_mfu(r) for r in line):
             util.plot(params, [100 * r["mfu"] for r in line], style, marker="o", label=f"{framework} {dtype}")
     for axis, label in ((speed, "training tokens/s"), (util, "MFU (%)")):
         axis.set_xscale("log")

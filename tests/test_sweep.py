@@ -37,7 +37,7 @@ def _kept_set(results, name, date, cpu, tokens_per_s):
     spec = {"command": "python -m benchmarks.sweep", "date": date, "device": "cpu", "cpu_peak_flops": 1e11,
             "host": {"cpu": cpu, "cpu_isa": "AVX2", "cpu_bf16": [], "cpu_count": 2}}
     (folder / sweep.SET_FILE).write_text(json.dumps(spec))
-    points = [{"ladder": "size", "size": size, "framework": "jax", "dtype": "float32", "block_size": 32,
+    points = [{"ladder": "size", "size": size, "framework": "jax", "dtype": "float32", "device": "cpu", "block_size": 32,
                "batch_size": 32, "params": num_params(sweep.SIZES[size]), "tokens_per_s": tokens_per_s, "mfu": 0.1}
               for size in ("tiny", "cpu-baby")]
     (folder / "points.jsonl").write_text("".join(json.dumps(p) + "\n" for p in points))
