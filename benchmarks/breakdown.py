@@ -38,7 +38,7 @@ import numpy as np
 
 from benchmarks.sweep import SIZES, TOKENS_PER_STEP, Point, start
 from common.backend import FRAMEWORKS, canonical_framework, is_installed
-from common.errors import OneLineParser, UserError, one_line
+from common.errors import OneLineParser, UserError, command_line, one_line
 from common.flops import _cpu_model, cpu_vector_isa
 
 REPO = Path(__file__).resolve().parents[1]
@@ -287,35 +287,32 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     return p.parse_args(argv)
 
 
+@command_line
 def main(argv: list[str] | None = None) -> int:
-    try:
-        args = parse_args(argv)
-        if args.point:
-            print(json.dumps(profile(Point(**json.loads(args.point)), args.workdir)))
-            return 0
-        if args.size not in SIZES:
-            raise UserError(f"unknown --size {args.size!r}: choose one of {', '.join(SIZES)}.")
-        if args.steps < 1:
-            raise UserError("--steps must be at least 1.")
-        frameworks = [f for f in FRAMEWORKS if is_installed(f)] if args.framework == "all" else list(
-            dict.fromkeys(canonical_framework(f) for f in args.framework.split(",")))
-        missing = [f for f in frameworks if not is_installed(f)]
-        if missing or not frameworks:
-            raise UserError(f"{', '.join(missing) or 'no framework'} not installed: pip install -e \".[all]\" (see README).")
-        out = Path(args.out or f"runs/breakdown-{time.strftime('%Y%m%d-%H%M%S')}")
-        if out.exists() and not out.is_dir():
-            raise UserError(f"--out {out} is a file: name a folder.")
-        out.mkdir(parents=True, exist_ok=True)
-        block = SIZES[args.size].block_size
-        results = [run_one(Point("breakdown", args.size, framework, "float32", block, max(1, TOKENS_PER_STEP // block),
-                                 args.steps, 2, "cpu"), args.verbose) for framework in frameworks]
-        (out / "breakdown.json").write_text(json.dumps(results, indent=2))
-        title = f"{args.size}, {_cpu_model()} ({cpu_vector_isa() or 'unknown ISA'}), {os.cpu_count()} cores"
-        print(f"report: {write_report(results, out, title)}", file=sys.stderr)
-        return 0 if all("failed" not in r for r in results) else 1
-    except UserError as e:
-        print(f"error: {one_line(e)}", file=sys.stderr)
-        return 2
+    args = parse_args(argv)
+    if args.point:
+        print(json.dumps(profile(Point(**json.loads(args.point)), args.workdir)))
+        return 0
+    if args.size not in SIZES:
+        raise UserError(f"unknown --size {args.size!r}: choose one of {', '.join(SIZES)}.")
+    if args.steps < 1:
+        raise UserError("--steps must be at least 1.")
+    frameworks = [f for f in FRAMEWORKS if is_installed(f)] if args.framework == "all" else list(
+        dict.fromkeys(canonical_framework(f) for f in args.framework.split(",")))
+    missing = [f for f in frameworks if not is_installed(f)]
+    if missing or not frameworks:
+        raise UserError(f"{', '.join(missing) or 'no framework'} not installed: pip install -e \".[all]\" (see README).")
+    out = Path(args.out or f"runs/breakdown-{time.strftime('%Y%m%d-%H%M%S')}")
+    if out.exists() and not out.is_dir():
+        raise UserError(f"--out {out} is a file: name a folder.")
+    out.mkdir(parents=True, exist_ok=True)
+    block = SIZES[args.size].block_size
+    results = [run_one(Point("breakdown", args.size, framework, "float32", block, max(1, TOKENS_PER_STEP // block),
+                             args.steps, 2, "cpu"), args.verbose) for framework in frameworks]
+    (out / "breakdown.json").write_text(json.dumps(results, indent=2))
+    title = f"{args.size}, {_cpu_model()} ({cpu_vector_isa() or 'unknown ISA'}), {os.cpu_count()} cores"
+    print(f"report: {write_report(results, out, title)}", file=sys.stderr)
+    return 0 if all("failed" not in r for r in results) else 1
 
 
 if __name__ == "__main__":

@@ -26,7 +26,7 @@ from benchmarks.quiet import native_logs_filtered, quiet_third_party
 from benchmarks.sample import Model, load_model, load_pretrained
 from common.backend import FRAMEWORKS, canonical_framework, check_prompt, check_sampling, is_installed, load_backend
 from common.config import GPTConfig, TrainConfig
-from common.errors import OneLineParser, UserError, one_line
+from common.errors import OneLineParser, UserError, command_line
 from common.sampling import filter_logits
 from common.tokenizers import AnyTokenizer
 
@@ -428,32 +428,26 @@ def _load(args) -> tuple[Model, Path]:
     return load_model(run_weights(run_dir, _frameworks(args.framework)[0])), run_dir / "explain"
 
 
+@command_line
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
-    try:
-        args = parse_args(argv)
-        quiet_third_party(args.verbose)
-        frameworks = _frameworks(args.framework)
-        model, default_out = _load(args)
-        prompt_ids = model.tokenizer.encode(args.prompt)
-        check_prompt(prompt_ids, model.config)  # before any framework is imported
-        options = dict(temperature=args.temperature, top_k=args.top_k, top_p=args.top_p)
-        check_sampling(prompt_ids, 0, model.config.vocab_size, **options)
-        looks = look_in_each(frameworks, model, prompt_ids, args.device, args.verbose)
-        figures = build_figures(looks, model.tokenizer, prompt_ids, **options)
-        page = write_page(Path(args.out) if args.out else default_out, figures, prompt=args.prompt,
-                          source=model.source, frameworks=frameworks, config=model.config)
-        print(f"wrote {page}")
-        for section, (note, _) in figures.items():
-            if note:
-                print(f"  {section}: {note}")
-        return 0
-    except UserError as e:
-        print(f"error: {one_line(e)}", file=sys.stderr)
-        return 2
-    except KeyboardInterrupt:
-        print("interrupted.", file=sys.stderr)
-        return 130
+    args = parse_args(argv)
+    quiet_third_party(args.verbose)
+    frameworks = _frameworks(args.framework)
+    model, default_out = _load(args)
+    prompt_ids = model.tokenizer.encode(args.prompt)
+    check_prompt(prompt_ids, model.config)  # before any framework is imported
+    options = dict(temperature=args.temperature, top_k=args.top_k, top_p=args.top_p)
+    check_sampling(prompt_ids, 0, model.config.vocab_size, **options)
+    looks = look_in_each(frameworks, model, prompt_ids, args.device, args.verbose)
+    figures = build_figures(looks, model.tokenizer, prompt_ids, **options)
+    page = write_page(Path(args.out) if args.out else default_out, figures, prompt=args.prompt,
+                      source=model.source, frameworks=frameworks, config=model.config)
+    print(f"wrote {page}")
+    for section, (note, _) in figures.items():
+        if note:
+            print(f"  {section}: {note}")
+    return 0
 
 
 if __name__ == "__main__":

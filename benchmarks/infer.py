@@ -46,7 +46,7 @@ import numpy as np
 from benchmarks.quiet import native_logs_filtered, quiet_third_party
 from common.backend import canonical_framework, is_installed, load_backend, missing_modules
 from common.config import PRESETS, GPTConfig, TrainConfig, get_preset, to_dict
-from common.errors import OneLineParser, UserError, one_line
+from common.errors import OneLineParser, UserError, command_line
 from common.flops import _cpu_model, cpu_vector_isa
 from common.params import init_params, num_params
 
@@ -513,24 +513,18 @@ def run_set(out: Path, spec: dict, rows: list[str], missing: list[str], verbose:
     return 0 if rows and not failed else 1
 
 
+@command_line
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
-    try:
-        args = parse_args(argv)
-        quiet_third_party(args.verbose)
-        if args.child:
-            return run_row(Path(args.child), args.row, args.round)
-        out, spec, rows, missing = plan(args, argv)
-        if not rows:
-            raise UserError(f"none of the rows asked for is installed ({', '.join(missing)}): "
-                            f"pip install -e \".[all]\".")
-        return run_set(out, spec, rows, missing, args.verbose)
-    except UserError as e:
-        print(f"error: {one_line(e)}", file=sys.stderr)
-        return 2
-    except KeyboardInterrupt:
-        print("interrupted.", file=sys.stderr)
-        return 130
+    args = parse_args(argv)
+    quiet_third_party(args.verbose)
+    if args.child:
+        return run_row(Path(args.child), args.row, args.round)
+    out, spec, rows, missing = plan(args, argv)
+    if not rows:
+        raise UserError(f"none of the rows asked for is installed ({', '.join(missing)}): "
+                        f"pip install -e \".[all]\".")
+    return run_set(out, spec, rows, missing, args.verbose)
 
 
 if __name__ == "__main__":

@@ -22,7 +22,7 @@ from benchmarks.quiet import native_logs_filtered, quiet_third_party
 from common.backend import FRAMEWORKS, SEED_LIMIT, canonical_framework, check_sampling, load_backend
 from common.checkpoint import load_checkpoint
 from common.config import GPTConfig, TrainConfig
-from common.errors import OneLineParser, UserError, one_line
+from common.errors import OneLineParser, UserError, command_line
 from common.tokenizers import AnyTokenizer, tokenizer_from_json
 
 MODEL_FILE = "model.safetensors"
@@ -179,43 +179,37 @@ def _prompt_text(args) -> str:
                         f"text file.") from None
 
 
+@command_line
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
-    try:
-        args = parse_args(argv)
-        quiet_third_party(args.verbose)
-        framework = canonical_framework(args.framework)
-        model = load_model(args.checkpoint) if args.checkpoint else load_pretrained(args.init_from)
-        prompt_ids = model.tokenizer.encode(_prompt_text(args))
-        if not prompt_ids:
-            raise UserError("the prompt is empty after tokenization: pass a non-empty --prompt.")
-        options = dict(temperature=args.temperature, top_k=args.top_k, top_p=args.top_p)
-        check_sampling(prompt_ids, args.max_new_tokens, model.config.vocab_size, **options)  # before any import
-        with native_logs_filtered():  # the framework is imported here
-            Backend = load_backend(framework)
-            backend = Backend(model.config, TrainConfig(dtype=args.dtype), model.params, device=args.device)
-        stream = args.num_samples == 1 and not args.json and sys.stdout.isatty()
-        if stream:
-            sys.stdout.write(model.tokenizer.decode(prompt_ids))
-        samples = sample(backend, model.tokenizer, prompt_ids, num_samples=args.num_samples,
-                         max_new_tokens=args.max_new_tokens, stop=args.stop, seed=args.seed,
-                         on_text=(lambda text: (sys.stdout.write(text), sys.stdout.flush())) if stream else None,
-                         use_cache=args.cache, **options)
-        if stream:
-            print()
-        for i, row in enumerate(samples):
-            if args.json:
-                print(row.to_json(prompt_ids))
-            elif not stream:
-                print(("" if i == 0 else "-" * 72 + "\n") + model.tokenizer.decode(prompt_ids) + row.text)
-        sys.stdout.flush()
-        return 0
-    except UserError as e:
-        print(f"error: {one_line(e)}", file=sys.stderr)
-        return 2
-    except KeyboardInterrupt:
-        print("interrupted.", file=sys.stderr)
-        return 130
+    args = parse_args(argv)
+    quiet_third_party(args.verbose)
+    framework = canonical_framework(args.framework)
+    model = load_model(args.checkpoint) if args.checkpoint else load_pretrained(args.init_from)
+    prompt_ids = model.tokenizer.encode(_prompt_text(args))
+    if not prompt_ids:
+        raise UserError("the prompt is empty after tokenization: pass a non-empty --prompt.")
+    options = dict(temperature=args.temperature, top_k=args.top_k, top_p=args.top_p)
+    check_sampling(prompt_ids, args.max_new_tokens, model.config.vocab_size, **options)  # before any import
+    with native_logs_filtered():  # the framework is imported here
+        Backend = load_backend(framework)
+        backend = Backend(model.config, TrainConfig(dtype=args.dtype), model.params, device=args.device)
+    stream = args.num_samples == 1 and not args.json and sys.stdout.isatty()
+    if stream:
+        sys.stdout.write(model.tokenizer.decode(prompt_ids))
+    samples = sample(backend, model.tokenizer, prompt_ids, num_samples=args.num_samples,
+                     max_new_tokens=args.max_new_tokens, stop=args.stop, seed=args.seed,
+                     on_text=(lambda text: (sys.stdout.write(text), sys.stdout.flush())) if stream else None,
+                     use_cache=args.cache, **options)
+    if stream:
+        print()
+    for i, row in enumerate(samples):
+        if args.json:
+            print(row.to_json(prompt_ids))
+        elif not stream:
+            print(("" if i == 0 else "-" * 72 + "\n") + model.tokenizer.decode(prompt_ids) + row.text)
+    sys.stdout.flush()
+    return 0
 
 
 if __name__ == "__main__":

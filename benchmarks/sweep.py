@@ -28,7 +28,7 @@ import numpy as np
 
 from common.backend import FRAMEWORKS, canonical_framework, is_installed
 from common.config import GPTConfig, TrainConfig
-from common.errors import OneLineParser, UserError, one_line
+from common.errors import OneLineParser, UserError, command_line, one_line
 from common.flops import _cpu_model, cpu_native_bf16, cpu_peak_flops, cpu_vector_isa, mfu
 from common.params import num_params
 
@@ -334,39 +334,36 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     return p.parse_args(argv)
 
 
+@command_line
 def main(argv: list[str] | None = None) -> int:
-    try:
-        args = parse_args(argv)
-        if args.point:
-            print(json.dumps(measure(Point(**json.loads(args.point)))))
-            return 0
-        if args.report:
-            folder = Path(args.report)
-            if not (folder / SET_FILE).is_file() or not (folder / "points.jsonl").is_file():
-                raise UserError(f"{folder} holds no {SET_FILE} and points.jsonl: name the folder a sweep wrote.")
-            spec, results = load_set(folder)
-            print(f"report: {write_report(results, folder, machine(spec, results))}", file=sys.stderr)
-            return 0
-        points = plan(args)
-        out = Path(args.out or f"runs/sweep-{time.strftime('%Y%m%d-%H%M%S')}")
-        if out.exists() and not out.is_dir():
-            raise UserError(f"--out {out} is a file: name a folder.")
-        out.mkdir(parents=True, exist_ok=True)
-        if (out / "points.jsonl").exists():
-            raise UserError(f"{out} already holds a sweep: choose another --out.")
-        peak = cpu_peak_flops() if args.device == "cpu" else None
-        points = [replace(p, cpu_peak_flops=peak) for p in points]
-        spec = {"command": "python -m benchmarks.sweep " + " ".join(argv if argv is not None else sys.argv[1:]),
-                "date": time.strftime("%Y-%m-%dT%H:%M:%S"), "device": args.device, "cpu_peak_flops": peak,
-                "host": {"cpu": _cpu_model(), "cpu_isa": cpu_vector_isa(), "cpu_bf16": cpu_native_bf16(),
-                         "cpu_count": os.cpu_count()}}
-        (out / SET_FILE).write_text(json.dumps(spec, indent=2))
-        results = run(points, out, args.verbose)
-        print(f"report: {write_report(results, out, machine(spec, results))}", file=sys.stderr)
-        return 0 if all("failed" not in r for r in results) else 1
-    except UserError as e:
-        print(f"error: {one_line(e)}", file=sys.stderr)
-        return 2
+    args = parse_args(argv)
+    if args.point:
+        print(json.dumps(measure(Point(**json.loads(args.point)))))
+        return 0
+    if args.report:
+        folder = Path(args.report)
+        if not (folder / SET_FILE).is_file() or not (folder / "points.jsonl").is_file():
+            raise UserError(f"{folder} holds no {SET_FILE} and points.jsonl: name the folder a sweep wrote.")
+        spec, results = load_set(folder)
+        print(f"report: {write_report(results, folder, machine(spec, results))}", file=sys.stderr)
+        return 0
+    points = plan(args)
+    out = Path(args.out or f"runs/sweep-{time.strftime('%Y%m%d-%H%M%S')}")
+    if out.exists() and not out.is_dir():
+        raise UserError(f"--out {out} is a file: name a folder.")
+    out.mkdir(parents=True, exist_ok=True)
+    if (out / "points.jsonl").exists():
+        raise UserError(f"{out} already holds a sweep: choose another --out.")
+    peak = cpu_peak_flops() if args.device == "cpu" else None
+    points = [replace(p, cpu_peak_flops=peak) for p in points]
+    spec = {"command": "python -m benchmarks.sweep " + " ".join(argv if argv is not None else sys.argv[1:]),
+            "date": time.strftime("%Y-%m-%dT%H:%M:%S"), "device": args.device, "cpu_peak_flops": peak,
+            "host": {"cpu": _cpu_model(), "cpu_isa": cpu_vector_isa(), "cpu_bf16": cpu_native_bf16(),
+                     "cpu_count": os.cpu_count()}}
+    (out / SET_FILE).write_text(json.dumps(spec, indent=2))
+    results = run(points, out, args.verbose)
+    print(f"report: {write_report(results, out, machine(spec, results))}", file=sys.stderr)
+    return 0 if all("failed" not in r for r in results) else 1
 
 
 if __name__ == "__main__":

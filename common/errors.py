@@ -1,5 +1,7 @@
 """The one exception type a user ever sees: a single sentence that names the fix."""
 import argparse
+import functools
+import sys
 
 
 class UserError(Exception):
@@ -18,3 +20,19 @@ class OneLineParser(argparse.ArgumentParser):
 
     def error(self, message):
         raise UserError(f"{message} (see {self.prog} --help).")
+
+
+def command_line(main):
+    """A command's main(argv) -> exit code, with a UserError written as one line on stderr (exit 2)
+    and Ctrl-C as one line too (exit 130), never a traceback."""
+    @functools.wraps(main)
+    def run(argv: list[str] | None = None) -> int:
+        try:
+            return main(argv)
+        except UserError as e:
+            print(f"error: {one_line(e)}", file=sys.stderr)
+            return 2
+        except KeyboardInterrupt:
+            print("interrupted.", file=sys.stderr)
+            return 130
+    return run
