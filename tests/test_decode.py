@@ -41,18 +41,9 @@ def compilations(framework: str, backend):
         yield counted
         counted.append(backend._compiled_generate.experimental_get_tracing_count() - before)
     else:  # jax, keras-jax
-        import jax
-        events = []
-
-        def listener(event, duration, **kwargs):
-            if event == "/jax/core/compile/backend_compile_duration":
-                events.append(kwargs.get("fun_name"))
-
-        jax.monitoring.register_event_duration_secs_listener(listener)
-        try:
+        from tests.test_jax import count_compiles
+        with count_compiles() as events:
             yield counted
-        finally:
-            jax.monitoring.unregister_event_duration_listener(listener)
         counted.append(len(events))
 
 
