@@ -64,7 +64,16 @@ def decisive_params(config: GPTConfig) -> dict:
 _MARKERS = {framework.replace("-", "_"): framework for framework in FRAMEWORKS}
 
 
+# The files with the longest tests, longest first. Under pytest-xdist each worker takes whole files in
+# collection order (README: --dist loadfile), so these start at once rather than last, alone on one worker.
+LONGEST_FILES = ("test_keras_jax.py", "test_benchmarks.py", "test_parallel.py", "test_resume.py")
+
+
 def pytest_collection_modifyitems(config, items):
+    def rank(item):
+        name = item.path.name
+        return LONGEST_FILES.index(name) if name in LONGEST_FILES else len(LONGEST_FILES)
+    items.sort(key=rank)  # stable: every file keeps its own order
     for item in items:
         for marker, framework in _MARKERS.items():
             if item.get_closest_marker(marker) is None:
