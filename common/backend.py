@@ -157,6 +157,11 @@ def check_prompt(prompt: list[int], config: GPTConfig) -> None:
                         f"shorten it.")
 
 
+# XLA options for the decode loops compiled by jax.jit (JAX and keras-jax). Copy insertion with region
+# analysis proves that the loop may write each layer's cache in place, where by default it copied
+# the carried buffers at every step. Given to those programs alone: a training step does not change.
+XLA_DECODE_OPTIONS = {"xla_cpu_copy_insertion_use_region_analysis": True}
+
 SEED_LIMIT = 2**32  # a seed is one uint32 word of each framework's random key
 
 

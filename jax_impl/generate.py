@@ -4,6 +4,7 @@ import functools
 import jax
 import jax.numpy as jnp
 
+from common.backend import XLA_DECODE_OPTIONS
 from jax_impl.model import KVCache
 from jax_impl.train import StaticGraph
 
@@ -40,7 +41,7 @@ def sample_next(logits, temperature, top_k, top_p, keys, greedy: bool):
 
 
 @functools.partial(jax.jit, static_argnums=0, static_argnames=("max_new_tokens", "use_cache", "greedy"),
-                   donate_argnums=2)
+                   donate_argnums=2, compiler_options=XLA_DECODE_OPTIONS)
 def generate(graph: StaticGraph, leaves: list, tokens, prompt_len, seeds, temperature=1.0, top_k=None, top_p=None,
              *, max_new_tokens: int, use_cache: bool = True, greedy: bool = False):
     """Fill tokens[:, prompt_len:prompt_len + max_new_tokens] after the prompts in tokens[:, :prompt_len].

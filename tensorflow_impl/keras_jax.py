@@ -16,7 +16,7 @@ import jax.numpy as jnp  # noqa: E402
 import keras  # noqa: E402
 import numpy as np  # noqa: E402
 
-from common.backend import Backend as BaseBackend, micro_batches  # noqa: E402
+from common.backend import XLA_DECODE_OPTIONS, Backend as BaseBackend, micro_batches  # noqa: E402
 from common.errors import UserError  # noqa: E402
 from tensorflow_impl.generate import decode, filter_logits  # noqa: E402
 from tensorflow_impl.model import GPT, KVCache, cross_entropy, load_canonical  # noqa: E402
@@ -24,7 +24,7 @@ from tensorflow_impl.train import KerasModelState, compile_model, train_step  # 
 
 
 @functools.partial(jax.jit, static_argnums=0, static_argnames=("max_new_tokens", "use_cache", "greedy"),
-                   donate_argnums=2)
+                   donate_argnums=2, compiler_options=XLA_DECODE_OPTIONS)
 def _generate(model: GPT, variables, tokens, prompt_len, seeds, temperature, top_k, top_p, *,
               max_new_tokens: int, use_cache: bool, greedy: bool):
     """The Keras decode loop (tensorflow_impl/generate.py) under jax.jit, the model's variables

@@ -29,24 +29,31 @@ def _gpt_config(config: GPTConfig | dict) -> GPTConfig:
 class KVCache(NamedTuple):
     """Keys and values of every layer, preallocated for block_size positions and filled in order.
 
-    Immutable, so a compiled loop can carry it: `update` returns a new cache.
+    Immutable, so a compiled loop can carry it: `update` returns a new cache. One tensor per layer:
+    a slice of one (n_layer, ...) tensor was a copy at every step (jax_impl.model.KVCache).
     """
-    keys: Any    # (n_layer, B, nh, block_size, hs)
-    values: Any  # (n_layer, B, nh, block_size, hs)
-    length: Any  # positions filled, the same in every layer: an int32 scalar
+    keys: tuple    # n_layer x (B, nh, block_size, hs)
+    values: tuple  # n_layer x (B, nh, block_size, hs)
+    length: Any    # positions filled, the same in every layer: an int32 scalar
 
     @classmethod
     def empty(cls, config: GPTConfig, batch_size: int, dtype="float32") -> "KVCache":
-        shape = (config.n_layer, batch_size, config.n_head, config.block_size, config.head_size)
-        return cls(ops.zeros(shape, dtype), ops.zeros(shape, dtype), ops.convert_to_tensor(0, "int32"))
+        shape = (batch_size, config.n_head, config.block_size, config.head_size)
+        layers = tuple(ops.zeros(shape, dtype) for _ in range(config.n_layer))
+        return cls(layers, layers, ops.convert_to_tensor(0, "int32"))
 
     def update(self, layer: int, k, v):
         """Store this step's (B, nh, T, hs) keys and values at `length`; return the new cache and
         all block_size keys and values of this layer (the unfilled ones are masked by position)."""
-        start = (layer, 0, 0, self.length, 0)
-        keys = ops.slice_update(self.keys, start, ops.cast(k, self.keys.dtype)[None])
-        values = ops.slice_update(self.values, start, ops.cast(v, self.values.dtype)[None])
-        return self._replace(keys=keys, values=values), keys[layer], values[layer]
+        start = (0, 0, self.length, 0)
+        keys = ops.slice_update(self.keys[layer], start, ops.cast(k, self.keys[layer].dtype))
+        values = ops.slice_update(self.values[layer], start, ops.cast(v, self.values[layer].dtype))
+        return self._replace(keys=_replaced(self.keys, layer, keys),
+                             values=_replaced(self.values, layer, values)), keys, values
+
+
+def _replaced(layers: tuple, layer: int, new) -> tuple:
+    return layers[:layer] + (new,) + layers[layer + 1:]
 
 
 @keras.saving.register_keras_serializable(package=PACKAGE)
