@@ -204,11 +204,14 @@ def load_set(folder: Path) -> tuple[dict, list[dict]]:
     return spec, [json.loads(line) for line in (folder / "points.jsonl").read_text().splitlines() if line.strip()]
 
 
-def newest_sets(results: Path) -> list[tuple[str, dict, list[dict]]]:
-    """(name, spec, points) of the newest sweep kept under results/ on each kind of machine, newest first."""
+def newest_sets(results: Path, ladder: str = "size") -> list[tuple[str, dict, list[dict]]]:
+    """(name, spec, points) of the newest sweep kept under results/ with points of `ladder`, on each
+    kind of machine, newest first."""
     newest = {}
     for folder in sorted(results.glob(f"*/{SET_FILE}")):
         spec, points = load_set(folder.parent)
+        if not any(r["ladder"] == ladder and "failed" not in r for r in points):
+            continue
         key = machine(spec, points)
         if key not in newest or spec["date"] > newest[key][1]["date"]:
             newest[key] = (folder.parent.name, spec, points)
@@ -219,10 +222,8 @@ def benchmarks_section(results: Path, figure_dir: Path) -> tuple[list[str], dict
     """BENCHMARKS.md's sweep part, per kind of machine the size ladder's plot with its report linked:
     the lines, and the PNGs to write at their paths (figure_dir/sweep-<i>.png)."""
     lines, figures = [], {}
-    for i, (name, spec, points) in enumerate(newest_sets(results)):
+    for i, (name, spec, points) in enumerate(newest_sets(results, "size")):
         sized = [r for r in points if r["ladder"] == "size" and "failed" not in r]
-        if not sized:
-            continue
         sizes = list(dict.fromkeys(r["size"] for r in sized))
         lines += [f"## Training speed against model size: {machine(spec, points)}", "",
                   "| framework | dtype | " + " | ".join(f"{s} ({_params(sized, s)}) tokens/s" for s in sizes) + " |",

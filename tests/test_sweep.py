@@ -31,13 +31,13 @@ def test_two_sizes_write_their_points_table_and_plot(tmp_path, capsys):
     assert sweep.main(["--report", str(out)]) == 0 and (out / "report.md").read_text() == report
 
 
-def _kept_set(results, name, date, cpu, tokens_per_s):
+def _kept_set(results, name, date, cpu, tokens_per_s, ladder="size"):
     folder = results / name
     folder.mkdir(parents=True)
     spec = {"command": "python -m benchmarks.sweep", "date": date, "device": "cpu", "cpu_peak_flops": 1e11,
             "host": {"cpu": cpu, "cpu_isa": "AVX2", "cpu_bf16": [], "cpu_count": 2}}
     (folder / sweep.SET_FILE).write_text(json.dumps(spec))
-    points = [{"ladder": "size", "size": size, "framework": "jax", "dtype": "float32", "device": "cpu", "block_size": 32,
+    points = [{"ladder": ladder, "size": size, "framework": "jax", "dtype": "float32", "device": "cpu", "block_size": 32,
                "batch_size": 32, "params": num_params(sweep.SIZES[size]), "tokens_per_s": tokens_per_s, "mfu": 0.1}
               for size in ("tiny", "cpu-baby")]
     (folder / "points.jsonl").write_text("".join(json.dumps(p) + "\n" for p in points))
@@ -48,11 +48,14 @@ def test_benchmarks_page_plots_the_newest_sweep_of_each_machine(tmp_path):
     _kept_set(results, "old-epyc", "2026-11-01T10:00:00", "AMD EPYC", 1000.0)
     _kept_set(results, "new-epyc", "2026-12-01T10:00:00", "AMD EPYC", 2000.0)
     _kept_set(results, "xeon", "2026-11-15T10:00:00", "Intel Xeon", 3000.0)
+    _kept_set(results, "newest-epyc-contexts", "2026-12-02T10:00:00", "AMD EPYC", 4000.0, ladder="context")
     lines, figures = sweep.benchmarks_section(results, Path("figures"))
     headings = [line for line in lines if line.startswith("## ")]
     assert headings == ["## Training speed against model size: AMD EPYC, AVX2 (native bfloat16: none), 2 cores",
                         "## Training speed against model size: Intel Xeon, AVX2 (native bfloat16: none), 2 cores"]
-    assert "[new-epyc](results/new-epyc/report.md)" in "\n".join(lines) and "old-epyc" not in "\n".join(lines)
+    # per machine the newest set with a size ladder: a newer one of other ladders does not hide it
+    assert "[new-epyc](results/new-epyc/report.md)" in "\n".join(lines)
+    assert "old-epyc" not in "\n".join(lines) and "contexts" not in "\n".join(lines)
     assert sorted(figures) == [Path("figures/sweep-0.png"), Path("figures/sweep-1.png")]
     assert all(png[:8] == b"\x89PNG\r\n\x1a\n" for png in figures.values())
 
