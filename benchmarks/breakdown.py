@@ -1,6 +1,6 @@
 """Where a training step's time goes, per framework, from each framework's own profiler.
 
-    python -m benchmarks.breakdown --framework all [--size cpu-baby] [--steps 5] [--out DIR]
+    python -m benchmarks.breakdown --framework all [--size cpu-baby] [--batch N] [--steps 5] [--out DIR]
 
 Each framework trains one size of benchmarks/sweep.py in a process of its own, warms up, then
 profiles a few steps: PyTorch with torch.profiler, JAX and keras-jax with jax.profiler, TensorFlow
@@ -17,7 +17,8 @@ The time when some op runs is split between the first four in proportion to thei
 (XLA runs independent ops on several threads at once, so op times add up to more than the wall time).
 XLA's ops are told apart by what compiled them: the Python functions and TensorFlow op names XLA
 keeps in each instruction's metadata (read from the HLO it dumps), so an attention matmul counts as
-attention and a projection as matmul. Writes breakdown.json, report.md and a stacked bar per framework.
+attention and a projection as matmul. Writes breakdown.json, report.md (the parts, then each
+framework's heaviest kernels: which op, on what shapes, for how long) and a stacked bar per framework.
 """
 from __future__ import annotations
 
@@ -68,13 +69,22 @@ def busy_time(intervals: list[tuple[float, float]]) -> float:
     return total
 
 
-def split_step(ops: list[tuple[str, float, float]], wall: float, steps: int) -> dict[str, float]:
-    """Milliseconds a step per part, from (part, start, duration) ops in seconds over `steps` steps."""
-    own = {part: sum(d for p, _, d in ops if p == part) for part in PARTS[:-1]}
-    busy = min(busy_time([(s, s + d) for _, s, d in ops]), wall)
+def split_step(ops: list[tuple], wall: float, steps: int) -> dict[str, float]:
+    """Milliseconds a step per part, from (part, start, duration, ...) ops in seconds over `steps` steps."""
+    own = {part: sum(op[2] for op in ops if op[0] == part) for part in PARTS[:-1]}
+    busy = min(busy_time([(op[1], op[1] + op[2]) for op in ops]), wall)
     total = sum(own.values()) or 1.0
     split = {part: 1e3 * busy * own[part] / total / steps for part in PARTS[:-1]}
     return {**split, "overhead": 1e3 * (wall - busy) / steps}
+
+
+def heaviest_kernels(ops: list[tuple[str, float, float, str]], steps: int, count: int = 8) -> list[dict]:
+    """The kernels with the most own time, summed over every call, in milliseconds a step."""
+    totals: dict[tuple[str, str], float] = {}
+    for part, _, duration, kernel in ops:
+        totals[kernel, part] = totals.get((kernel, part), 0.0) + duration
+    ranked = sorted(totals.items(), key=lambda item: -item[1])[:count]
+    return [{"kernel": kernel, "part": part, "ms": 1e3 * seconds / steps} for (kernel, part), seconds in ranked]
 
 
 # --- PyTorch ------------------------------------------------------------------------------------
@@ -85,7 +95,7 @@ MATMUL_OPS = {"aten::mm", "aten::addmm", "aten::bmm", "aten::baddbmm", "aten::ad
 def torch_ops(run_steps) -> tuple[list[tuple[str, float, float]], float]:
     """Every aten op's own time, each given the part of its outermost named caller."""
     import torch
-    with torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CPU]) as prof:
+    with torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CPU], record_shapes=True) as prof:
         wall = run_steps()
     ops = []
     for event in prof.events():
@@ -96,20 +106,22 @@ def torch_ops(run_steps) -> tuple[list[tuple[str, float, float]], float]:
             chain.append(parent.name)
             parent = parent.cpu_parent
         context = " ".join(chain).lower()
+        shapes = " ".join("x".join(map(str, shape)) for shape in event.input_shapes[:2] if shape)
         ops.append((part_of(context, event.name in MATMUL_OPS), event.time_range.start / 1e6,
-                    event.self_cpu_time_total / 1e6))
+                    event.self_cpu_time_total / 1e6, f"{event.name} {shapes}".strip()))
     return ops, wall
 
 
 # --- XLA (JAX, keras-jax, TensorFlow) ------------------------------------------------------------
 
-_INSTRUCTION = re.compile(r"^\s*(?:ROOT )?%?([\w.\-]+) = \S+ ([\w\-]+)\((.*)$")
+_INSTRUCTION = re.compile(r"^\s*(?:ROOT )?%?([\w.\-]+) = (\S+) ([\w\-]+)\((.*)$")
 _TABLE_ROW = re.compile(r"^(\d+) (.*)$")
 
 
-def hlo_contexts(hlo_text: str) -> dict[str, tuple[str, bool]]:
-    """{instruction name: (lower-case context, is a matrix product)} for one optimised HLO module:
-    the context is its op_name and the function and file names of the stack that traced it."""
+def hlo_contexts(hlo_text: str) -> dict[str, tuple[str, bool, str]]:
+    """{instruction name: (lower-case context, is a matrix product, kernel)} for one optimised HLO
+    module: the context is its op_name and the function and file names of the stack that traced it;
+    the kernel names the instruction by its opcode, its output shape and the op it came from."""
     tables, current, computations, computation = {}, None, {}, None
     for line in hlo_text.splitlines():
         if line in ("FileNames", "FunctionNames", "FileLocations", "StackFrames"):
@@ -147,14 +159,17 @@ def hlo_contexts(hlo_text: str) -> dict[str, tuple[str, bool]]:
             match = _INSTRUCTION.match(line)
             if not match:
                 continue
-            name, opcode, rest = match.groups()
+            name, shape, opcode, rest = match.groups()
             op_name = re.search(r'op_name="([^"]*)"', rest)
             frame = re.search(r"stack_frame_id=(\d+)", rest)
             called = re.search(r"calls=%?([\w.\-]+)", rest)
             context = f"{op_name.group(1) if op_name else ''} {stack(int(frame.group(1))) if frame else ''}".lower()
             matmul = (opcode == "dot" or (called is not None and called.group(1) in has_dot)
                       or any(kind in name for kind in ("ynn", "xnn", "onednn", "matmul", "gemm")))
-            contexts[name] = (context, matmul)
+            source = op_name.group(1).split("/")[-1] if op_name else ""
+            family = re.sub(r"\.\d+$", "", name)  # every layer's copy of an instruction in one row
+            kernel = f"{family} {shape.split('{')[0]} {source}".strip()
+            contexts[name] = (context, matmul, kernel)
     return contexts
 
 
@@ -194,8 +209,8 @@ def xla_ops(framework: str, run_steps, dump_dir: str, trace_dir: str) -> tuple[l
     contexts = {}
     for path in sorted(glob.glob(f"{dump_dir}/*after_optimizations.txt"), key=os.path.getsize):
         contexts.update(hlo_contexts(Path(path).read_text()))  # the largest (the train step) last
-    ops = [(part_of(*contexts[name]), begin, duration) for name, begin, duration in xla_events(trace_dir)
-           if name in contexts]
+    ops = [(part_of(*contexts[name][:2]), begin, duration, contexts[name][2])
+           for name, begin, duration in xla_events(trace_dir) if name in contexts]
     return ops, wall
 
 
@@ -218,7 +233,8 @@ def profile(point: Point, workdir: str) -> dict:
         ops, wall = xla_ops(point.framework, run_steps, f"{workdir}/dump", f"{workdir}/trace")
     if not ops:
         raise UserError(f"{point.framework}'s profiler recorded no ops: run with --verbose to see its output.")
-    return {**asdict(point), "step_ms": 1e3 * wall / point.steps, "parts_ms": split_step(ops, wall, point.steps)}
+    return {**asdict(point), "step_ms": 1e3 * wall / point.steps, "parts_ms": split_step(ops, wall, point.steps),
+            "kernels": heaviest_kernels(ops, point.steps)}
 
 
 def run_one(point: Point, verbose: bool) -> dict:
@@ -269,7 +285,13 @@ def write_report(results: list[dict], out: Path, title: str) -> Path:
     lines += [f"- {r['framework']}: failed: {r['failed']}" for r in results if "failed" in r]
     if done:
         (out / "breakdown.png").write_bytes(figure(done))
-        lines += ["", "![milliseconds a step per part, per framework](breakdown.png)"]
+        lines += ["", "![milliseconds a step per part, per framework](breakdown.png)", "",
+                  "## Heaviest kernels", "",
+                  "Own time of each kernel in ms a step, every call summed (XLA runs some at once on "
+                  "several threads, so these can add up to more than the step).", "",
+                  "| framework | kernel | part | ms |", "|---|---|---|---|"]
+        lines += [f"| {r['framework']} | `{k['kernel']}` | {k['part']} | {k['ms']:.2f} |"
+                  for r in done for k in r["kernels"]]
     (out / "report.md").write_text("\n".join(lines) + "\n")
     return out / "report.md"
 
@@ -279,6 +301,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                       formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     p.add_argument("--framework", default="all", help="pytorch, tensorflow, jax, keras-jax (comma-separated), or all")
     p.add_argument("--size", default="cpu-baby", help=f"one of {', '.join(SIZES)} (benchmarks/sweep.py)")
+    p.add_argument("--batch", type=int, help=f"sequences a step (default: {TOKENS_PER_STEP:,} tokens a step, as the sweep)")
     p.add_argument("--steps", type=int, default=5, help="profiled steps")
     p.add_argument("--out", help="folder for breakdown.json, report.md and breakdown.png (default runs/breakdown-<date>)")
     p.add_argument("--verbose", action="store_true", help="show each framework's own output")
@@ -297,6 +320,8 @@ def main(argv: list[str] | None = None) -> int:
         raise UserError(f"unknown --size {args.size!r}: choose one of {', '.join(SIZES)}.")
     if args.steps < 1:
         raise UserError("--steps must be at least 1.")
+    if args.batch is not None and args.batch < 1:
+        raise UserError("--batch must be at least 1.")
     frameworks = [f for f in FRAMEWORKS if is_installed(f)] if args.framework == "all" else list(
         dict.fromkeys(canonical_framework(f) for f in args.framework.split(",")))
     missing = [f for f in frameworks if not is_installed(f)]
@@ -307,10 +332,11 @@ def main(argv: list[str] | None = None) -> int:
         raise UserError(f"--out {out} is a file: name a folder.")
     out.mkdir(parents=True, exist_ok=True)
     block = SIZES[args.size].block_size
-    results = [run_one(Point("breakdown", args.size, framework, "float32", block, max(1, TOKENS_PER_STEP // block),
-                             args.steps, 2, "cpu"), args.verbose) for framework in frameworks]
+    batch = args.batch or max(1, TOKENS_PER_STEP // block)
+    results = [run_one(Point("breakdown", args.size, framework, "float32", block, batch, args.steps, 2, "cpu"),
+                       args.verbose) for framework in frameworks]
     (out / "breakdown.json").write_text(json.dumps(results, indent=2))
-    title = f"{args.size}, {_cpu_model()} ({cpu_vector_isa() or 'unknown ISA'}), {os.cpu_count()} cores"
+    title = f"{args.size} at batch {batch}, {_cpu_model()} ({cpu_vector_isa() or 'unknown ISA'}), {os.cpu_count()} cores"
     print(f"report: {write_report(results, out, title)}", file=sys.stderr)
     return 0 if all("failed" not in r for r in results) else 1
 

@@ -48,10 +48,22 @@ ENTRY %main.1 (a: f32[4,4], b: f32[4,4]) -> f32[4,4] {
 
 def test_hlo_instructions_take_their_part_from_the_functions_that_traced_them():
     contexts = breakdown.hlo_contexts(HLO)
-    parts = {name: breakdown.part_of(*contexts[name]) for name in ("projection", "scores", "softmax", "adam", "gelu")}
+    parts = {name: breakdown.part_of(*contexts[name][:2]) for name in ("projection", "scores", "softmax", "adam", "gelu")}
     assert parts == {"projection": "matmul", "scores": "attention", "softmax": "attention", "adam": "optimizer",
                      "gelu": "elementwise & norms"}
     assert contexts["projection"][1] and contexts["scores"][1] and not contexts["softmax"][1]
+    # The kernel is named by opcode, output shape and the op that made it, as the report lists it.
+    assert contexts["projection"][2] == "projection f32[4,4] dot_general"
+    assert contexts["softmax"][2] == "softmax f32[4,4] exp" and contexts["gelu"][2] == "gelu f32[4,4] tanh"
+
+
+def test_the_heaviest_kernels_sum_every_call_per_step_heaviest_first():
+    ops = [("matmul", 0.0, 0.004, "dot f32[8,8]"), ("attention", 0.0, 0.001, "fusion f32[2,2] exp"),
+           ("matmul", 0.0, 0.004, "dot f32[8,8]"), ("attention", 0.0, 0.003, "fusion f32[2,2] exp"),
+           ("optimizer", 0.0, 0.0005, "multiply f32[8]")]
+    kernels = breakdown.heaviest_kernels(ops, steps=2, count=2)
+    assert kernels == [{"kernel": "dot f32[8,8]", "part": "matmul", "ms": pytest.approx(4.0)},
+                       {"kernel": "fusion f32[2,2] exp", "part": "attention", "ms": pytest.approx(2.0)}]
 
 
 @pytest.mark.parametrize("context, matmul, part", [
@@ -80,21 +92,27 @@ def test_a_step_splits_into_busy_parts_and_the_idle_rest():
 def test_two_frameworks_profile_a_step_each_into_a_table_and_a_bar(tmp_path, capsys):
     frameworks = [f for f in ("pytorch", "jax") if is_installed(f)] or pytest.skip("needs pytorch or jax")
     out = tmp_path / "out"
-    assert breakdown.main(["--framework", ",".join(frameworks), "--size", "tiny", "--steps", "2",
+    assert breakdown.main(["--framework", ",".join(frameworks), "--size", "tiny", "--batch", "3", "--steps", "2",
                            "--out", str(out)]) == 0, capsys.readouterr().err
     results = json.loads((out / "breakdown.json").read_text())
-    assert [r["framework"] for r in results] == frameworks
+    assert [r["framework"] for r in results] == frameworks and {r["batch_size"] for r in results} == {3}
     for r in results:
         parts = r["parts_ms"]
         assert sum(parts.values()) == pytest.approx(r["step_ms"], rel=1e-6)
         assert parts["matmul"] > 0 and parts["attention"] > 0 and parts["optimizer"] > 0, r
     report = (out / "report.md").read_text()
     assert all(f"| {f} |" in report for f in frameworks) and "breakdown.png" in report
+    for r in results:  # each framework names its heaviest kernels, heaviest first, within its own step
+        ms = [k["ms"] for k in r["kernels"]]
+        assert len(ms) == 8 and ms == sorted(ms, reverse=True) and 0 < ms[0] < r["step_ms"], r["kernels"]
+        assert all(k["kernel"] and k["part"] in breakdown.PARTS[:-1] for k in r["kernels"]), r["kernels"]
+        assert f"| {r['framework']} | `{r['kernels'][0]['kernel']}` |" in report
     assert (out / "breakdown.png").read_bytes()[:4] == b"\x89PNG"
 
 
 @pytest.mark.parametrize("args, message", [
     (["--size", "huge"], "unknown --size 'huge'"), (["--steps", "0"], "--steps must be at least 1"),
+    (["--batch", "0"], "--batch must be at least 1"),
     (["--framework", "mxnet"], "unknown framework 'mxnet'")])
 def test_bad_input_is_one_line_and_exit_2(args, message, tmp_path, capsys):
     assert breakdown.main([*args, "--out", str(tmp_path / "out")]) == 2
