@@ -1,7 +1,6 @@
 """The harness CLI under generated arguments: every outcome is a clean exit, never a traceback."""
 import dataclasses
 import io
-import sys
 from contextlib import redirect_stderr, redirect_stdout
 
 import pytest

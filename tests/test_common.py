@@ -5,10 +5,10 @@ from dataclasses import replace
 import numpy as np
 import pytest
 
-from common.backend import canonical_framework, load_backend
+from common.backend import canonical_framework
 from common.checkpoint import (load_checkpoint, load_optimizer_state, load_training_state, save_checkpoint,
                                save_optimizer_state, save_training_state)
-from common.config import GPTConfig, TrainConfig, get_preset
+from common.config import GPTConfig, get_preset
 from common.errors import UserError
 from common.flops import accelerator_peak, cpu_native_bf16, cpu_vector_isa, flops_per_token, mfu
 from common.params import decays, init_params, num_params, param_shapes
