@@ -432,5 +432,6 @@ def environment(backend: Backend, config: RunConfig, host_malloc: str) -> dict:
     commit = commit or os.environ.get("NANOGPT_GIT_COMMIT")  # a copy of the tree without .git
     return {"framework": backend.name, **backend.device_info(), "python": platform.python_version(),
             "platform": platform.platform(), "cpu": _cpu_model(), "cpu_isa": cpu_vector_isa(), "cpu_bf16": cpu_native_bf16(),
-            "cpu_count": os.cpu_count(), "host_malloc": host_malloc, "versions": versions, "git_commit": commit,
+            "cpu_count": os.cpu_count(), "host_malloc": host_malloc, "settings": backend.settings(),
+            "versions": versions, "git_commit": commit,
             "command": config.command, "date": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds")}

@@ -113,9 +113,11 @@ def notes_skeleton(name: str, runs: list[Run]) -> str:
     env = runs[0].env
     machine = (env.get("device_name") if env.get("device") not in (None, "cpu")
                else f"{env.get('cpu')} ({env.get('cpu_isa') or 'vector ISA not recorded'}, {env.get('cpu_count')} cores)")
+    settings = {r.summary.get("framework", "?"): r.env["settings"] for r in runs if r.env.get("settings")}
     lines = [f"# {name}", "", "(One sentence: what this set was made for and what it shows.)", "",
              f"- machine: {machine}, {env.get('platform')}, Python {env.get('python')}",
              *([f"- host malloc: {env['host_malloc']}"] if env.get("host_malloc") else []),
+             *([f"- settings: {json.dumps(settings)}"] if settings else []),
              "- versions: " + ", ".join(dict.fromkeys(_version(r) for r in runs)),
              "- commits: " + ", ".join(dict.fromkeys(str(r.env.get("git_commit")) for r in runs)),
              "- dates: " + " to ".join(dict.fromkeys(sorted({r.env.get("date", "?")[:10] for r in runs}))),

@@ -162,6 +162,12 @@ def check_prompt(prompt: list[int], config: GPTConfig) -> None:
 # the carried buffers at every step. Given to those programs alone: a training step does not change.
 XLA_DECODE_OPTIONS = {"xla_cpu_copy_insertion_use_region_analysis": True}
 
+# Environment variables that change how fast the same code runs on the same machine: a run records
+# those that are set (Backend.settings, in env.json), so that its figures say what they ran under.
+TUNING_VARIABLES = ("XLA_FLAGS", "TF_XLA_FLAGS", "OMP_NUM_THREADS", "MKL_NUM_THREADS", "TF_ENABLE_ONEDNN_OPTS",
+                    "TF_NUM_INTRAOP_THREADS", "TF_NUM_INTEROP_THREADS", "TORCHINDUCTOR_FREEZING",
+                    "TORCHINDUCTOR_MAX_AUTOTUNE")
+
 SEED_LIMIT = 2**32  # a seed is one uint32 word of each framework's random key
 
 
@@ -365,6 +371,11 @@ class Backend(ABC):
     @abstractmethod
     def device_info(self) -> dict:
         """{'framework_version', 'device' (cpu|gpu|tpu|mps), 'device_name', 'device_count'}."""
+
+    def settings(self) -> dict:
+        """What this backend runs under, beyond its config, that changes its speed: the tuning
+        variables set in the environment, and the options each framework compiles with."""
+        return {name: os.environ[name] for name in TUNING_VARIABLES if name in os.environ}
 
     def peak_memory_bytes(self) -> int | None:
         """Peak device memory since the last reset; None where only host RSS applies (CPU)."""

@@ -7,7 +7,7 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
-from common.backend import Backend as BaseBackend, micro_batches
+from common.backend import XLA_DECODE_OPTIONS, Backend as BaseBackend, micro_batches
 from jax_impl import parallel
 from jax_impl.generate import generate
 from jax_impl.model import GPT, from_canonical_like, load_canonical, to_canonical
@@ -139,6 +139,9 @@ class Backend(BaseBackend):
         return {"framework_version": f"jax {jax.__version__} / flax {flax.__version__}",
                 "device": platform, "device_name": self.device.device_kind,
                 "device_count": len(jax.devices(self.device.platform))}
+
+    def settings(self):
+        return {**super().settings(), "decode_compiler_options": XLA_DECODE_OPTIONS}
 
     def peak_memory_bytes(self):
         if self.device.platform == "cpu":

@@ -4,7 +4,7 @@ import torch
 
 from common.backend import Backend as BaseBackend, micro_batches
 from common.errors import UserError
-from pytorch_impl.generate import EAGER, compiled_steps, generate
+from pytorch_impl.generate import EAGER, compile_options, compiled_steps, generate
 from pytorch_impl import parallel
 from pytorch_impl.model import GPT, KVCache, cross_entropy, from_canonical_like, load_canonical, to_canonical
 from pytorch_impl.train import autocast, configure_optimizer, train_step
@@ -124,6 +124,10 @@ class Backend(BaseBackend):
         elif self.device.type == "mps":
             info.update(device="mps", device_name="Apple MPS")
         return info
+
+    def settings(self):
+        decode = compile_options(self.device.type) if self.train_config.compile else "eager"
+        return {**super().settings(), "decode_compile": decode}
 
     def peak_memory_bytes(self):
         return torch.cuda.max_memory_allocated(self.device) if self.device.type == "cuda" else None

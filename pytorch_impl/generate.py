@@ -61,19 +61,26 @@ class Steps(NamedTuple):
 EAGER = Steps(prefill, decode_one_token, window_logits)
 
 
+def compile_options(device_type: str) -> dict:
+    """torch.compile's arguments for the decode steps on this device type."""
+    if device_type == "cuda":
+        # Each step recorded as a CUDA graph and replayed, which takes the per-kernel launch cost out of
+        # every token.
+        return {"mode": "reduce-overhead", "fullgraph": True, "dynamic": False}
+    # dynamic=False: one program per batch size, rather than a recompile into a shape-generic one.
+    # cpp_wrapper: the code around the kernels in C++, not Python; on 2 CPU cores at cpu-baby,
+    # batch 1, 1,836 tokens/s against 1,650 (eager: 1,089).
+    return {"fullgraph": True, "dynamic": False, "options": {"cpp_wrapper": True}}
+
+
 def compiled_steps(device_type: str) -> Steps:
-    """The steps under torch.compile, built once where the program starts; each compiles on its first
-    call at a batch size. On CUDA, mode="reduce-overhead" records each as a CUDA graph and replays it,
-    which takes the per-kernel launch cost out of every token."""
+    """The steps under torch.compile (compile_options), built once where the program starts; each
+    compiles on its first call at a batch size."""
     if device_type != "cuda":
-        # dynamic=False: one program per batch size, rather than a recompile into a shape-generic one.
-        # cpp_wrapper: the code around the kernels in C++, not Python; on 2 CPU cores at cpu-baby,
-        # batch 1, 1,836 tokens/s against 1,650 (eager: 1,089).
-        return Steps(*(torch.compile(step, fullgraph=True, dynamic=False, options={"cpp_wrapper": True})
-                       for step in EAGER))
+        return Steps(*(torch.compile(step, **compile_options(device_type)) for step in EAGER))
 
     def graphed(step):
-        compiled = torch.compile(step, mode="reduce-overhead", fullgraph=True, dynamic=False)
+        compiled = torch.compile(step, **compile_options(device_type))
 
         def replay(*args):
             # Every call starts afresh: the loop has read the last call's outputs, which the next

@@ -127,6 +127,9 @@ class Backend(KerasModelState, BaseBackend):
         return {"framework_version": f"keras {keras.__version__} / jax {jax.__version__}", "device": kind,
                 "device_name": self.device.device_kind, "device_count": len(jax.devices(self.device.platform))}
 
+    def settings(self):
+        return {**super().settings(), "decode_compiler_options": XLA_DECODE_OPTIONS}
+
     def peak_memory_bytes(self):
         if self.device.platform == "cpu":
             return None

@@ -265,3 +265,17 @@ def test_devices_and_info(framework):
     if not has_accelerator(framework):
         with pytest.raises(UserError, match=f"no GPU is visible to {Backend.runtime}: use --device cpu, or "):
             Backend.resolve_device("gpu")
+
+
+def test_settings_name_the_tuning_variables_set_and_the_decode_compilation(framework, monkeypatch):
+    from common.backend import TUNING_VARIABLES, XLA_DECODE_OPTIONS
+    for name in TUNING_VARIABLES:
+        monkeypatch.delenv(name, raising=False)
+    monkeypatch.setenv("XLA_FLAGS", "--xla_cpu_use_fusion_emitters=false")
+    own = {"pytorch": {"decode_compile": "eager"}, "tensorflow": {}}.get(
+        framework, {"decode_compiler_options": XLA_DECODE_OPTIONS})  # jax and keras-jax
+    assert shared_backend(framework).settings() == {"XLA_FLAGS": "--xla_cpu_use_fusion_emitters=false", **own}
+    if framework == "pytorch":  # a compiled decode names torch.compile's arguments
+        compiled = make_backend("pytorch", train=dataclasses.replace(SMALL_TRAIN, compile=True))
+        assert compiled.settings()["decode_compile"] == {"fullgraph": True, "dynamic": False,
+                                                         "options": {"cpp_wrapper": True}}

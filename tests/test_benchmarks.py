@@ -48,6 +48,7 @@ def test_run_folder_has_every_file(pytorch_run):
     assert env["cpu_isa"] == cpu_vector_isa() and env["cpu_bf16"] == cpu_native_bf16()
     if platform.libc_ver()[0] == "glibc":
         assert env["host_malloc"] == "glibc mallopt mmap_max=0 trim_threshold=1073741824 top_pad=67108864"
+    assert env["settings"]["decode_compile"] == "eager"  # what else it ran under: Backend.settings
     config = json.loads((folder / "config.json").read_text())
     assert config["model"]["vocab_size"] == 65 and config["train"]["max_iters"] == 200
 

@@ -23,6 +23,7 @@ def make_run(folder: Path, framework="pytorch", seed=1337, tokens_per_s=1000.0, 
     env = {"framework": framework, "framework_version": f"{framework} 1.0", "device": "cpu", "device_name": "cpu",
            "device_count": 1, "cpu": "Test CPU", "cpu_isa": cpu_isa, "cpu_count": 2, "python": "3.11",
            "platform": "Linux", "host_malloc": "glibc mallopt mmap_max=0", "git_commit": "abc1234", "date": date,
+           "settings": {"XLA_FLAGS": "--xla_cpu_use_fusion_emitters=false"} if framework == "jax" else {},
            "command": f"python -m benchmarks.run --framework {framework} --seed {seed}"}
     summary = {"framework": framework, "device": "cpu", "device_name": "cpu", "dtype": "float32", "compile": False,
                "seed": seed, "replicas": 1, "params": 29_000, "tokens_per_s": tokens_per_s, "final_val_loss": val,
@@ -98,6 +99,8 @@ def test_report_over_a_packed_set_equals_the_report_over_its_folders(tmp_path):
 def test_packing_into_a_set_replaces_a_run_of_the_same_name_and_keeps_the_others(tmp_path):
     into = tmp_path / "set"
     pack([make_run(tmp_path / "a" / "pytorch", tokens_per_s=900.0), make_run(tmp_path / "a" / "jax", "jax")], into)
+    # The notes start from what each run ran under: the settings a framework recorded (none for pytorch here).
+    assert '\n- settings: {"jax": {"XLA_FLAGS": "--xla_cpu_use_fusion_emitters=false"}}\n' in (into / "NOTES.md").read_text()
     (into / "NOTES.md").write_text("# set\n\nMine.\n")
     pack([make_run(tmp_path / "b" / "pytorch", tokens_per_s=1200.0)], into)
     runs = {run.name: run.summary["tokens_per_s"] for run in load_run_set(into)}
