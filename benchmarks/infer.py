@@ -5,7 +5,9 @@
     python -m benchmarks.infer --framework all --init-from gpt2 --prompt-lengths 128,1024 --new-tokens 128
 
 Every row decodes the same weights (a run's checkpoint, a GPT-2 folder, or random weights at a
-preset's size) through the Backend's public generate_batch, greedily, from the same random prompts.
+preset's size) through the Backend's public generate_batch, from the same random prompts: greedily,
+or with --temperature (and --top-k, --top-p) sampled as a training run's samples are, each row of a
+batch from its own seeded stream.
 The rows are the frameworks and PyTorch a second time with torch.compile (pytorch-compiled). Each
 row runs in a process of its own once per round (--repeat); the rounds take the rows in turn, so a
 drift of the machine over minutes touches every row alike. The output folder holds inference.json
@@ -44,7 +46,7 @@ from types import SimpleNamespace
 import numpy as np
 
 from benchmarks.quiet import native_logs_filtered, quiet_third_party
-from common.backend import canonical_framework, is_installed, load_backend, missing_modules
+from common.backend import canonical_framework, check_sampling, is_installed, load_backend, missing_modules
 from common.config import PRESETS, GPTConfig, TrainConfig, get_preset, to_dict
 from common.errors import OneLineParser, UserError, command_line
 from common.flops import _cpu_model, cpu_vector_isa
@@ -138,7 +140,8 @@ def measure(backend, config: GPTConfig, options: dict) -> dict:
 
     def generate(batch_size, length, max_new_tokens, use_cache=True):
         ids = prompts(config, batch_size, length)
-        return lambda: backend.generate_batch(ids, max_new_tokens, temperature=0.0, use_cache=use_cache)
+        return lambda: backend.generate_batch(ids, max_new_tokens, temperature=options["temperature"],
+                                              top_k=options["top_k"], top_p=options["top_p"], use_cache=use_cache)
 
     def warm(call):
         call()  # a framework compiles once per shape: per prompt length, batch size or token count
@@ -324,7 +327,7 @@ def caption(spec: dict, rows: list[dict]) -> str:
                  f"in the CPU's caches are read from there)")
     return (f"{spec['source']['described']}: {model['n_layer']} layers × {model['n_head']} heads × {model['n_embd']} "
             f"wide, block {model['block_size']}, {spec['params'] / 1e6:.1f}M parameters, {options['dtype']}; "
-            f"greedy, {options['new_tokens']} new tokens after {DECODE_PROMPT_TOKENS}; {options['repeat']} "
+            f"{decoding(options)}, {options['new_tokens']} new tokens after {DECODE_PROMPT_TOKENS}; {options['repeat']} "
             f"round(s) × {options['calls']} timed calls. Bandwidth used against {bandwidth}. {spec['date'][:10]}.")
 
 
@@ -398,6 +401,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                    f"{DECODE_PROMPT_TOKENS}, one window")
     p.add_argument("--repeat", type=int, default=3, help="rounds: each row runs once a round, in a fresh process")
     p.add_argument("--calls", type=int, default=3, help="timed calls of each shape in a round")
+    p.add_argument("--temperature", type=float, default=0.0, help="0 decodes greedily; above 0 samples "
+                   "(a training run's samples use 0.8 with --top-k 200)")
+    p.add_argument("--top-k", type=int, help="sample from the k likeliest tokens only")
+    p.add_argument("--top-p", type=float, help="sample from the smallest set of tokens holding this mass")
     p.add_argument("--device", default="auto", choices=["auto", "cpu", "gpu", "tpu"])
     p.add_argument("--dtype", default="float32", choices=["float32", "bfloat16"], help="compute dtype")
     p.add_argument("--out", help="output folder (default runs/infer-<date>)")
@@ -416,6 +423,15 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 
 def framework_of(row: str) -> str:
     return "pytorch" if row == COMPILED else row
+
+
+def decoding(options: dict) -> str:
+    """How the set decodes, in words; sets written before sampling was an option decoded greedily."""
+    if not options.get("temperature"):
+        return "greedy"
+    filters = [f"top-k {options['top_k']}" if options.get("top_k") else "",
+               f"top-p {options['top_p']}" if options.get("top_p") else ""]
+    return ", ".join([f"sampled at temperature {options['temperature']:g}", *filter(None, filters)])
 
 
 def rows_of(text: str) -> list[str]:
@@ -465,6 +481,8 @@ def plan(args, argv: list[str]) -> tuple[Path, dict, list[str], list[str]]:
     new_tokens = args.new_tokens if args.new_tokens is not None else block - DECODE_PROMPT_TOKENS
     if new_tokens < 1:
         raise UserError(f"--new-tokens must be at least 1, got {new_tokens}.")
+    check_sampling([0], new_tokens, config.vocab_size, args.temperature, args.top_k, args.top_p)
+    greedy = args.temperature == 0  # the filters only shape a sampled distribution
     out = Path(args.out or REPO / "runs" / f"infer-{dt.datetime.now():%Y%m%d-%H%M%S}")
     if out.exists() and not out.is_dir():
         raise UserError(f"--out {out} is a file: name a folder (it is made if it does not exist).")
@@ -474,6 +492,8 @@ def plan(args, argv: list[str]) -> tuple[Path, dict, list[str], list[str]]:
             "model": to_dict(config), "params": int(sum(p.size for p in params.values())),
             "options": {"batch_sizes": _numbers(args.batch_sizes, "--batch-sizes"), "prompt_lengths": lengths,
                         "new_tokens": new_tokens, "calls": args.calls, "repeat": args.repeat,
+                        "temperature": args.temperature, "top_k": None if greedy else args.top_k,
+                        "top_p": None if greedy else args.top_p,
                         "device": args.device, "dtype": args.dtype},
             "host": {"cpu": _cpu_model(), "cpu_isa": cpu_vector_isa(), "cpu_count": os.cpu_count()},
             "date": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds")}

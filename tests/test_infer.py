@@ -154,6 +154,10 @@ def test_a_gpu_is_measured_against_its_datasheet_and_the_host_copy_is_timed():
     (["--out", "{file}"], "is a file: name a folder"),
     (["--out", "{done}"], "already holds an inference set: pass --force"),
     (["--calls", "many"], "argument --calls: invalid int value"),
+    (["--temperature", "-1"], "temperature must be 0 (greedy) or a finite positive number"),
+    (["--temperature", "nan"], "temperature must be 0 (greedy) or a finite positive number"),
+    (["--temperature", "0.8", "--top-k", "0"], "top_k must be a positive integer"),
+    (["--temperature", "0.8", "--top-p", "1.5"], "top_p must be above 0 and at most 1"),
 ])
 def test_bad_input_is_one_line_and_exit_2(tmp_path, capsys, args, message):
     (tmp_path / "file").write_text("")
@@ -163,3 +167,29 @@ def test_bad_input_is_one_line_and_exit_2(tmp_path, capsys, args, message):
     assert infer.main(["--preset", "tiny", "--framework", "pytorch", *args]) == 2
     err = capsys.readouterr().err
     assert err.startswith("error: ") and err.count("\n") == 1 and re.search(re.escape(message), err), err
+
+
+def test_a_sampled_set_samples_every_timed_call_and_says_so(tmp_path):
+    """--temperature (with --top-k, --top-p) reaches every generate call, so the set's decode compares
+    with a training run's sampled figure; a set without the options decoded greedily."""
+    class Recorder:
+        def __init__(self):
+            self.calls = []
+
+        def generate_batch(self, prompts, max_new_tokens, **options):
+            self.calls.append(options)
+            return [[0] * max_new_tokens for _ in prompts]
+
+    options = {"calls": 1, "new_tokens": 3, "prompt_lengths": [2], "batch_sizes": [1, 2],
+               "temperature": 0.8, "top_k": 5, "top_p": None}
+    backend = Recorder()
+    infer.measure(backend, SMALL, options)
+    assert len(backend.calls) > 6 and all(
+        (c["temperature"], c["top_k"], c["top_p"]) == (0.8, 5, None) for c in backend.calls)
+    assert infer.decoding(options) == "sampled at temperature 0.8, top-k 5"
+    assert infer.decoding({**options, "top_p": 0.9}) == "sampled at temperature 0.8, top-k 5, top-p 0.9"
+    assert infer.decoding({"calls": 1}) == infer.decoding({**options, "temperature": 0.0}) == "greedy"
+    args = ["--preset", "tiny", "--framework", "pytorch", "--temperature", "0", "--top-k", "5",
+            "--out", str(tmp_path / "set")]
+    _, spec, _, _ = infer.plan(infer.parse_args(args), args)
+    assert (spec["options"]["temperature"], spec["options"]["top_k"]) == (0.0, None)  # greedy: no filter
