@@ -234,7 +234,7 @@ def profile(point: Point, workdir: str) -> dict:
     if not ops:
         raise UserError(f"{point.framework}'s profiler recorded no ops: run with --verbose to see its output.")
     return {**asdict(point), "step_ms": 1e3 * wall / point.steps, "parts_ms": split_step(ops, wall, point.steps),
-            "kernels": heaviest_kernels(ops, point.steps)}
+            "kernels": heaviest_kernels(ops, point.steps), "settings": backend.settings()}
 
 
 def run_one(point: Point, verbose: bool) -> dict:

@@ -160,7 +160,8 @@ def measure(point: Point) -> dict:
             "first_step_s": first_step_s, "setup_s": setup_s,
             "peak_memory_bytes": peak if peak is not None else resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024,
             "peak_memory_kind": "device" if peak is not None else "process RSS",
-            "framework_version": info["framework_version"], "device_name": info.get("device_name")}
+            "framework_version": info["framework_version"], "device_name": info.get("device_name"),
+            "settings": backend.settings()}
 
 
 # --- the whole sweep --------------------------------------------------------------------------------

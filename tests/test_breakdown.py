@@ -107,6 +107,7 @@ def test_two_frameworks_profile_a_step_each_into_a_table_and_a_bar(tmp_path, cap
         assert len(ms) == 8 and ms == sorted(ms, reverse=True) and 0 < ms[0] < r["step_ms"], r["kernels"]
         assert all(k["kernel"] and k["part"] in breakdown.PARTS[:-1] for k in r["kernels"]), r["kernels"]
         assert f"| {r['framework']} | `{r['kernels'][0]['kernel']}` |" in report
+        assert "--xla_dump_to=" in r["settings"]["XLA_FLAGS"]  # what the profile ran under, its own dump included
     assert (out / "breakdown.png").read_bytes()[:4] == b"\x89PNG"
 
 

@@ -10,7 +10,8 @@ from common.params import num_params
 
 
 @pytest.mark.pytorch
-def test_two_sizes_write_their_points_table_and_plot(tmp_path, capsys):
+def test_two_sizes_write_their_points_table_and_plot(tmp_path, capsys, monkeypatch):
+    monkeypatch.setenv("OMP_NUM_THREADS", "2")  # a tuning variable each point records as it ran under
     out = tmp_path / "sweep"
     assert sweep.main(["--framework", "pytorch", "--sizes", "tiny,cpu-baby", "--steps", "2", "--warmup", "0",
                        "--out", str(out)]) == 0, capsys.readouterr().err
@@ -20,6 +21,7 @@ def test_two_sizes_write_their_points_table_and_plot(tmp_path, capsys):
         assert p["params"] == num_params(sweep.SIZES[p["size"]])
         assert p["tokens_per_s"] == pytest.approx(p["batch_size"] * p["block_size"] / (p["step_ms"] / 1e3))
         assert 0 < p["mfu"] < 1 and p["first_step_s"] > 0 and p["peak_memory_bytes"] > 2**20
+        assert p["settings"]["OMP_NUM_THREADS"] == "2" and p["settings"]["decode_compile"] == "eager"
     report = (out / "report.md").read_text()
     row = next(line for line in report.splitlines() if line.startswith("| pytorch | float32 |"))
     assert len(re.findall(r"\d[\d,]* \(\d+\.\d%\)", row)) == 2, report
