@@ -92,8 +92,9 @@ def heaviest_kernels(ops: list[tuple[str, float, float, str]], steps: int, count
 MATMUL_OPS = {"aten::mm", "aten::addmm", "aten::bmm", "aten::baddbmm", "aten::addmv", "aten::mv"}
 
 
-def torch_ops(run_steps) -> tuple[list[tuple[str, float, float]], float]:
-    """Every aten op's own time, each given the part of its outermost named caller."""
+def torch_ops(run_steps) -> tuple[list[tuple[str, float, float, str]], float]:
+    """Every aten op's own time, each given the part of its outermost named caller and named, as a
+    kernel, by the op and the shapes of its first two inputs."""
     import torch
     with torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CPU], record_shapes=True) as prof:
         wall = run_steps()
@@ -121,7 +122,8 @@ _TABLE_ROW = re.compile(r"^(\d+) (.*)$")
 def hlo_contexts(hlo_text: str) -> dict[str, tuple[str, bool, str]]:
     """{instruction name: (lower-case context, is a matrix product, kernel)} for one optimised HLO
     module: the context is its op_name and the function and file names of the stack that traced it;
-    the kernel names the instruction by its opcode, its output shape and the op it came from."""
+    the kernel names the instruction by its name without the copy's number, its output shape and
+    the op it came from."""
     tables, current, computations, computation = {}, None, {}, None
     for line in hlo_text.splitlines():
         if line in ("FileNames", "FunctionNames", "FileLocations", "StackFrames"):
@@ -195,7 +197,7 @@ def xla_events(trace_dir: str) -> list[tuple[str, float, float]]:
         return events
 
 
-def xla_ops(framework: str, run_steps, dump_dir: str, trace_dir: str) -> tuple[list[tuple[str, float, float]], float]:
+def xla_ops(framework: str, run_steps, dump_dir: str, trace_dir: str) -> tuple[list[tuple[str, float, float, str]], float]:
     """The XLA instructions the profiler saw run, each given its part from the HLO XLA dumped."""
     if framework == "tensorflow":
         import tensorflow as tf
