@@ -50,8 +50,11 @@ COLORS = ("#4285f4", "#db4437", "#f4b400", "#0f9d58", "#9e9e9e")
 def part_of(context: str, is_matmul: bool) -> str:
     """The part of a step an op belongs to, from what made it (lower-case function, file and op
     names) and whether it is a matrix product."""
-    # PyTorch clips and updates with its multi-tensor _foreach_ ops, which nothing else here uses.
-    if any(word in context for word in ("optimizer", "adam", "clip", "_foreach_")):
+    # PyTorch clips and updates with its multi-tensor _foreach_ ops, which nothing else here uses;
+    # XLA names a fusion after one of its ops, which in JAX's fused AdamW update may be any of optax's
+    # transformations (its losses live in optax/losses).
+    if any(word in context for word in ("optimizer", "adam", "clip", "_foreach_", "optax/_src", "optax/transforms",
+                                        "optax/tree")):
         return "optimizer"
     projection = any(name in context for name in ("c_attn", "c_proj", "linear.", "dense.", "aten::linear"))
     if ("attention" in context or "/attn" in context) and not projection:

@@ -20,23 +20,34 @@ def _decay_mask(params):
     return jax.tree_util.tree_map_with_path(decay, params)
 
 
+def clip_by_global_norm(max_norm: float) -> optax.GradientTransformation:
+    """Every gradient times min(1, max_norm / (norm + 1e-6)): clipping by the global norm, as torch does.
+
+    optax.clip_by_global_norm selects between the gradients and their scaled copies. XLA:CPU writes
+    that selection out, a pass over every gradient that AdamW's fusions then read back; a product
+    fuses into them. The clipped AdamW update alone, over GPT-2's parameters on 2 CPU cores: 253 ms
+    that way, 140 ms this way (torch's fused AdamW: 130 ms).
+    """
+    def scale(updates, params=None):
+        factor = jnp.minimum(1.0, max_norm / (optax.global_norm(updates) + 1e-6))
+        return jax.tree.map(lambda g: g * factor.astype(g.dtype), updates)
+    return optax.stateless(scale)
+
+
 @functools.cache
 def transformation(train: TrainConfig) -> optax.GradientTransformation:
     """clip_by_global_norm then AdamW, with the learning rate a value in the optimizer state.
 
     inject_hyperparams makes the rate an array the compiled step reads, so the common schedule can
-    set it every step without a recompile. optax clips by max_norm / norm where torch uses
-    max_norm / (norm + 1e-6), a relative difference under 1e-6 on a clipped step (norm > 1): after
-    the 50-step parity run the worst parameter differs from PyTorch's by 5e-5 with optax's clip and
-    2e-5 with torch's formula, against a bound of 1e-3, so the standard transform stays.
-    Cached per config: the transformation is static in the optimizer's graphdef, so one object per
-    config lets every model with that config share the compiled step.
+    set it every step without a recompile. Cached per config: the transformation is static in the
+    optimizer's graphdef, so one object per config lets every model with that config share the
+    compiled step.
     """
     def make(learning_rate):
         adamw = optax.adamw(learning_rate, b1=train.beta1, b2=train.beta2, eps=train.eps,
                             weight_decay=train.weight_decay, mask=_decay_mask)
         if train.grad_clip > 0:
-            return optax.chain(optax.clip_by_global_norm(train.grad_clip), adamw)
+            return optax.chain(clip_by_global_norm(train.grad_clip), adamw)
         return adamw
 
     return optax.inject_hyperparams(make)(learning_rate=train.lr)
