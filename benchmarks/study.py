@@ -244,7 +244,8 @@ SECTIONS: tuple[Section, ...] = (
         shared=("common.config:TrainConfig", "common.schedule:learning_rate", "common.params:decays"),
         pytorch=("pytorch_impl.train:configure_optimizer",),
         tensorflow=("tensorflow_impl.train:AdamW", "tensorflow_impl.train:configure_optimizer"),
-        jax=("jax_impl.train:_decay_mask", "jax_impl.train:transformation", "jax_impl.train:configure_optimizer"),
+        jax=("jax_impl.train:_decay_mask", "jax_impl.train:clip_by_global_norm", "jax_impl.train:transformation",
+             "jax_impl.train:configure_optimizer"),
         focus=r"\beps\b|epsilon|weight_decay|decays\(", focus_on="Adam's epsilon and the weight-decay selection",
         notes=(
             "AdamW with decoupled weight decay on matrices and embeddings only, global-norm clipping, and "
@@ -259,8 +260,10 @@ SECTIONS: tuple[Section, ...] = (
             "(it folds sqrt(1 - beta2^t) into the step size), which acts like an epsilon 1/sqrt(1 - beta2^t) "
             "times larger: 10x at step 1 with beta2 = 0.99. The Keras `AdamW` here overrides `update_step` to "
             "add epsilon where torch and Optax do.",
-            "Clipping: torch scales by max_norm / (norm + 1e-6), Keras' `global_clipnorm` and Optax's "
-            "`clip_by_global_norm` by max_norm / norm; the difference is below 1e-6 relative.",
+            "Clipping: torch scales by max_norm / (norm + 1e-6), Keras' `global_clipnorm` by max_norm / norm "
+            "(a difference below 1e-6 relative). The JAX row writes its clip as torch's product "
+            "(`optax.stateless`) rather than Optax's `clip_by_global_norm`, whose select between each "
+            "gradient and its scaled copy XLA:CPU writes out as a pass of its own.",
             "Changing the rate without recompiling: torch writes `group[\"lr\"]`, Keras assigns "
             "`optimizer.learning_rate` (a variable the compiled step reads), Optax needs "
             "`inject_hyperparams` to turn the rate into optimizer state.",
