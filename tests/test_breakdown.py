@@ -75,6 +75,10 @@ def test_the_heaviest_kernels_sum_every_call_per_step_heaviest_first():
     ("aten::bmm aten::_scaled_dot_product_flash_attention_for_cpu", True, "attention"),
     ("aten::_foreach_mul_ optimizer.step#adamw.step", False, "optimizer"),
     ("aten::linalg_vector_norm aten::_foreach_norm", False, "optimizer"),  # clip_grad_norm_
+    # JAX ops with the stack that traced them: optax's transformations update, its losses do not
+    ("jit(train_step)/mul /venv/site-packages/optax/_src/transform.py:update_moment", False, "optimizer"),
+    ("jit(train_step)/exp /venv/site-packages/optax/losses/_classification.py:softmax_cross_entropy_with_"
+     "integer_labels /repo/jax_impl/model.py:cross_entropy", False, "elementwise & norms"),
 ])
 def test_every_framework_s_names_sort_into_the_same_parts(context, matmul, part):
     assert breakdown.part_of(context, matmul) == part
