@@ -157,6 +157,16 @@ def check_prompt(prompt: list[int], config: GPTConfig) -> None:
                         f"shorten it.")
 
 
+def token_buffer_length(prompt_len: int, max_new_tokens: int, block_size: int) -> int:
+    """The length of a generation's token buffer, in few sizes, since each compiles its own decode
+    loop: the prompt rounded up to whole blocks (a prompt within block_size counts as one), plus
+    the new tokens, rounded up to block_size times a power of two. Any prompt within block_size
+    with any token count up to a bucket's shares one program, and a generation streamed in
+    chunks compiles a handful, not one per chunk."""
+    blocks = max(1, -(-prompt_len // block_size)) + -(-max_new_tokens // block_size)
+    return block_size * 2 ** (blocks - 1).bit_length()
+
+
 # XLA options for the decode loops compiled by jax.jit (JAX and keras-jax). Copy insertion with region
 # analysis proves that the loop may write each layer's cache in place, where by default it copied
 # the carried buffers at every step. Given to those programs alone: a training step does not change.
@@ -355,15 +365,10 @@ class Backend(ABC):
         filters that do nothing as None and one uint32 seed per row."""
 
     def _token_buffer(self, prompts: np.ndarray, max_new_tokens: int) -> np.ndarray:
-        """A (B, S) int32 buffer holding the prompts, for a compiled loop to fill in place.
-
-        Its length is the only shape the loop compiles for (with the batch size): every prompt that
-        fits in block_size shares one, longer ones are bucketed by multiples of block_size.
-        """
+        """A (B, S) int32 buffer holding the prompts, for a compiled loop to fill in place; S is
+        `token_buffer_length`, the only shape the loop compiles for (with the batch size)."""
         batch, length = prompts.shape
-        block_size = self.config.block_size
-        bucket = block_size * max(1, -(-length // block_size))
-        tokens = np.zeros((batch, bucket + max_new_tokens), dtype=np.int32)
+        tokens = np.zeros((batch, token_buffer_length(length, max_new_tokens, self.config.block_size)), dtype=np.int32)
         tokens[:, :length] = prompts
         return tokens
 

@@ -127,10 +127,10 @@ class Backend(BaseBackend):
             "top_k": None if top_k is None else np.int32(top_k),
             "top_p": None if top_p is None else np.float32(top_p)}
         P = prompts.shape[1]
-        out = self._run(lambda *args: generate(*args, max_new_tokens=max_new_tokens, greedy=greedy,
-                                               use_cache=use_cache and P <= self.config.block_size),
+        use_cache = use_cache and P <= self.config.block_size
+        out = self._run(lambda *args: generate(*args, greedy=greedy, use_cache=use_cache),
                         self.eval_graph, self.leaves, self._ids(self._token_buffer(prompts, max_new_tokens)),
-                        np.int32(P), seeds, *sampling.values())
+                        np.int32(P), np.int32(max_new_tokens), seeds, *sampling.values())
         return np.asarray(out)[:, P:P + max_new_tokens]
 
     # --- environment -------------------------------------------------------------------------

@@ -40,10 +40,10 @@ def sample_next(logits, temperature, top_k, top_p, keys, greedy: bool):
     return jax.vmap(lambda key, row: jax.random.categorical(key, row))(keys, filtered)
 
 
-@functools.partial(jax.jit, static_argnums=0, static_argnames=("max_new_tokens", "use_cache", "greedy"),
+@functools.partial(jax.jit, static_argnums=0, static_argnames=("use_cache", "greedy"),
                    donate_argnums=2, compiler_options=XLA_DECODE_OPTIONS)
-def generate(graph: StaticGraph, leaves: list, tokens, prompt_len, seeds, temperature=1.0, top_k=None, top_p=None,
-             *, max_new_tokens: int, use_cache: bool = True, greedy: bool = False):
+def generate(graph: StaticGraph, leaves: list, tokens, prompt_len, max_new_tokens, seeds, temperature=1.0, top_k=None,
+             top_p=None, *, use_cache: bool = True, greedy: bool = False):
     """Fill tokens[:, prompt_len:prompt_len + max_new_tokens] after the prompts in tokens[:, :prompt_len].
 
     The model comes split as the backend keeps it: `graph`, the static structure of its (model,
@@ -51,8 +51,8 @@ def generate(graph: StaticGraph, leaves: list, tokens, prompt_len, seeds, temper
     walks the object graph in Python on every call: on the cpu-baby model that was half of the time
     of 63 cached tokens, and its garbage made Python's collector run inside timed calls.
     tokens is a fixed (B, S) buffer with S >= max(prompt_len + max_new_tokens, block_size), donated
-    and filled in place; only its shape is static, so prompts of any length up to S - max_new_tokens
-    share one compiled loop. Row b samples from the key of seeds[b] (uint32), folded with each
+    and filled in place; only its shape is static, so every prompt length and token count that fits
+    in S shares one compiled loop. Row b samples from the key of seeds[b] (uint32), folded with each
     token's position, so chunks of a generation continue its stream. use_cache needs prompt_len <=
     block_size. The cache holds at most block_size positions. Once the context is longer, each step
     runs the model on the last block_size tokens, exactly as without a cache: with learned absolute

@@ -96,9 +96,9 @@ class Backend(KerasModelState, BaseBackend):
         seeds = seeds.astype(np.int64)
         with self._placed():
             out = self._compiled_generate(
-                tf.constant(self._token_buffer(prompts, max_new_tokens)), tf.constant(P, tf.int32), max_new_tokens,
-                tf.constant(temperature, tf.float32), tf.constant(top_k or self.config.vocab_size, tf.int32),
-                tf.constant(top_p or 1.0, tf.float32),
+                tf.constant(self._token_buffer(prompts, max_new_tokens)), tf.constant(P, tf.int32),
+                tf.constant(max_new_tokens, tf.int32), tf.constant(temperature, tf.float32),
+                tf.constant(top_k or self.config.vocab_size, tf.int32), tf.constant(top_p or 1.0, tf.float32),
                 tf.constant(np.stack([seeds & 0x7FFFFFFF, seeds >> 31], axis=1).astype(np.int32)),
                 use_cache and P <= self.config.block_size)
         return out.numpy()[:, P:P + max_new_tokens]

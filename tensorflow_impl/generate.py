@@ -41,8 +41,8 @@ def decode(forward, new_cache, block_size: int, tokens, prompt_len, sample, *, m
 
     forward(ids, cache=None) -> (logits, cache) is the model; sample(logits, i) -> (B,) ids draws the
     i-th new token. tokens is a fixed (B, S) buffer with S >= max(prompt_len + max_new_tokens,
-    block_size); only its shape is static, so prompts of any length up to S - max_new_tokens share
-    one compiled loop. use_cache needs prompt_len <= block_size. The cache holds at most block_size
+    block_size); only its shape is static, so every prompt length and token count that fits in S
+    shares one compiled loop. use_cache needs prompt_len <= block_size. The cache holds at most block_size
     positions. Once the context is longer, each step runs the model on the last block_size tokens,
     exactly as without a cache: with learned absolute position embeddings, every token's position
     changes when the window slides. The loop of jax_impl/generate.py, in keras.ops.
@@ -93,8 +93,8 @@ def sample_next(logits, temperature, top_k, top_p, seeds):
 
 
 def compiled_generate(model: GPT):
-    """`decode` around this model as one XLA function on TensorFlow. A new buffer shape or
-    max_new_tokens retraces it; the prompts' length and the sampling options are tensors."""
+    """`decode` around this model as one XLA function on TensorFlow. A new buffer shape retraces it;
+    the prompts' length, the token count and the sampling options are tensors."""
     import tensorflow as tf
 
     @tf.function(jit_compile=True)

@@ -23,10 +23,10 @@ from tensorflow_impl.model import GPT, KVCache, cross_entropy, load_canonical  #
 from tensorflow_impl.train import KerasModelState, compile_model, train_step  # noqa: E402
 
 
-@functools.partial(jax.jit, static_argnums=0, static_argnames=("max_new_tokens", "use_cache", "greedy"),
+@functools.partial(jax.jit, static_argnums=0, static_argnames=("use_cache", "greedy"),
                    donate_argnums=2, compiler_options=XLA_DECODE_OPTIONS)
-def _generate(model: GPT, variables, tokens, prompt_len, seeds, temperature, top_k, top_p, *,
-              max_new_tokens: int, use_cache: bool, greedy: bool):
+def _generate(model: GPT, variables, tokens, prompt_len, max_new_tokens, seeds, temperature, top_k, top_p, *,
+              use_cache: bool, greedy: bool):
     """The Keras decode loop (tensorflow_impl/generate.py) under jax.jit, the model's variables
     passed in as arrays and the token buffer donated, filled in place; JAX's own keys draw the
     tokens, one per row (from its uint32 seed) folded with the position."""
@@ -114,12 +114,11 @@ class Backend(KerasModelState, BaseBackend):
         P = prompts.shape[1]
         with self._placed():
             tokens = jax.device_put(self._token_buffer(prompts, max_new_tokens), self.device)
-            out = _generate(self.model, self._variables(), tokens, np.int32(P),
+            out = _generate(self.model, self._variables(), tokens, np.int32(P), np.int32(max_new_tokens),
                             seeds, None if greedy else np.float32(temperature),
                             None if greedy or top_k is None else np.int32(top_k),
                             None if greedy or top_p is None else np.float32(top_p),
-                            max_new_tokens=max_new_tokens, use_cache=use_cache and P <= self.config.block_size,
-                            greedy=greedy)
+                            use_cache=use_cache and P <= self.config.block_size, greedy=greedy)
         return np.asarray(out)[:, P:P + max_new_tokens]
 
     def device_info(self):

@@ -10,6 +10,7 @@ import functools
 
 import pytest
 
+from common.backend import token_buffer_length
 from tests.conftest import KERAS_ROW, SMALL_CONFIG, SMALL_TRAIN, decisive_params, framework_param, make_backend
 
 # A model of its own: compiled programs are cached per process by shape (JAX's jit, torch.compile's
@@ -50,7 +51,8 @@ def compilations(framework: str, backend):
 @pytest.mark.parametrize("framework", [framework_param(f) for f in ("pytorch", "jax", KERAS_ROW)])
 def test_decode_compiles_once_per_batch_and_bucket(framework):
     """A second decode with the same shapes (batch, token buffer) compiles nothing, whatever the
-    prompt length, seeds or sampling values; a new batch size compiles its own programs, once."""
+    prompt length, token count (within the buffer's bucket), seeds or sampling values; a new batch
+    size compiles its own programs, once."""
     backend = compiled_backend(framework)
     sampled = dict(temperature=0.9, top_k=5, top_p=0.9)
     with compilations(framework, backend) as first:
@@ -58,6 +60,7 @@ def test_decode_compiles_once_per_batch_and_bucket(framework):
     assert first[0] >= 1
     with compilations(framework, backend) as again:
         backend.generate_batch([[4, 5]], PAST_WINDOW, seeds=[7], **sampled)
+        backend.generate_batch([[4, 5]], 2 * CONFIG.block_size, seeds=[7], **sampled)
         backend.generate_batch([[6] * CONFIG.block_size], PAST_WINDOW, seeds=[8], temperature=0.5, top_k=3,
                                top_p=0.5)
     assert again == [0]
@@ -67,6 +70,21 @@ def test_decode_compiles_once_per_batch_and_bucket(framework):
     with compilations(framework, backend) as again:
         backend.generate_batch([[7, 8], [9, 10]], PAST_WINDOW, seeds=[2, 3], **sampled)
     assert again == [0]
+
+
+def test_token_buffers_come_in_few_lengths():
+    """Every length holds the prompt (a whole block at least) and the new tokens; a 3-token prompt
+    streamed to 1000 tokens in chunks of 32 needs 6 lengths, where one per chunk would be 32."""
+    block_size = 64
+    for prompt_len, max_new_tokens in [(1, 1), (3, 61), (64, 1), (65, 64), (3, 1000), (1000, 24)]:
+        length = token_buffer_length(prompt_len, max_new_tokens, block_size)
+        assert length >= max(block_size, -(-prompt_len // block_size) * block_size) + max_new_tokens
+    # One block of prompt, one of new tokens: every prompt within block_size, every count up to it.
+    assert {token_buffer_length(p, n, block_size) for p in (1, 3, 64) for n in (1, 50, 64)} == {128}
+    assert token_buffer_length(65, 64, block_size) == 256  # 3 blocks, rounded up to a power of two
+    assert token_buffer_length(3, 200, block_size) == 512  # 5 blocks
+    chunks = {token_buffer_length(3 + done, 32, block_size) for done in range(0, 1000, 32)}
+    assert sorted(chunks) == [128, 256, 512, 1024, 2048]
 
 
 @pytest.mark.pytorch

@@ -113,8 +113,9 @@ def test_generation_traces_once_across_options(backend):
                dict(temperature=0.0), dict(temperature=0.5, top_k=3, top_p=0.5, seed=7)]
     outputs = [backend.generate(prompt, n, **o) for o in options]
     outputs.append(backend.generate([4, 5, 6, 7, 8], n, temperature=1.0))  # another prompt length, same buffer
+    outputs.append(backend.generate(prompt, n - CONFIG.block_size + 1, temperature=1.0))  # fewer tokens, too
     assert backend._compiled_generate.experimental_get_tracing_count() == 1  # options are tensors, not constants
-    assert all(len(out) == n for out in outputs)
+    assert [len(out) for out in outputs] == [n] * 5 + [n - CONFIG.block_size + 1]
 
 
 def test_keras_serialization_round_trip(tmp_path):
