@@ -173,7 +173,7 @@ def _no_cache_greedy(backend, prompt, n):
 
 @pytest.mark.parametrize("prompt_len", [3, SMALL_CONFIG.block_size, SMALL_CONFIG.block_size + 5])
 def test_generation_is_seeded_and_the_cache_changes_nothing(framework, prompt_len):
-    backend = make_backend(framework, params=decisive_params(SMALL_CONFIG))
+    backend = decisive_backend(framework)
     prompt = [int(t) for t in np.random.default_rng(prompt_len).integers(0, SMALL_CONFIG.vocab_size, prompt_len)]
     n = 2 * SMALL_CONFIG.block_size + 3  # well past block_size: the window slides
     greedy = backend.generate(prompt, n, temperature=0.0, use_cache=True)
