@@ -4,7 +4,7 @@ import torch
 
 from common.backend import Backend as BaseBackend, micro_batches
 from common.errors import UserError
-from pytorch_impl.generate import EAGER, compile_options, compiled_steps, generate
+from pytorch_impl.generate import EAGER, Steps, compile_options, compiled_steps, generate
 from pytorch_impl import parallel
 from pytorch_impl.model import GPT, KVCache, cross_entropy, from_canonical_like, load_canonical, to_canonical
 from pytorch_impl.train import autocast, configure_optimizer, train_step
@@ -33,8 +33,8 @@ class Backend(BaseBackend):
         self.forward = torch.compile(trained) if train.compile else trained
         # Evaluation runs on one process only, so it must not enter DDP's collectives.
         self.evaluated = self.model if self.world_size > 1 else self.forward
-        self.decode_steps = compiled_steps(self.device.type) if train.compile else EAGER
         self.kv_caches: dict[int, KVCache] = {}  # by batch size: compiled steps keep meeting the same tensors
+        self.decode_steps: dict[int, Steps] = {}  # by batch size, when compiled
 
     def _tensor(self, a: np.ndarray) -> torch.Tensor:
         return torch.from_numpy(np.asarray(a, dtype=np.int64)).to(self.device, non_blocking=True)
@@ -99,8 +99,15 @@ class Backend(BaseBackend):
         cache = self._kv_cache(len(prompts)) if use_cache and P <= self.config.block_size else None
         with self.amp:
             out = generate(self.model, self._tensor(self._token_buffer(prompts, max_new_tokens)), P, max_new_tokens,
-                           temperature, top_k, top_p, seeds, cache, self.decode_steps)
+                           temperature, top_k, top_p, seeds, cache, self._decode_steps(len(prompts)))
         return out[:, P:P + max_new_tokens].cpu().numpy()
+
+    def _decode_steps(self, batch_size: int) -> Steps:
+        if not self.train_config.compile:
+            return EAGER
+        if batch_size not in self.decode_steps:
+            self.decode_steps[batch_size] = compiled_steps(self.device.type)
+        return self.decode_steps[batch_size]
 
     def _kv_cache(self, batch_size: int) -> KVCache:
         if batch_size not in self.kv_caches:
@@ -127,6 +134,8 @@ class Backend(BaseBackend):
 
     def settings(self):
         decode = compile_options(self.device.type) if self.train_config.compile else "eager"
+        if isinstance(decode, dict) and "options" in decode:  # the guard filter by its name
+            decode["options"] = {k: getattr(v, "__name__", v) for k, v in decode["options"].items()}
         return {**super().settings(), "decode_compile": decode}
 
     def peak_memory_bytes(self):

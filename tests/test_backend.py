@@ -6,6 +6,7 @@ module again in a process of its own) the Keras row is keras-jax instead of tens
 """
 import dataclasses
 import functools
+import json
 
 import numpy as np
 import pytest
@@ -277,5 +278,8 @@ def test_settings_name_the_tuning_variables_set_and_the_decode_compilation(frame
     assert shared_backend(framework).settings() == {"XLA_FLAGS": "--xla_cpu_use_fusion_emitters=false", **own}
     if framework == "pytorch":  # a compiled decode names torch.compile's arguments
         compiled = make_backend("pytorch", train=dataclasses.replace(SMALL_TRAIN, compile=True))
+        inductor = {"cpp_wrapper": True, "post_grad_fusion_options": {"decompose_mm_pass": {}}, "memory_planning": True,
+                    "guard_filter_fn": "skip_all_guards_unsafe"}  # the filter by its name: env.json is JSON
         assert compiled.settings()["decode_compile"] == {"fullgraph": True, "dynamic": False,
-                                                         "options": {"cpp_wrapper": True}}
+                                                         "isolate_recompiles": True, "options": inductor}
+        json.dumps(compiled.settings())

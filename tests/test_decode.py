@@ -112,3 +112,18 @@ def test_compiled_pytorch_decode_compiles_once_per_batch_size():
         for n, prompt in ((1, [1]), (5, [2, 3]), (3 * CONFIG.block_size, [4, 5, 6, 7])):
             backend.generate_batch([prompt], n, temperature=0.0)
     assert counted == [0]
+
+
+@pytest.mark.pytorch
+def test_compiled_pytorch_steps_serve_their_own_model_and_batch_size():
+    """The compiled steps check no guards, so each model and batch size has steps of its own: a model
+    of another vocabulary, decoding between the first model's calls at the same batch size, never
+    runs the first one's programs (nor they its)."""
+    other_config = dataclasses.replace(CONFIG, vocab_size=CONFIG.vocab_size + 7)
+    other = make_backend("pytorch", other_config, COMPILED, params=decisive_params(other_config))
+    other_eager = make_backend("pytorch", other_config, params=decisive_params(other_config))
+    first, first_eager = compiled_backend("pytorch"), make_backend("pytorch", CONFIG, params=decisive_params(CONFIG))
+    for prompts in ([[1, 2, 3]], [[4, 5], [6, 7]], [[1, 2, 3]]):
+        for compiled, eager in ((first, first_eager), (other, other_eager)):
+            assert compiled.generate_batch(prompts, PAST_WINDOW, temperature=0.0) == eager.generate_batch(
+                prompts, PAST_WINDOW, temperature=0.0)
