@@ -30,22 +30,23 @@ class KVCache(NamedTuple):
     """Keys and values of every layer, preallocated for block_size positions and filled in order.
 
     Immutable, so a compiled loop can carry it: `update` returns a new cache. One tensor per layer:
-    a slice of one (n_layer, ...) tensor was a copy at every step (jax_impl.model.KVCache).
+    a slice of one (n_layer, ...) tensor was a copy at every step (jax_impl.model.KVCache). The heads
+    folded into the batch, as attention takes them (jax_impl.model.CausalSelfAttention says why).
     """
-    keys: tuple    # n_layer x (B, nh, block_size, hs)
-    values: tuple  # n_layer x (B, nh, block_size, hs)
+    keys: tuple    # n_layer x (B*nh, block_size, hs)
+    values: tuple  # n_layer x (B*nh, block_size, hs)
     length: Any    # positions filled, the same in every layer: an int32 scalar
 
     @classmethod
     def empty(cls, config: GPTConfig, batch_size: int, dtype="float32") -> "KVCache":
-        shape = (batch_size, config.n_head, config.block_size, config.head_size)
+        shape = (batch_size * config.n_head, config.block_size, config.head_size)
         layers = tuple(ops.zeros(shape, dtype) for _ in range(config.n_layer))
         return cls(layers, layers, ops.convert_to_tensor(0, "int32"))
 
     def update(self, layer: int, k, v):
-        """Store this step's (B, nh, T, hs) keys and values at `length`; return the new cache and
+        """Store this step's (B*nh, T, hs) keys and values at `length`; return the new cache and
         all block_size keys and values of this layer (the unfilled ones are masked by position)."""
-        start = (0, 0, self.length, 0)
+        start = (0, self.length, 0)
         keys = ops.slice_update(self.keys[layer], start, ops.cast(k, self.keys[layer].dtype))
         values = ops.slice_update(self.values[layer], start, ops.cast(v, self.values[layer].dtype))
         return self._replace(keys=_replaced(self.keys, layer, keys),
@@ -83,24 +84,27 @@ class CausalSelfAttention(layers.Layer):
         # stream's gradient, ~4 ms of a 60 ms cpu-baby step.
         qkv = ops.reshape(self.c_attn(ops.reshape(x, (B * T, C))), (B, T, 3 * C))
         q, k, v = ops.split(qkv, 3, axis=-1)
-        # (B, T, C) -> (B, nh, T, hs)
-        q, k, v = (ops.transpose(ops.reshape(t, (B, T, self.n_head, hs)), (0, 2, 1, 3)) for t in (q, k, v))
+        # (B, T, C) -> (B*nh, T, hs): the heads folded into the batch, as in the JAX model, whose
+        # comment says why; the same copies of the cache at every token otherwise, under both backends.
+        nh = self.n_head
+        q, k, v = (ops.reshape(ops.transpose(ops.reshape(t, (B, T, nh, hs)), (0, 2, 1, 3)), (B * nh, T, hs))
+                   for t in (q, k, v))
         start = 0
         if cache is not None:
             start = cache.length
-            cache, k, v = cache.update(self.layer, k, v)  # k, v: (B, nh, block_size, hs)
+            cache, k, v = cache.update(self.layer, k, v)  # k, v: (B*nh, block_size, hs)
         # Query i sits at position start + i and sees keys up to there: the causal mask without a
         # cache, and with one also the mask of the positions not filled yet.
         query_pos = ops.arange(T) + start
-        key_pos = ops.arange(ops.shape(k)[2])
+        key_pos = ops.arange(ops.shape(k)[1])
         visible = key_pos[None, :] <= query_pos[:, None]  # (T, T) or (T, block_size)
-        scores = ops.matmul(q, ops.swapaxes(k, -1, -2)) * (1.0 / math.sqrt(hs))  # (B, nh, T, keys)
+        scores = ops.matmul(q, ops.swapaxes(k, -1, -2)) * (1.0 / math.sqrt(hs))  # (B*nh, T, keys)
         scores = ops.where(visible, scores, ops.cast(float("-inf"), scores.dtype))
         weights = ops.softmax(scores, axis=-1)
         if self.record:  # the weights before dropout, which inspection runs without
-            self.att = weights
+            self.att = ops.reshape(weights, (B, nh, T, -1))
         weights = self.attn_dropout(weights, training=training)
-        y = ops.matmul(weights, v)  # (B, nh, T, hs)
+        y = ops.reshape(ops.matmul(weights, v), (B, nh, T, hs))
         y = ops.reshape(ops.transpose(y, (0, 2, 1, 3)), (B * T, C))  # (B, nh, T, hs) -> (B*T, C)
         y = self.resid_dropout(ops.reshape(self.c_proj(y), (B, T, C)), training=training)
         return y, cache
