@@ -8,6 +8,7 @@ import contextlib
 import dataclasses
 import functools
 
+import numpy as np
 import pytest
 
 from common.backend import token_buffer_length
@@ -127,3 +128,18 @@ def test_compiled_pytorch_steps_serve_their_own_model_and_batch_size():
         for compiled, eager in ((first, first_eager), (other, other_eager)):
             assert compiled.generate_batch(prompts, PAST_WINDOW, temperature=0.0) == eager.generate_batch(
                 prompts, PAST_WINDOW, temperature=0.0)
+
+
+@pytest.mark.pytorch
+def test_compiled_pytorch_steps_decode_with_the_weights_of_the_moment():
+    """With no guards, compiled steps still read the model's weights at every call: after a
+    training step the compiled decode gives what an eager model with the same weights gives."""
+    compiled = make_backend("pytorch", CONFIG, COMPILED, params=decisive_params(CONFIG))
+    eager = make_backend("pytorch", CONFIG, params=decisive_params(CONFIG))
+    before = compiled.generate_batch([[1, 2, 3]], PAST_WINDOW, temperature=0.0)
+    x = np.random.default_rng(0).integers(0, CONFIG.vocab_size, (4, CONFIG.block_size)).astype(np.int32)
+    for backend in (compiled, eager):
+        backend.train_step(x, np.roll(x, -1, axis=1), 0.5)
+    after = compiled.generate_batch([[1, 2, 3]], PAST_WINDOW, temperature=0.0)
+    assert after == eager.generate_batch([[1, 2, 3]], PAST_WINDOW, temperature=0.0)
+    assert after != before  # the step changed the weights enough to change the tokens
