@@ -33,8 +33,9 @@ def cut_at_stop(text: str, stop: list[str] | None) -> tuple[str, bool]:
     return (text, False) if cut < 0 else (text[:cut], True)
 
 
-def stream_uniforms(seeds, position: int) -> np.ndarray:
-    """(B,) uniform numbers in [0, 1), one per sampling stream, each a pure function of (seed, position).
+def stream_uniforms(seeds, position) -> np.ndarray:
+    """(B,) uniform numbers in [0, 1), one per sampling stream, each a pure function of (seed, position);
+    positions as an (N, 1) array give the (N, B) numbers of N positions at once.
 
     A row's draw at a position depends on nothing else: not on the rows decoded beside it, nor on
     where decoding was cut into chunks. splitmix64's finaliser mixes the two words of the key.

@@ -4,7 +4,7 @@ import torch
 
 from common.backend import Backend as BaseBackend, micro_batches
 from common.errors import UserError
-from pytorch_impl.generate import EAGER, Steps, compile_options, compiled_steps, generate
+from pytorch_impl.generate import EAGER, Steps, compile_options, compiled_steps, generate, sampling_form
 from pytorch_impl import parallel
 from pytorch_impl.model import GPT, KVCache, cross_entropy, from_canonical_like, load_canonical, to_canonical
 from pytorch_impl.train import autocast, configure_optimizer, train_step
@@ -34,7 +34,7 @@ class Backend(BaseBackend):
         # Evaluation runs on one process only, so it must not enter DDP's collectives.
         self.evaluated = self.model if self.world_size > 1 else self.forward
         self.kv_caches: dict[int, KVCache] = {}  # by batch size: compiled steps keep meeting the same tensors
-        self.decode_steps: dict[int, Steps] = {}  # by batch size, when compiled
+        self.decode_steps: dict[tuple, Steps] = {}  # by batch size and sampling form, when compiled
 
     def _tensor(self, a: np.ndarray) -> torch.Tensor:
         return torch.from_numpy(np.asarray(a, dtype=np.int64)).to(self.device, non_blocking=True)
@@ -99,15 +99,17 @@ class Backend(BaseBackend):
         cache = self._kv_cache(len(prompts)) if use_cache and P <= self.config.block_size else None
         with self.amp:
             out = generate(self.model, self._tensor(self._token_buffer(prompts, max_new_tokens)), P, max_new_tokens,
-                           temperature, top_k, top_p, seeds, cache, self._decode_steps(len(prompts)))
+                           temperature, top_k, top_p, seeds, cache,
+                           self._decode_steps(len(prompts), sampling_form(temperature, top_k, top_p)))
         return out[:, P:P + max_new_tokens].cpu().numpy()
 
-    def _decode_steps(self, batch_size: int) -> Steps:
+    def _decode_steps(self, batch_size: int, form: tuple) -> Steps:
         if not self.train_config.compile:
             return EAGER
-        if batch_size not in self.decode_steps:
-            self.decode_steps[batch_size] = compiled_steps(self.device.type)
-        return self.decode_steps[batch_size]
+        if (batch_size, form) not in self.decode_steps:
+            sharing = next((steps for (b, _), steps in self.decode_steps.items() if b == batch_size), None)
+            self.decode_steps[batch_size, form] = compiled_steps(self.device.type, sharing)
+        return self.decode_steps[batch_size, form]
 
     def _kv_cache(self, batch_size: int) -> KVCache:
         if batch_size not in self.kv_caches:

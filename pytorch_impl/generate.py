@@ -1,7 +1,9 @@
 """Sampling with a KV cache in PyTorch, after gpt-fast: fixed-shape steps (`prefill`, `decode_one_token`,
-`window_logits`) that torch.compile compiles once per batch size, driven by a Python loop."""
+`window_logits`) that torch.compile compiles once per batch size (decode_one_token once per sampling
+form as well), driven by a Python loop."""
 from typing import Callable, NamedTuple
 
+import numpy as np
 import torch
 from torch.nn import functional as F
 
@@ -9,24 +11,31 @@ from common.sampling import stream_uniforms
 from pytorch_impl.model import GPT, KVCache
 
 
-def sample_next(logits, temperature: float, top_k: int | None, top_p: float | None, uniforms):
-    """(B, V) logits -> (B, 1) token ids, by the rules of common.sampling.filter_logits.
+def sample_next(logits, temperature, top_k, top_p, uniforms):
+    """(B, V) logits -> (B, 1) token ids, by the rules of common.sampling.filter_logits; greedy when
+    there are no uniforms to draw with (temperature 0).
 
-    uniforms is (B,), one number in [0, 1) per row: each row draws by inverting its own cumulative
-    distribution, so its token depends on its own stream alone, not on the rows beside it.
+    The options are numbers or 0-d tensors, None switching a filter off: a compiled step takes tensors,
+    which it reads at every call, so new values compile nothing. uniforms is (B,), one number in [0, 1)
+    per row: each row draws by inverting its own cumulative distribution, so its token depends on its
+    own stream alone, not on the rows beside it.
     """
-    if temperature == 0:
+    if uniforms is None:
         return logits.argmax(dim=-1, keepdim=True)
     logits = logits.float() / temperature
-    if top_k is not None and top_k < logits.size(-1):
-        kth = torch.topk(logits, top_k).values[:, -1:]
+    if top_k is not None:
+        # The k-th largest logit by sorting, as topk takes no tensor k; a k past the vocabulary keeps all.
+        last = torch.as_tensor(top_k, device=logits.device).clamp(1, logits.size(-1)) - 1
+        kth = logits.sort(dim=-1, descending=True).values.gather(-1, last.expand(logits.size(0), 1))
         logits = logits.masked_fill(logits < kth, float("-inf"))
-    if top_p is not None and top_p < 1.0:
+    if top_p is not None:
         sorted_logits, order = torch.sort(logits, dim=-1, descending=True)
         probs = F.softmax(sorted_logits, dim=-1)
         mass_before = probs.cumsum(dim=-1) - probs
         sorted_logits = sorted_logits.masked_fill(mass_before >= top_p, float("-inf"))
-        logits = torch.empty_like(logits).scatter_(-1, order, sorted_logits)
+        # At top_p 1 rounding may put mass_before at 1 for the last tokens: no filter, as the rules say.
+        nucleus = torch.empty_like(logits).scatter_(-1, order, sorted_logits)
+        logits = torch.where(torch.as_tensor(top_p, device=logits.device) < 1.0, nucleus, logits)
     cdf = F.softmax(logits, dim=-1).cumsum(dim=-1)  # (B, V)
     # The first token whose cumulative mass passes u; tokens filtered out add no mass, so never win.
     target = uniforms.to(cdf)[:, None] * cdf[:, -1:]
@@ -41,9 +50,11 @@ def prefill(model: GPT, window, cache: KVCache):
     return model(window, cache=cache)[0]
 
 
-def decode_one_token(model: GPT, token, cache: KVCache):
-    """(B, 1) ids, the newest token -> (B, V) logits of the next one; the cache one position longer."""
-    return model(token, cache=cache)[0][:, -1]
+def decode_one_token(model: GPT, token, cache: KVCache, uniforms=None, temperature=None, top_k=None, top_p=None):
+    """(B, 1) ids, the newest token -> (B, 1) ids of the next one, drawn as sample_next draws; the cache
+    one position longer. Sampling inside the step, as gpt-fast does, leaves the loop nothing to run
+    between two compiled calls but the step itself."""
+    return sample_next(model(token, cache=cache)[0][:, -1], temperature, top_k, top_p, uniforms)
 
 
 def window_logits(model: GPT, window):
@@ -61,6 +72,12 @@ class Steps(NamedTuple):
 EAGER = Steps(prefill, decode_one_token, window_logits)
 
 
+def sampling_form(temperature: float, top_k: int | None, top_p: float | None) -> tuple:
+    """What a compiled decode_one_token is specialised on, having no guards to notice a change: greedy
+    or not, and which filters are on. Their values reach it as tensors."""
+    return ("greedy",) if temperature == 0 else ("sampled", top_k is not None, top_p is not None)
+
+
 def compile_options(device_type: str) -> dict:
     """torch.compile's arguments for the decode steps of one model at one batch size on this device type."""
     if device_type == "cuda":
@@ -74,30 +91,36 @@ def compile_options(device_type: str) -> dict:
     #   fuses with its neighbours, where a BLAS call costs 4-12 us at these sizes; with the attention
     #   written out (model.py) the whole step is one kernel (0.290 against 0.312).
     # - No guards, each set of steps with programs of its own (isolate_recompiles): a set serves one
-    #   model at one batch size (Backend._decode_steps), so nothing a guard would check changes between
-    #   its calls; checking Dynamo's ~900 guards cost 0.04-0.05 a token.
+    #   model at one batch size and sampling_form (Backend._decode_steps), so nothing a guard would
+    #   check changes between its calls; checking Dynamo's ~900 guards cost 0.04-0.05 a token.
+    # - Sampling inside decode_one_token (0.180 against 0.207 greedy, 0.207 against 0.280 sampled).
     # - memory_planning: the step's ~70 intermediate buffers carved from one allocation (0.220 against 0.235).
     return {"fullgraph": True, "dynamic": False, "isolate_recompiles": True,
             "options": {"cpp_wrapper": True, "post_grad_fusion_options": {"decompose_mm_pass": {}},
                         "memory_planning": True, "guard_filter_fn": torch.compiler.skip_all_guards_unsafe}}
 
 
-def compiled_steps(device_type: str) -> Steps:
-    """The steps under torch.compile (compile_options), for one model at one batch size; each compiles
-    on its first call."""
+def compiled_steps(device_type: str, sharing: Steps | None = None) -> Steps:
+    """The steps under torch.compile (compile_options), for one model at one batch size and one
+    sampling_form; each compiles on its first call. `sharing`: compiled steps of the same model and
+    batch size in another sampling form, whose prefill and window_logits these reuse."""
     if device_type != "cuda":
-        return Steps(*(torch.compile(step, **compile_options(device_type)) for step in EAGER))
+        def compiled(step):
+            return torch.compile(step, **compile_options(device_type))
+    else:
+        def compiled(step):
+            graph = torch.compile(step, **compile_options(device_type))
 
-    def graphed(step):
-        compiled = torch.compile(step, **compile_options(device_type))
-
-        def replay(*args):
-            # Every call starts afresh: the loop has read the last call's outputs, which the next
-            # replay may overwrite, so CUDA graphs need not keep them alive.
-            torch.compiler.cudagraph_mark_step_begin()
-            return compiled(*args)
-        return replay
-    return Steps(*(graphed(step) for step in EAGER))
+            def replay(*args):
+                # The loop keeps a call's output past the next replay, which overwrites the graph's
+                # memory (the new token is the next step's input): so it is copied out, and every
+                # replay starts afresh.
+                torch.compiler.cudagraph_mark_step_begin()
+                return graph(*args).clone()
+            return replay
+    if sharing is not None:
+        return sharing._replace(decode_one_token=compiled(decode_one_token))
+    return Steps(*(compiled(step) for step in EAGER))
 
 
 @torch.no_grad()
@@ -112,30 +135,39 @@ def generate(model: GPT, tokens, prompt_len: int, max_new_tokens: int, temperatu
     with learned absolute position embeddings, every token's position changes when the window slides.
     """
     block_size = model.config.block_size
+    greedy = temperature == 0
+    # Tensors, which compiled steps read at every call; the steps are specialised on sampling_form.
+    options = [None if greedy or value is None else torch.tensor(value, device=tokens.device)
+               for value in (temperature, top_k, top_p)]
+    if not greedy:  # (max_new_tokens, B): row i draws token prompt_len + i, keyed by (seed, position)
+        positions = prompt_len + np.arange(max_new_tokens)
+        uniforms = torch.from_numpy(stream_uniforms(seeds, positions[:, None])).to(tokens.device)
+
+    def uniforms_at(i: int):  # (B,) the numbers that draw token prompt_len + i; None when greedy
+        return None if greedy else uniforms[i]
+
+    def draw(logits, i):  # (B, V) -> (B, 1) the token at position prompt_len + i
+        return sample_next(logits, *options, uniforms_at(i))
 
     def ids(start: int, end: int):  # (B, end - start) tokens
         # A copy: a view's strides hold the buffer's length, and compiled steps would specialise on it.
         return tokens[:, start:end].clone(memory_format=torch.contiguous_format)
 
-    def sample(logits, i):  # (B, V) -> (B,) the token at position prompt_len + i, keyed by (seed, position)
-        uniforms = torch.from_numpy(stream_uniforms(seeds, prompt_len + i)) if temperature > 0 else None
-        return sample_next(logits, temperature, top_k, top_p, uniforms)[:, 0]
-
     n_cached = 0
     if cache is not None:
         logits = steps.prefill(model, ids(0, block_size), cache)
         cache.length.fill_(prompt_len)
-        tokens[:, prompt_len] = sample(logits[:, prompt_len - 1], 0)
+        new = [draw(logits[:, prompt_len - 1], 0)]
         # Steps whose context (prompt_len + i tokens) still fits in block_size extend the cache.
         n_cached = min(block_size - prompt_len + 1, max_new_tokens)
         for i in range(1, n_cached):
-            length = prompt_len + i
-            tokens[:, length] = sample(steps.decode_one_token(model, ids(length - 1, length), cache), i)
+            new.append(steps.decode_one_token(model, new[-1], cache, uniforms_at(i), *options))
+        tokens[:, prompt_len:prompt_len + n_cached] = torch.cat(new, dim=1)
     for i in range(n_cached, max_new_tokens):
         # A full block_size window keeps the shape fixed; while the context is shorter, causality
         # makes the columns after it irrelevant to the logits at its last position.
         length = prompt_len + i
         start = max(length - block_size, 0)
         logits = steps.window_logits(model, ids(start, start + block_size))
-        tokens[:, length] = sample(logits[:, length - 1 - start], i)
+        tokens[:, length] = draw(logits[:, length - 1 - start], i)[:, 0]
     return tokens

@@ -143,3 +143,20 @@ def test_compiled_pytorch_steps_decode_with_the_weights_of_the_moment():
     after = compiled.generate_batch([[1, 2, 3]], PAST_WINDOW, temperature=0.0)
     assert after == eager.generate_batch([[1, 2, 3]], PAST_WINDOW, temperature=0.0)
     assert after != before  # the step changed the weights enough to change the tokens
+
+
+@pytest.mark.pytorch
+def test_compiled_pytorch_decode_reads_the_sampling_values_at_every_call():
+    """The compiled steps check no guards, so the sampling values reach them as tensors, read at every
+    call: top_k 1 leaves the most likely token alone and decodes the greedy tokens; other values then
+    draw what eager PyTorch draws, with nothing compiled in between."""
+    compiled, eager = compiled_backend("pytorch"), make_backend("pytorch", CONFIG, params=decisive_params(CONFIG))
+    prompts = [[1, 2, 3], [4, 5, 6]]
+    greedy = eager.generate_batch(prompts, PAST_WINDOW, temperature=0.0)
+    assert compiled.generate_batch(prompts, PAST_WINDOW, temperature=1.0, top_k=1, seeds=[5, 6]) == greedy
+    with compilations("pytorch", compiled) as counted:
+        for options in (dict(temperature=1.5, top_k=40, seeds=[5, 6]), dict(temperature=0.7, top_k=3, seeds=[5, 6])):
+            drawn = compiled.generate_batch(prompts, PAST_WINDOW, **options)
+            assert drawn == eager.generate_batch(prompts, PAST_WINDOW, **options)
+            assert drawn != greedy
+    assert counted == [0]
