@@ -97,10 +97,10 @@ class Backend(BaseBackend):
         self.model.eval()
         P = prompts.shape[1]
         cache = self._kv_cache(len(prompts)) if use_cache and P <= self.config.block_size else None
+        steps = self._decode_steps(len(prompts), sampling_form(temperature, top_k, top_p, self.config.vocab_size))
         with self.amp:
             out = generate(self.model, self._tensor(self._token_buffer(prompts, max_new_tokens)), P, max_new_tokens,
-                           temperature, top_k, top_p, seeds, cache,
-                           self._decode_steps(len(prompts), sampling_form(temperature, top_k, top_p)))
+                           temperature, top_k, top_p, seeds, cache, steps)
         return out[:, P:P + max_new_tokens].cpu().numpy()
 
     def _decode_steps(self, batch_size: int, form: tuple) -> Steps:

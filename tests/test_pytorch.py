@@ -84,3 +84,20 @@ def test_draws_follow_the_filtered_distribution():
     counts = np.bincount(draws, minlength=65) / n
     assert set(np.flatnonzero(counts)) <= set(np.flatnonzero(probs))
     assert np.all(np.abs(counts - probs) <= 4 * np.sqrt(probs * (1 - probs) / n) + 1e-12)
+
+
+def test_top_k_past_its_bound_keeps_exactly_the_k_most_likely():
+    """top-k takes the k-th largest logit among torch.topk's power-of-two bound (top_k_bound): for a k
+    of 100 in 300 tokens (bound 128) and one past the vocabulary, near-uniform draws at a high
+    temperature reach exactly the tokens the common rules allow."""
+    import torch
+    from pytorch_impl.generate import sample_next, top_k_bound
+    logits = np.random.default_rng(5).normal(size=(1, 300)).astype(np.float32)
+    n = 6000
+    uniforms = torch.from_numpy(stream_uniforms([3], np.arange(n)[:, None])[:, 0])
+    for top_k, bound in ((100, 128), (1000, 300)):
+        assert top_k_bound(top_k, 300) == bound
+        allowed = np.flatnonzero(np.isfinite(filter_logits(logits, 100.0, top_k, None)[0]))
+        draws = sample_next(torch.from_numpy(np.repeat(logits, n, axis=0)), torch.tensor(100.0), torch.tensor(top_k),
+                            None, uniforms, bound).numpy()[:, 0]
+        assert set(draws) == set(allowed) and len(allowed) == min(top_k, 300)
