@@ -135,7 +135,9 @@ def compiled_steps(device_type: str, sharing: Steps | None = None) -> Steps:
     return Steps(*(compiled(step) for step in EAGER))
 
 
-@torch.no_grad()
+# inference_mode rather than no_grad: the tensors each step makes carry no version counter or autograd
+# state (eager, cpu-baby, batch 1: 0.63 against 0.70 ms a token).
+@torch.inference_mode()
 def generate(model: GPT, tokens, prompt_len: int, max_new_tokens: int, temperature: float = 1.0, top_k=None,
              top_p=None, seeds=(0,), cache: KVCache | None = None, steps: Steps = EAGER):
     """Fill tokens[:, prompt_len:prompt_len + max_new_tokens] after the prompts; row b samples from the
