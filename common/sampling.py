@@ -27,6 +27,14 @@ def filter_logits(logits: np.ndarray, temperature: float, top_k: int | None,
     return scaled
 
 
+def top_k_bound(top_k: int, vocab_size: int) -> int:
+    """The static k of the top-k op that serves a top-k filter of this size: a power of two, at least
+    64, at most the vocabulary, so that nearby values share one compiled program. The k-th largest
+    logit is read from those, where sorting the whole vocabulary cost, for GPT-2's 50,257 logits on 2
+    CPU cores, 2.7 ms (torch.sort) and 8.6 ms (jnp.sort) against 0.13-0.14 ms for the 256 largest."""
+    return min(vocab_size, max(64, 1 << (int(top_k) - 1).bit_length()))
+
+
 def cut_at_stop(text: str, stop: list[str] | None) -> tuple[str, bool]:
     """Text up to (not including) the earliest stop string, and whether one was found."""
     cut = min((i for i in (text.find(s) for s in stop or [] if s) if i >= 0), default=-1)

@@ -8,6 +8,7 @@ import numpy as np
 from flax import nnx
 
 from common.backend import XLA_DECODE_OPTIONS, Backend as BaseBackend, micro_batches
+from common.sampling import top_k_bound
 from jax_impl import parallel
 from jax_impl.generate import generate
 from jax_impl.model import GPT, from_canonical_like, load_canonical, to_canonical
@@ -126,9 +127,10 @@ class Backend(BaseBackend):
             "temperature": np.float32(temperature),
             "top_k": None if top_k is None else np.int32(top_k),
             "top_p": None if top_p is None else np.float32(top_p)}
+        k_bound = None if greedy or top_k is None else top_k_bound(top_k, self.config.vocab_size)
         P = prompts.shape[1]
         use_cache = use_cache and P <= self.config.block_size
-        out = self._run(lambda *args: generate(*args, greedy=greedy, use_cache=use_cache),
+        out = self._run(lambda *args: generate(*args, greedy=greedy, use_cache=use_cache, k_bound=k_bound),
                         self.eval_graph, self.leaves, self._ids(self._token_buffer(prompts, max_new_tokens)),
                         np.int32(P), np.int32(max_new_tokens), seeds, *sampling.values())
         return np.asarray(out)[:, P:P + max_new_tokens]

@@ -5,20 +5,23 @@ import jax
 import jax.numpy as jnp
 
 from common.backend import XLA_DECODE_OPTIONS
+from common.sampling import top_k_bound
 from jax_impl.model import KVCache
 from jax_impl.train import StaticGraph
 
 
-def filter_logits(logits, temperature, top_k=None, top_p=None):
+def filter_logits(logits, temperature, top_k=None, top_p=None, k_bound: int | None = None):
     """(B, V) logits -> scaled logits outside top-k, then outside the top-p nucleus, at -inf.
 
     The rules of common.sampling.filter_logits. None switches a filter off; the values may be traced,
-    so changing them does not recompile.
+    so changing them does not recompile. A traced top_k needs its k_bound (common.sampling.top_k_bound),
+    a number; a number top_k has it by default.
     """
     logits = logits.astype(jnp.float32) / temperature
     if top_k is not None:
-        vocab_size = logits.shape[-1]
-        kth = jnp.take(jnp.sort(logits, axis=-1), jnp.clip(vocab_size - top_k, 0, vocab_size - 1), axis=-1)
+        k_bound = k_bound or top_k_bound(top_k, logits.shape[-1])
+        largest = jax.lax.top_k(logits, k_bound)[0]  # (B, k_bound), in descending order
+        kth = jnp.take(largest, jnp.minimum(top_k, k_bound) - 1, axis=-1)
         logits = jnp.where(logits < kth[..., None], -jnp.inf, logits)
     if top_p is not None:
         order = jnp.argsort(-logits, axis=-1, stable=True)  # most likely first, ties by index
@@ -31,19 +34,19 @@ def filter_logits(logits, temperature, top_k=None, top_p=None):
     return logits
 
 
-def sample_next(logits, temperature, top_k, top_p, keys, greedy: bool):
+def sample_next(logits, temperature, top_k, top_p, keys, greedy: bool, k_bound: int | None = None):
     """(B, V) logits -> (B,) token ids; keys is (B,), one random key per row, so a row's draw
     depends on its own stream alone, not on the rows beside it."""
     if greedy:
         return jnp.argmax(logits, axis=-1)
-    filtered = filter_logits(logits, temperature, top_k, top_p)
+    filtered = filter_logits(logits, temperature, top_k, top_p, k_bound)
     return jax.vmap(lambda key, row: jax.random.categorical(key, row))(keys, filtered)
 
 
-@functools.partial(jax.jit, static_argnums=0, static_argnames=("use_cache", "greedy"),
+@functools.partial(jax.jit, static_argnums=0, static_argnames=("use_cache", "greedy", "k_bound"),
                    donate_argnums=2, compiler_options=XLA_DECODE_OPTIONS)
 def generate(graph: StaticGraph, leaves: list, tokens, prompt_len, max_new_tokens, seeds, temperature=1.0, top_k=None,
-             top_p=None, *, use_cache: bool = True, greedy: bool = False):
+             top_p=None, *, use_cache: bool = True, greedy: bool = False, k_bound: int | None = None):
     """Fill tokens[:, prompt_len:prompt_len + max_new_tokens] after the prompts in tokens[:, :prompt_len].
 
     The model comes split as the backend keeps it: `graph`, the static structure of its (model,
@@ -52,7 +55,8 @@ def generate(graph: StaticGraph, leaves: list, tokens, prompt_len, max_new_token
     of 63 cached tokens, and its garbage made Python's collector run inside timed calls.
     tokens is a fixed (B, S) buffer with S >= max(prompt_len + max_new_tokens, block_size), donated
     and filled in place; only its shape is static, so every prompt length and token count that fits
-    in S shares one compiled loop. Row b samples from the key of seeds[b] (uint32), folded with each
+    in S shares one compiled loop, as do the sampling values (top-k's k_bound aside, a number; see
+    common.sampling.top_k_bound). Row b samples from the key of seeds[b] (uint32), folded with each
     token's position, so chunks of a generation continue its stream. use_cache needs prompt_len <=
     block_size. The cache holds at most block_size positions. Once the context is longer, each step
     runs the model on the last block_size tokens, exactly as without a cache: with learned absolute
@@ -67,7 +71,7 @@ def generate(graph: StaticGraph, leaves: list, tokens, prompt_len, max_new_token
 
     def sample(logits, i):
         position_keys = jax.vmap(jax.random.fold_in, in_axes=(0, None))(keys, prompt_len + i)
-        return sample_next(logits, temperature, top_k, top_p, position_keys, greedy)
+        return sample_next(logits, temperature, top_k, top_p, position_keys, greedy, k_bound)
 
     return decode(model, new_cache, model.config.block_size, tokens, prompt_len, sample,
                   max_new_tokens=max_new_tokens, use_cache=use_cache)

@@ -7,15 +7,8 @@ import numpy as np
 import torch
 from torch.nn import functional as F
 
-from common.sampling import stream_uniforms
+from common.sampling import stream_uniforms, top_k_bound
 from pytorch_impl.model import GPT, KVCache
-
-
-def top_k_bound(top_k: int, vocab_size: int) -> int:
-    """torch.topk's k for a top-k filter of this size: a power of two, at least 64, at most the
-    vocabulary, so that nearby values share one compiled step. topk takes no tensor k, and sorting
-    instead costs: GPT-2's 50,257 logits take 2.7 ms to sort, 0.13 to topk(256) (2 CPU cores)."""
-    return min(vocab_size, max(64, 1 << (int(top_k) - 1).bit_length()))
 
 
 def sample_next(logits, temperature, top_k, top_p, uniforms, k_bound: int | None = None):

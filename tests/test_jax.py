@@ -12,7 +12,7 @@ jnp = pytest.importorskip("jax.numpy")
 nnx = pytest.importorskip("flax.nnx")
 
 from common.params import init_params  # noqa: E402
-from common.sampling import filter_logits as reference_filter_logits  # noqa: E402
+from common.sampling import filter_logits as reference_filter_logits, top_k_bound  # noqa: E402
 from common.schedule import learning_rate  # noqa: E402
 from jax_impl.backend import Backend  # noqa: E402
 from jax_impl.generate import filter_logits  # noqa: E402
@@ -108,6 +108,18 @@ def test_filter_logits_matches_the_common_rules(temperature, top_k, top_p):
     assert np.array_equal(np.isinf(actual), np.isinf(expected))
     kept = np.isfinite(expected)
     assert np.allclose(actual[kept], expected[kept], rtol=1e-6, atol=1e-6)
+
+
+@pytest.mark.parametrize("top_k", [100, 1000])
+def test_traced_top_k_past_its_bound_matches_the_common_rules(top_k):
+    """Under jit top_k is traced and the top-k op's k_bound static: for 100 of 300 tokens (bound 128)
+    and a k past the vocabulary, the filter keeps what numpy's keeps."""
+    logits = np.random.default_rng(1).normal(0, 3, size=(2, 300)).astype(np.float32)
+    expected = reference_filter_logits(logits, 1.0, top_k, None)
+    filtered = jax.jit(filter_logits, static_argnums=4)(jnp.asarray(logits), 1.0, jnp.int32(top_k), None,
+                                                        top_k_bound(top_k, 300))
+    assert np.array_equal(np.isinf(np.asarray(filtered)), np.isinf(expected))
+    assert np.isfinite(expected).sum(axis=-1).tolist() == [min(top_k, 300)] * 2
 
 
 def test_generation_compiles_once_for_repeated_calls():
