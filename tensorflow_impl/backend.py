@@ -10,6 +10,7 @@ import tensorflow as tf  # noqa: E402
 
 from common.backend import Backend as BaseBackend, micro_batches  # noqa: E402
 from common.errors import UserError  # noqa: E402
+from common.sampling import top_k_bound  # noqa: E402
 from tensorflow_impl import parallel  # noqa: E402
 from tensorflow_impl.generate import compiled_generate  # noqa: E402
 from tensorflow_impl.model import GPT, cross_entropy, load_canonical  # noqa: E402
@@ -92,15 +93,19 @@ class Backend(KerasModelState, BaseBackend):
         return float(loss), self.canonical_grads(grads)
 
     def _generate(self, prompts, max_new_tokens, temperature, top_k, top_p, seeds, use_cache):
+        greedy = temperature == 0
+        top_k, top_p = (None, None) if greedy else (top_k, top_p)
         P = prompts.shape[1]
         seeds = seeds.astype(np.int64)
         with self._placed():
             out = self._compiled_generate(
                 tf.constant(self._token_buffer(prompts, max_new_tokens)), tf.constant(P, tf.int32),
                 tf.constant(max_new_tokens, tf.int32), tf.constant(temperature, tf.float32),
-                tf.constant(top_k or self.config.vocab_size, tf.int32), tf.constant(top_p or 1.0, tf.float32),
+                None if top_k is None else tf.constant(top_k, tf.int32),
+                None if top_p is None else tf.constant(top_p, tf.float32),
                 tf.constant(np.stack([seeds & 0x7FFFFFFF, seeds >> 31], axis=1).astype(np.int32)),
-                use_cache and P <= self.config.block_size)
+                use_cache and P <= self.config.block_size, greedy,
+                None if top_k is None else top_k_bound(top_k, self.config.vocab_size))
         return out.numpy()[:, P:P + max_new_tokens]
 
     def device_info(self):

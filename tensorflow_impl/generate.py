@@ -10,29 +10,32 @@ os.environ.setdefault("KERAS_BACKEND", "tensorflow")
 
 from keras import ops  # noqa: E402
 
+from common.sampling import top_k_bound  # noqa: E402
 from tensorflow_impl.model import GPT, KVCache  # noqa: E402
 
 
-def filter_logits(logits, temperature, top_k=None, top_p=None):
+def filter_logits(logits, temperature, top_k=None, top_p=None, k_bound: int | None = None):
     """(B, V) logits -> (B, V) scaled logits, -inf outside top-k and then outside the top-p nucleus.
 
-    The rules of common.sampling.filter_logits. None switches a filter off; values may be tensors, so
-    one compiled loop serves every setting (top_k = V and top_p = 1 also leave the logits as they are).
+    The rules of common.sampling.filter_logits. None switches a filter off; the values may be tensors,
+    so new values compile nothing. A tensor top_k needs its k_bound (common.sampling.top_k_bound), a
+    number; a number top_k has it by default.
     """
     scaled = ops.cast(logits, "float32") / temperature
-    if top_k is None and top_p is None:
-        return scaled
-    # top_k over the whole vocabulary is a stable descending sort on both backends: ties keep
-    # vocabulary order, as numpy's stable argsort does.
-    sorted_logits, order = ops.top_k(scaled, ops.shape(scaled)[-1])
     if top_k is not None:
-        kth = ops.expand_dims(ops.take(sorted_logits, top_k - 1, axis=1), -1)  # (B, 1)
-        sorted_logits = ops.where(sorted_logits < kth, float("-inf"), sorted_logits)
+        k_bound = k_bound or top_k_bound(top_k, ops.shape(scaled)[-1])
+        largest, _ = ops.top_k(scaled, k_bound)  # (B, k_bound), in descending order
+        kth = ops.expand_dims(ops.take(largest, ops.minimum(top_k, k_bound) - 1, axis=1), -1)  # (B, 1)
+        scaled = ops.where(scaled < kth, float("-inf"), scaled)
     if top_p is not None:
+        # top_k over the whole vocabulary is a stable descending sort on both backends: ties keep
+        # vocabulary order, as numpy's stable argsort does.
+        sorted_logits, order = ops.top_k(scaled, ops.shape(scaled)[-1])
         probs = ops.softmax(sorted_logits, axis=-1)
         mass_before = ops.cumsum(probs, axis=-1) - probs
         sorted_logits = ops.where((mass_before >= top_p) & (top_p < 1.0), float("-inf"), sorted_logits)
-    return ops.take_along_axis(sorted_logits, ops.argsort(order, axis=-1), axis=-1)  # back to vocab order
+        scaled = ops.take_along_axis(sorted_logits, ops.argsort(order, axis=-1), axis=-1)  # back to vocab order
+    return scaled
 
 
 def decode(forward, new_cache, block_size: int, tokens, prompt_len, sample, *, max_new_tokens: int,
@@ -79,26 +82,26 @@ def decode(forward, new_cache, block_size: int, tokens, prompt_len, sample, *, m
     return ops.fori_loop(n_cached, max_new_tokens, windowed_step, tokens)
 
 
-def sample_next(logits, temperature, top_k, top_p, seeds):
-    """TensorFlow's draw: (B, V) logits -> (B,) token ids, greedy when temperature is 0. `seeds` is
-    (B, 2) int32, one stateless RNG key per row, drawn row by row so that a row's token depends on its
-    own key alone, not on the rows beside it. The options are tensors, so changing them does not retrace."""
+def sample_next(logits, temperature, top_k, top_p, seeds, greedy: bool, k_bound: int | None = None):
+    """TensorFlow's draw: (B, V) logits -> (B,) token ids. `seeds` is (B, 2) int32, one stateless RNG
+    key per row, drawn row by row so that a row's token depends on its own key alone, not on the rows
+    beside it."""
     import tensorflow as tf
-    logits = tf.cast(logits, tf.float32)
-    greedy = tf.argmax(logits, axis=-1, output_type=tf.int32)
-    filtered = filter_logits(logits, tf.where(temperature > 0, temperature, 1.0), top_k, top_p)
-    sampled = tf.map_fn(lambda row: tf.random.stateless_categorical(row[0][None], 1, seed=row[1], dtype=tf.int32)[0, 0],
-                        (filtered, seeds), fn_output_signature=tf.int32)
-    return tf.where(temperature > 0, sampled, greedy)
+    if greedy:
+        return tf.argmax(logits, axis=-1, output_type=tf.int32)
+    filtered = filter_logits(logits, temperature, top_k, top_p, k_bound)
+    return tf.map_fn(lambda row: tf.random.stateless_categorical(row[0][None], 1, seed=row[1], dtype=tf.int32)[0, 0],
+                     (filtered, seeds), fn_output_signature=tf.int32)
 
 
 def compiled_generate(model: GPT):
-    """`decode` around this model as one XLA function on TensorFlow. A new buffer shape retraces it;
-    the prompts' length, the token count and the sampling options are tensors."""
+    """`decode` around this model as one XLA function on TensorFlow. The prompts' length, the token
+    count and the sampling values are tensors; a new buffer shape retraces it, and so does a new
+    sampling form (greedy, which filters are on: None or a tensor, top-k's k_bound), as in JAX."""
     import tensorflow as tf
 
     @tf.function(jit_compile=True)
-    def run(tokens, prompt_len, max_new_tokens, temperature, top_k, top_p, seeds, use_cache):
+    def run(tokens, prompt_len, max_new_tokens, temperature, top_k, top_p, seeds, use_cache, greedy, k_bound):
         def forward(ids, cache=None):
             return model(ids, cache=cache, training=False)
 
@@ -109,7 +112,7 @@ def compiled_generate(model: GPT):
             # Stateless: row b's token at a position depends on (seeds[b], position) only, cache or not.
             position_seeds = tf.map_fn(lambda seed: tf.random.experimental.stateless_fold_in(seed, prompt_len + i),
                                        seeds)
-            return sample_next(logits, temperature, top_k, top_p, position_seeds)
+            return sample_next(logits, temperature, top_k, top_p, position_seeds, greedy, k_bound)
 
         return decode(forward, new_cache, model.config.block_size, tokens, prompt_len, sample,
                       max_new_tokens=max_new_tokens, use_cache=use_cache)

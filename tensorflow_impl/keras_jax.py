@@ -18,15 +18,16 @@ import numpy as np  # noqa: E402
 
 from common.backend import XLA_DECODE_OPTIONS, Backend as BaseBackend, micro_batches  # noqa: E402
 from common.errors import UserError  # noqa: E402
+from common.sampling import top_k_bound  # noqa: E402
 from tensorflow_impl.generate import decode, filter_logits  # noqa: E402
 from tensorflow_impl.model import GPT, KVCache, cross_entropy, load_canonical  # noqa: E402
 from tensorflow_impl.train import KerasModelState, compile_model, train_step  # noqa: E402
 
 
-@functools.partial(jax.jit, static_argnums=0, static_argnames=("use_cache", "greedy"),
+@functools.partial(jax.jit, static_argnums=0, static_argnames=("use_cache", "greedy", "k_bound"),
                    donate_argnums=2, compiler_options=XLA_DECODE_OPTIONS)
 def _generate(model: GPT, variables, tokens, prompt_len, max_new_tokens, seeds, temperature, top_k, top_p, *,
-              use_cache: bool, greedy: bool):
+              use_cache: bool, greedy: bool, k_bound: int | None):
     """The Keras decode loop (tensorflow_impl/generate.py) under jax.jit, the model's variables
     passed in as arrays and the token buffer donated, filled in place; JAX's own keys draw the
     tokens, one per row (from its uint32 seed) folded with the position."""
@@ -43,7 +44,7 @@ def _generate(model: GPT, variables, tokens, prompt_len, max_new_tokens, seeds, 
     def sample(logits, i):
         if greedy:
             return jnp.argmax(logits, axis=-1)
-        filtered = filter_logits(logits, temperature, top_k, top_p)
+        filtered = filter_logits(logits, temperature, top_k, top_p, k_bound)
         draw = lambda key, row: jax.random.categorical(jax.random.fold_in(key, prompt_len + i), row)  # noqa: E731
         return jax.vmap(draw)(keys, filtered)
 
@@ -118,7 +119,8 @@ class Backend(KerasModelState, BaseBackend):
                             seeds, None if greedy else np.float32(temperature),
                             None if greedy or top_k is None else np.int32(top_k),
                             None if greedy or top_p is None else np.float32(top_p),
-                            use_cache=use_cache and P <= self.config.block_size, greedy=greedy)
+                            use_cache=use_cache and P <= self.config.block_size, greedy=greedy,
+                            k_bound=None if greedy or top_k is None else top_k_bound(top_k, self.config.vocab_size))
         return np.asarray(out)[:, P:P + max_new_tokens]
 
     def device_info(self):

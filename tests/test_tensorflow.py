@@ -4,7 +4,7 @@ import pytest
 
 from common.config import TrainConfig
 from common.params import init_params
-from common.sampling import filter_logits
+from common.sampling import filter_logits, top_k_bound
 from common.schedule import learning_rate
 from tests.conftest import SMALL_CONFIG as CONFIG, SMALL_TRAIN as TRAIN, make_backend, random_batch
 
@@ -89,33 +89,54 @@ def test_sampling_filter_matches_common_rules():
     logits = np.random.default_rng(0).normal(size=(4, 65)).astype(np.float32) * 3
     V = logits.shape[-1]
     for temperature, top_k, top_p in [(1.0, None, None), (0.7, 5, None), (1.3, None, 0.8), (1.0, 10, 0.5),
-                                      (0.5, 1, None), (2.0, 64, 0.95)]:
+                                      (0.5, 1, None), (2.0, 64, 0.95), (1.0, 100, None), (1.0, None, 1.0)]:
         expected = filter_logits(logits, temperature, top_k, top_p)
-        actual = tf_filter_logits(tf.constant(logits), tf.constant(temperature), tf.constant(top_k or V),
-                                  tf.constant(1.0 if top_p is None else top_p)).numpy()
+        options = (tf.constant(temperature), None if top_k is None else tf.constant(top_k),
+                   None if top_p is None else tf.constant(top_p))
+        k_bound = None if top_k is None else top_k_bound(top_k, V)
+        actual = tf_filter_logits(tf.constant(logits), *options, k_bound).numpy()
         np.testing.assert_array_equal(np.isfinite(actual), np.isfinite(expected))
         kept = np.isfinite(expected)
         np.testing.assert_allclose(actual[kept], expected[kept], rtol=1e-6)
-        draws = np.stack([sample_next(tf.constant(logits), tf.constant(temperature), tf.constant(top_k or V),
-                                      tf.constant(1.0 if top_p is None else top_p),
-                                      tf.constant([[row, i] for row in range(4)], tf.int32)).numpy()
+        draws = np.stack([sample_next(tf.constant(logits), *options, tf.constant([[row, i] for row in range(4)], tf.int32),
+                                      greedy=False, k_bound=k_bound).numpy()
                           for i in range(200)], axis=1)
         for row in range(4):
             assert kept[row, draws[row]].all()
-    greedy = sample_next(tf.constant(logits), tf.constant(0.0), tf.constant(V), tf.constant(1.0),
-                         tf.constant([[0, 0]] * 4, tf.int32)).numpy()
+    greedy = sample_next(tf.constant(logits), tf.constant(0.0), None, None, tf.constant([[0, 0]] * 4, tf.int32),
+                         greedy=True).numpy()
     np.testing.assert_array_equal(greedy, logits.argmax(-1))
 
 
-def test_generation_traces_once_across_options(backend):
+@pytest.mark.parametrize("top_k", [100, 1000])
+def test_tensor_top_k_past_its_bound_matches_the_common_rules(top_k):
+    """A tensor top_k is read from the top-k op's static k_bound: for 100 of 300 tokens (bound 128)
+    and a k past the vocabulary, the filter keeps what numpy's keeps."""
+    import tensorflow as tf
+    from tensorflow_impl.generate import filter_logits as tf_filter_logits
+    logits = np.random.default_rng(1).normal(0, 3, size=(2, 300)).astype(np.float32)
+    expected = filter_logits(logits, 1.0, top_k, None)
+    run = tf.function(lambda x, k: tf_filter_logits(x, 1.0, k, None, top_k_bound(top_k, 300)), jit_compile=True)
+    assert np.array_equal(np.isinf(run(tf.constant(logits), tf.constant(top_k)).numpy()), np.isinf(expected))
+    assert np.isfinite(expected).sum(axis=-1).tolist() == [min(top_k, 300)] * 2
+
+
+def test_generation_traces_once_per_sampling_form(backend):
+    """The sampling values are tensors: new values, prompt lengths and token counts retrace nothing.
+    The form does (greedy, which filters are on, top-k's bound), once each, as JAX compiles per form."""
     prompt, n = [1, 2, 3], 3 * CONFIG.block_size  # the window slides for most of it
-    options = [dict(temperature=1.0, top_k=10, seed=5), dict(temperature=0.8, top_p=0.9, seed=6),
-               dict(temperature=0.0), dict(temperature=0.5, top_k=3, top_p=0.5, seed=7)]
-    outputs = [backend.generate(prompt, n, **o) for o in options]
-    outputs.append(backend.generate([4, 5, 6, 7, 8], n, temperature=1.0))  # another prompt length, same buffer
-    outputs.append(backend.generate(prompt, n - CONFIG.block_size + 1, temperature=1.0))  # fewer tokens, too
-    assert backend._compiled_generate.experimental_get_tracing_count() == 1  # options are tensors, not constants
-    assert [len(out) for out in outputs] == [n] * 5 + [n - CONFIG.block_size + 1]
+    traces = backend._compiled_generate.experimental_get_tracing_count
+    before = traces()
+    outputs = [backend.generate(prompt, n, **o) for o in (dict(temperature=1.0, top_k=10, seed=5),
+                                                           dict(temperature=0.5, top_k=3, seed=7))]
+    outputs.append(backend.generate([4, 5, 6, 7, 8], n, temperature=0.8, top_k=20))  # another prompt length
+    outputs.append(backend.generate(prompt, n - CONFIG.block_size + 1, temperature=1.0, top_k=1))  # fewer tokens
+    assert traces() - before == 1
+    for form in (dict(temperature=0.0), dict(temperature=0.8, top_p=0.9), dict(temperature=1.0)):
+        outputs.append(backend.generate(prompt, n, **form))
+        outputs.append(backend.generate(prompt, n, **{**form, "seed": 3}))
+    assert traces() - before == 4
+    assert [len(out) for out in outputs] == [n] * 3 + [n - CONFIG.block_size + 1] + [n] * 6
 
 
 def test_keras_serialization_round_trip(tmp_path):
