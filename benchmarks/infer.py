@@ -17,9 +17,10 @@ and the plot of decode tokens/s against batch size.
 What is measured, per row:
 - first token: the process's first generate call (batch 1, the longest prompt, one new token),
   compilation included, as a user of a fresh process waits for it;
-- prefill: one new token after prompts of several lengths, batch 1, warm;
+- prefill: one new token after prompts of several lengths, batch 1, warm; a prompt is prefilled in
+  the smallest of block_size / 8, / 4, / 2 and block_size that holds it (the default lengths);
 - decode: the time of one step (one new token in every row of the batch) is a call's time over the
-  new_tokens it makes after a one-token prompt, whose prefill is one step like the others; tokens/s
+  new_tokens it makes after a one-token prompt, whose prefill (block_size / 8 positions) counts; tokens/s
   is the batch size over that time. Median and p90 over every timed call of every round; with and
   without the KV cache at batch 1;
 - bandwidth utilisation: the bytes a decode step must read, every weight once and the K and V

@@ -167,6 +167,14 @@ def token_buffer_length(prompt_len: int, max_new_tokens: int, block_size: int) -
     return block_size * 2 ** (blocks - 1).bit_length()
 
 
+
+def prefill_length(prompt_len: int, block_size: int) -> int:
+    """The window a prompt of up to block_size tokens is prefilled in: the first of block_size / 8,
+    / 4, / 2 and block_size that holds it. Each length compiles its own prefill, so there are few;
+    padding every prompt to block_size instead made prefill as slow for 32 tokens as for 256, and
+    the first token of a short prompt to GPT-2 cost a whole 1024-token forward."""
+    return next((block_size // parts for parts in (8, 4, 2) if prompt_len <= block_size // parts), block_size)
+
 # XLA options for the decode loops compiled by jax.jit (JAX and keras-jax). Copy insertion with region
 # analysis proves that the loop may write each layer's cache in place, where by default it copied
 # the carried buffers at every step. Given to those programs alone: a training step does not change.

@@ -7,7 +7,7 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
-from common.backend import XLA_DECODE_OPTIONS, Backend as BaseBackend, micro_batches
+from common.backend import XLA_DECODE_OPTIONS, Backend as BaseBackend, micro_batches, prefill_length
 from common.sampling import top_k_bound
 from jax_impl import parallel
 from jax_impl.generate import generate
@@ -130,7 +130,9 @@ class Backend(BaseBackend):
         k_bound = None if greedy or top_k is None else top_k_bound(top_k, self.config.vocab_size)
         P = prompts.shape[1]
         use_cache = use_cache and P <= self.config.block_size
-        out = self._run(lambda *args: generate(*args, greedy=greedy, use_cache=use_cache, k_bound=k_bound),
+        window = prefill_length(P, self.config.block_size) if use_cache else None
+        out = self._run(lambda *args: generate(*args, greedy=greedy, use_cache=use_cache, k_bound=k_bound,
+                                               prefill_len=window),
                         self.eval_graph, self.leaves, self._ids(self._token_buffer(prompts, max_new_tokens)),
                         np.int32(P), np.int32(max_new_tokens), seeds, *sampling.values())
         return np.asarray(out)[:, P:P + max_new_tokens]

@@ -43,10 +43,11 @@ def sample_next(logits, temperature, top_k, top_p, keys, greedy: bool, k_bound: 
     return jax.vmap(lambda key, row: jax.random.categorical(key, row))(keys, filtered)
 
 
-@functools.partial(jax.jit, static_argnums=0, static_argnames=("use_cache", "greedy", "k_bound"),
+@functools.partial(jax.jit, static_argnums=0, static_argnames=("use_cache", "greedy", "k_bound", "prefill_len"),
                    donate_argnums=2, compiler_options=XLA_DECODE_OPTIONS)
 def generate(graph: StaticGraph, leaves: list, tokens, prompt_len, max_new_tokens, seeds, temperature=1.0, top_k=None,
-             top_p=None, *, use_cache: bool = True, greedy: bool = False, k_bound: int | None = None):
+             top_p=None, *, use_cache: bool = True, greedy: bool = False, k_bound: int | None = None,
+             prefill_len: int | None = None):
     """Fill tokens[:, prompt_len:prompt_len + max_new_tokens] after the prompts in tokens[:, :prompt_len].
 
     The model comes split as the backend keeps it: `graph`, the static structure of its (model,
@@ -54,8 +55,9 @@ def generate(graph: StaticGraph, leaves: list, tokens, prompt_len, max_new_token
     walks the object graph in Python on every call: on the cpu-baby model that was half of the time
     of 63 cached tokens, and its garbage made Python's collector run inside timed calls.
     tokens is a fixed (B, S) buffer with S >= max(prompt_len + max_new_tokens, block_size), donated
-    and filled in place; only its shape is static, so every prompt length and token count that fits
-    in S shares one compiled loop, as do the sampling values (top-k's k_bound aside, a number; see
+    and filled in place; only its shape is static, so every token count that fits in S shares one
+    compiled loop, as do the prompt lengths of one prefill window (prefill_len, a number; see
+    common.backend.prefill_length) and the sampling values (top-k's k_bound aside, a number; see
     common.sampling.top_k_bound). Row b samples from the key of seeds[b] (uint32), folded with each
     token's position, so chunks of a generation continue its stream. use_cache needs prompt_len <=
     block_size. The cache holds at most block_size positions. Once the context is longer, each step
@@ -74,13 +76,14 @@ def generate(graph: StaticGraph, leaves: list, tokens, prompt_len, max_new_token
         return sample_next(logits, temperature, top_k, top_p, position_keys, greedy, k_bound)
 
     return decode(model, new_cache, model.config.block_size, tokens, prompt_len, sample,
-                  max_new_tokens=max_new_tokens, use_cache=use_cache)
+                  max_new_tokens=max_new_tokens, use_cache=use_cache, prefill_len=prefill_len)
 
 
 def decode(forward, new_cache, block_size: int, tokens, prompt_len, sample, *, max_new_tokens: int,
-           use_cache: bool):
+           use_cache: bool, prefill_len: int | None):
     """The loop of `generate` for any forward(ids, cache=None) -> (logits, cache) and KV cache; the
-    Keras GPT has the same loop in keras.ops (tensorflow_impl/generate.py)."""
+    Keras GPT has the same loop in keras.ops (tensorflow_impl/generate.py). prefill_len is the window
+    the prompt is prefilled in (common.backend.prefill_length); None without a cache."""
     B, S = tokens.shape
     assert S >= block_size, "the token buffer must hold at least block_size positions"
 
@@ -104,9 +107,9 @@ def decode(forward, new_cache, block_size: int, tokens, prompt_len, sample, *, m
 
     n_cached = 0
     if use_cache:
-        # Prefill on a padded block_size window, like windowed_step; the padding's keys land in cache
-        # slots at positions >= prompt_len, which every later query masks until decoding overwrites them.
-        logits, cache = forward(tokens[:, :block_size], cache=new_cache())
+        # Prefill on the prompt padded to a fixed window; the padding's keys land in cache slots at
+        # positions >= prompt_len, which every later query masks until decoding overwrites them.
+        logits, cache = forward(tokens[:, :prefill_len], cache=new_cache())
         cache = cache._replace(length=prompt_len)
         last = jax.lax.dynamic_index_in_dim(logits, prompt_len - 1, axis=1, keepdims=False)  # (B, V)
         tokens = write(tokens, prompt_len, sample(last, 0))

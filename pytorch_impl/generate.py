@@ -1,12 +1,13 @@
 """Sampling with a KV cache in PyTorch, after gpt-fast: fixed-shape steps (`prefill`, `decode_one_token`,
-`window_logits`) that torch.compile compiles once per batch size (decode_one_token once per sampling
-form as well), driven by a Python loop."""
+`window_logits`) that torch.compile compiles once per batch size (prefill once per window length,
+decode_one_token once per sampling form as well), driven by a Python loop."""
 from typing import Callable, NamedTuple
 
 import numpy as np
 import torch
 from torch.nn import functional as F
 
+from common.backend import prefill_length
 from common.sampling import stream_uniforms, top_k_bound
 from pytorch_impl.model import GPT, KVCache
 
@@ -45,9 +46,9 @@ def sample_next(logits, temperature, top_k, top_p, uniforms, k_bound: int | None
 
 
 def prefill(model: GPT, window, cache: KVCache):
-    """(B, block_size) ids, the prompt padded after its end -> (B, block_size, V) logits, the cache
-    filled. One shape for every prompt length: the padding's keys land in slots after the prompt,
-    which every later query masks until decoding overwrites them."""
+    """(B, W) ids, the prompt padded after its end to a window of common.backend.prefill_length ->
+    (B, W, V) logits, the cache filled. One shape for the prompt lengths of a window: the padding's
+    keys land in slots after the prompt, which every later query masks until decoding overwrites them."""
     cache.length.zero_()
     return model(window, cache=cache)[0]
 
@@ -125,7 +126,19 @@ def compiled_steps(device_type: str, sharing: Steps | None = None) -> Steps:
             return replay
     if sharing is not None:
         return sharing._replace(decode_one_token=compiled(decode_one_token))
-    return Steps(*(compiled(step) for step in EAGER))
+    return Steps(per_window_length(prefill, compiled), compiled(decode_one_token), compiled(window_logits))
+
+
+def per_window_length(step, compiled):
+    """step(model, window, ...) compiled once for each window length it meets: a compiled step
+    checks no guards, so one program must never see two shapes."""
+    programs = {}
+
+    def run(model, window, *args):
+        if window.size(1) not in programs:
+            programs[window.size(1)] = compiled(step)
+        return programs[window.size(1)](model, window, *args)
+    return run
 
 
 # inference_mode rather than no_grad: the tensors each step makes carry no version counter or autograd
@@ -163,7 +176,7 @@ def generate(model: GPT, tokens, prompt_len: int, max_new_tokens: int, temperatu
 
     n_cached = 0
     if cache is not None:
-        logits = steps.prefill(model, ids(0, block_size), cache)
+        logits = steps.prefill(model, ids(0, prefill_length(prompt_len, block_size)), cache)
         cache.length.fill_(prompt_len)
         new = [draw(logits[:, prompt_len - 1], 0)]
         # Steps whose context (prompt_len + i tokens) still fits in block_size extend the cache.

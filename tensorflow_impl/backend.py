@@ -8,7 +8,7 @@ import keras  # noqa: E402
 import numpy as np  # noqa: E402
 import tensorflow as tf  # noqa: E402
 
-from common.backend import Backend as BaseBackend, micro_batches  # noqa: E402
+from common.backend import Backend as BaseBackend, micro_batches, prefill_length  # noqa: E402
 from common.errors import UserError  # noqa: E402
 from common.sampling import top_k_bound  # noqa: E402
 from tensorflow_impl import parallel  # noqa: E402
@@ -96,6 +96,8 @@ class Backend(KerasModelState, BaseBackend):
         greedy = temperature == 0
         top_k, top_p = (None, None) if greedy else (top_k, top_p)
         P = prompts.shape[1]
+        use_cache = use_cache and P <= self.config.block_size
+        window = prefill_length(P, self.config.block_size) if use_cache else None
         seeds = seeds.astype(np.int64)
         with self._placed():
             out = self._compiled_generate(
@@ -104,8 +106,7 @@ class Backend(KerasModelState, BaseBackend):
                 None if top_k is None else tf.constant(top_k, tf.int32),
                 None if top_p is None else tf.constant(top_p, tf.float32),
                 tf.constant(np.stack([seeds & 0x7FFFFFFF, seeds >> 31], axis=1).astype(np.int32)),
-                use_cache and P <= self.config.block_size, greedy,
-                None if top_k is None else top_k_bound(top_k, self.config.vocab_size))
+                use_cache, greedy, None if top_k is None else top_k_bound(top_k, self.config.vocab_size), window)
         return out.numpy()[:, P:P + max_new_tokens]
 
     def device_info(self):

@@ -39,13 +39,14 @@ def filter_logits(logits, temperature, top_k=None, top_p=None, k_bound: int | No
 
 
 def decode(forward, new_cache, block_size: int, tokens, prompt_len, sample, *, max_new_tokens: int,
-           use_cache: bool):
+           use_cache: bool, prefill_len: int | None):
     """Fill tokens[:, prompt_len:prompt_len + max_new_tokens] after the prompt in tokens[:, :prompt_len].
 
     forward(ids, cache=None) -> (logits, cache) is the model; sample(logits, i) -> (B,) ids draws the
     i-th new token. tokens is a fixed (B, S) buffer with S >= max(prompt_len + max_new_tokens,
-    block_size); only its shape is static, so every prompt length and token count that fits in S
-    shares one compiled loop. use_cache needs prompt_len <= block_size. The cache holds at most block_size
+    block_size); only its shape is static, so every token count that fits in S shares one compiled
+    loop, as do the prompt lengths of one prefill window: prefill_len, a number
+    (common.backend.prefill_length; None without a cache). use_cache needs prompt_len <= block_size. The cache holds at most block_size
     positions. Once the context is longer, each step runs the model on the last block_size tokens,
     exactly as without a cache: with learned absolute position embeddings, every token's position
     changes when the window slides. The loop of jax_impl/generate.py, in keras.ops.
@@ -71,9 +72,9 @@ def decode(forward, new_cache, block_size: int, tokens, prompt_len, sample, *, m
 
     n_cached = 0
     if use_cache:
-        # Prefill on a padded block_size window, like windowed_step; the padding's keys land in cache
-        # slots at positions >= prompt_len, which every later query masks until decoding overwrites them.
-        logits, cache = forward(tokens[:, :block_size], cache=new_cache())
+        # Prefill on the prompt padded to a fixed window; the padding's keys land in cache slots at
+        # positions >= prompt_len, which every later query masks until decoding overwrites them.
+        logits, cache = forward(tokens[:, :prefill_len], cache=new_cache())
         cache = cache._replace(length=ops.convert_to_tensor(prompt_len, "int32"))
         tokens = write(tokens, prompt_len, sample(ops.take(logits, prompt_len - 1, axis=1), 0))  # (B, V)
         # Steps whose context (prompt_len + i tokens) still fits in block_size extend the cache.
@@ -96,12 +97,14 @@ def sample_next(logits, temperature, top_k, top_p, seeds, greedy: bool, k_bound:
 
 def compiled_generate(model: GPT):
     """`decode` around this model as one XLA function on TensorFlow. The prompts' length, the token
-    count and the sampling values are tensors; a new buffer shape retraces it, and so does a new
-    sampling form (greedy, which filters are on: None or a tensor, top-k's k_bound), as in JAX."""
+    count and the sampling values are tensors; a new buffer shape retraces it, and so do a new
+    prefill window and sampling form (greedy, which filters are on: None or a tensor, top-k's
+    k_bound), as in JAX."""
     import tensorflow as tf
 
     @tf.function(jit_compile=True)
-    def run(tokens, prompt_len, max_new_tokens, temperature, top_k, top_p, seeds, use_cache, greedy, k_bound):
+    def run(tokens, prompt_len, max_new_tokens, temperature, top_k, top_p, seeds, use_cache, greedy, k_bound,
+            prefill_len):
         def forward(ids, cache=None):
             return model(ids, cache=cache, training=False)
 
@@ -115,5 +118,5 @@ def compiled_generate(model: GPT):
             return sample_next(logits, temperature, top_k, top_p, position_seeds, greedy, k_bound)
 
         return decode(forward, new_cache, model.config.block_size, tokens, prompt_len, sample,
-                      max_new_tokens=max_new_tokens, use_cache=use_cache)
+                      max_new_tokens=max_new_tokens, use_cache=use_cache, prefill_len=prefill_len)
     return run

@@ -16,7 +16,7 @@ import jax.numpy as jnp  # noqa: E402
 import keras  # noqa: E402
 import numpy as np  # noqa: E402
 
-from common.backend import XLA_DECODE_OPTIONS, Backend as BaseBackend, micro_batches  # noqa: E402
+from common.backend import XLA_DECODE_OPTIONS, Backend as BaseBackend, micro_batches, prefill_length  # noqa: E402
 from common.errors import UserError  # noqa: E402
 from common.sampling import top_k_bound  # noqa: E402
 from tensorflow_impl.generate import decode, filter_logits  # noqa: E402
@@ -24,10 +24,10 @@ from tensorflow_impl.model import GPT, KVCache, cross_entropy, load_canonical  #
 from tensorflow_impl.train import KerasModelState, compile_model, train_step  # noqa: E402
 
 
-@functools.partial(jax.jit, static_argnums=0, static_argnames=("use_cache", "greedy", "k_bound"),
+@functools.partial(jax.jit, static_argnums=0, static_argnames=("use_cache", "greedy", "k_bound", "prefill_len"),
                    donate_argnums=2, compiler_options=XLA_DECODE_OPTIONS)
 def _generate(model: GPT, variables, tokens, prompt_len, max_new_tokens, seeds, temperature, top_k, top_p, *,
-              use_cache: bool, greedy: bool, k_bound: int | None):
+              use_cache: bool, greedy: bool, k_bound: int | None, prefill_len: int | None):
     """The Keras decode loop (tensorflow_impl/generate.py) under jax.jit, the model's variables
     passed in as arrays and the token buffer donated, filled in place; JAX's own keys draw the
     tokens, one per row (from its uint32 seed) folded with the position."""
@@ -49,7 +49,7 @@ def _generate(model: GPT, variables, tokens, prompt_len, max_new_tokens, seeds, 
         return jax.vmap(draw)(keys, filtered)
 
     return decode(forward, new_cache, model.config.block_size, tokens, prompt_len, sample,
-                  max_new_tokens=max_new_tokens, use_cache=use_cache)
+                  max_new_tokens=max_new_tokens, use_cache=use_cache, prefill_len=prefill_len)
 
 
 @functools.partial(jax.jit, static_argnums=0)
@@ -113,13 +113,15 @@ class Backend(KerasModelState, BaseBackend):
     def _generate(self, prompts, max_new_tokens, temperature, top_k, top_p, seeds, use_cache):
         greedy = temperature == 0
         P = prompts.shape[1]
+        use_cache = use_cache and P <= self.config.block_size
+        window = prefill_length(P, self.config.block_size) if use_cache else None
         with self._placed():
             tokens = jax.device_put(self._token_buffer(prompts, max_new_tokens), self.device)
             out = _generate(self.model, self._variables(), tokens, np.int32(P), np.int32(max_new_tokens),
                             seeds, None if greedy else np.float32(temperature),
                             None if greedy or top_k is None else np.int32(top_k),
                             None if greedy or top_p is None else np.float32(top_p),
-                            use_cache=use_cache and P <= self.config.block_size, greedy=greedy,
+                            use_cache=use_cache, greedy=greedy, prefill_len=window,
                             k_bound=None if greedy or top_k is None else top_k_bound(top_k, self.config.vocab_size))
         return np.asarray(out)[:, P:P + max_new_tokens]
 

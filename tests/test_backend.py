@@ -172,7 +172,7 @@ def _no_cache_greedy(backend, prompt, n):
     return tokens[len(prompt):]
 
 
-@pytest.mark.parametrize("prompt_len", [3, SMALL_CONFIG.block_size, SMALL_CONFIG.block_size + 5])
+@pytest.mark.parametrize("prompt_len", [1, 3, SMALL_CONFIG.block_size, SMALL_CONFIG.block_size + 5])
 def test_generation_is_seeded_and_the_cache_changes_nothing(framework, prompt_len):
     backend = decisive_backend(framework)
     prompt = [int(t) for t in np.random.default_rng(prompt_len).integers(0, SMALL_CONFIG.vocab_size, prompt_len)]

@@ -11,7 +11,7 @@ import functools
 import numpy as np
 import pytest
 
-from common.backend import token_buffer_length
+from common.backend import prefill_length, token_buffer_length
 from tests.conftest import KERAS_ROW, SMALL_CONFIG, SMALL_TRAIN, decisive_params, framework_param, make_backend
 
 # A model of its own: compiled programs are cached per process by shape (JAX's jit, torch.compile's
@@ -51,26 +51,42 @@ def compilations(framework: str, backend):
 
 @pytest.mark.parametrize("framework", [framework_param(f) for f in ("pytorch", "jax", KERAS_ROW)])
 def test_decode_compiles_once_per_batch_and_bucket(framework):
-    """A second decode with the same shapes (batch, token buffer) compiles nothing, whatever the
-    prompt length, token count (within the buffer's bucket), seeds or sampling values; a new batch
-    size compiles its own programs, once."""
+    """A second decode with the same shapes (batch, token buffer, prefill window) compiles nothing,
+    whatever the prompt length within the window, token count (within the buffer's bucket), seeds or
+    sampling values. A new prefill window compiles one program (PyTorch's prefill, JAX's and
+    TensorFlow's whole loop), once; a new batch size its own programs, once."""
     backend = compiled_backend(framework)
     sampled = dict(temperature=0.9, top_k=5, top_p=0.9)
+    assert prefill_length(3, CONFIG.block_size) == prefill_length(4, CONFIG.block_size) < CONFIG.block_size
     with compilations(framework, backend) as first:
         backend.generate_batch([[1, 2, 3]], PAST_WINDOW, seeds=[0], **sampled)
     assert first[0] >= 1
     with compilations(framework, backend) as again:
-        backend.generate_batch([[4, 5]], PAST_WINDOW, seeds=[7], **sampled)
-        backend.generate_batch([[4, 5]], 2 * CONFIG.block_size, seeds=[7], **sampled)
-        backend.generate_batch([[6] * CONFIG.block_size], PAST_WINDOW, seeds=[8], temperature=0.5, top_k=3,
-                               top_p=0.5)
+        backend.generate_batch([[4, 5, 6, 7]], PAST_WINDOW, seeds=[7], **sampled)
+        backend.generate_batch([[4, 5, 6, 7]], 2 * CONFIG.block_size, seeds=[7], **sampled)
+        backend.generate_batch([[6, 7, 8]], PAST_WINDOW, seeds=[8], temperature=0.5, top_k=3, top_p=0.5)
     assert again == [0]
+    with compilations(framework, backend) as new_window:
+        backend.generate_batch([[6] * CONFIG.block_size], PAST_WINDOW, seeds=[8], **sampled)
+        backend.generate_batch([[5] * (CONFIG.block_size - 1)], PAST_WINDOW, seeds=[9], **sampled)
+    assert new_window == [1]
     with compilations(framework, backend) as batch_of_two:
         backend.generate_batch([[1, 2, 3], [4, 5, 6]], PAST_WINDOW, seeds=[0, 1], **sampled)
     assert batch_of_two == first  # the same programs, at the new batch size
     with compilations(framework, backend) as again:
-        backend.generate_batch([[7, 8], [9, 10]], PAST_WINDOW, seeds=[2, 3], **sampled)
+        backend.generate_batch([[7, 8, 9], [9, 10, 11]], PAST_WINDOW, seeds=[2, 3], **sampled)
     assert again == [0]
+
+
+def test_prefill_windows_hold_the_prompt_in_four_lengths():
+    """Every prompt up to block_size is prefilled in the first of block_size / 8, / 4, / 2 and
+    block_size that holds it."""
+    windows = {n: prefill_length(n, 256) for n in range(1, 257)}
+    assert all(n <= window <= 256 for n, window in windows.items())
+    assert sorted(set(windows.values())) == [32, 64, 128, 256]
+    assert (windows[1], windows[32], windows[33], windows[129], windows[256]) == (32, 32, 64, 256, 256)
+    assert {prefill_length(n, 100) for n in range(1, 101)} == {12, 25, 50, 100}
+    assert {prefill_length(n, 4) for n in range(1, 5)} == {1, 2, 4}  # block_size // 8 is 0: no window
 
 
 def test_token_buffers_come_in_few_lengths():
@@ -106,11 +122,12 @@ def test_compiled_pytorch_decode_gives_eager_tokens():
 @pytest.mark.pytorch
 def test_compiled_pytorch_decode_compiles_once_per_batch_size():
     """PyTorch's steps see fixed-shape copies of the token buffer, not views whose strides hold its
-    length: other token counts and prompt lengths reuse the programs of their batch size."""
+    length: other token counts and prompt lengths (in one prefill window) reuse the programs of their
+    batch size."""
     backend = compiled_backend("pytorch")
     backend.generate_batch([[1, 2, 3]], PAST_WINDOW, temperature=0.0)
     with compilations("pytorch", backend) as counted:
-        for n, prompt in ((1, [1]), (5, [2, 3]), (3 * CONFIG.block_size, [4, 5, 6, 7])):
+        for n, prompt in ((1, [1, 2, 3, 4]), (5, [2, 3, 4]), (3 * CONFIG.block_size, [4, 5, 6, 7])):
             backend.generate_batch([prompt], n, temperature=0.0)
     assert counted == [0]
 

@@ -127,7 +127,10 @@ def test_generation_compiles_once_for_repeated_calls():
     with count_compiles() as first_call:
         backend.generate([1, 2, 3], 10, temperature=0.9, top_k=5, top_p=0.9, seed=0)
     assert "jit(generate)" in first_call
-    with count_compiles() as compiles:
-        for seed, prompt in enumerate(([1, 2, 3], [4, 5], list(range(1, CONFIG.block_size)))):
+    with count_compiles() as compiles:  # prompts of the first one's prefill window (block_size / 2)
+        for seed, prompt in enumerate(([1, 2, 3], [4, 5, 6, 7], [8, 9, 10])):
             backend.generate(prompt, 10, temperature=0.5 + seed / 4, top_k=3 + seed, top_p=0.8, seed=seed)
     assert compiles == []
+    with count_compiles() as another_window:
+        backend.generate(list(range(1, CONFIG.block_size)), 10, temperature=0.9, top_k=5, top_p=0.9, seed=0)
+    assert another_window == ["jit(generate)"]

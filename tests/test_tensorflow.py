@@ -122,21 +122,24 @@ def test_tensor_top_k_past_its_bound_matches_the_common_rules(top_k):
 
 
 def test_generation_traces_once_per_sampling_form(backend):
-    """The sampling values are tensors: new values, prompt lengths and token counts retrace nothing.
-    The form does (greedy, which filters are on, top-k's bound), once each, as JAX compiles per form."""
+    """The sampling values are tensors: new values, prompt lengths within a prefill window and token
+    counts retrace nothing. The form does (greedy, which filters are on, top-k's bound), once each, as
+    JAX compiles per form, and so does a new prefill window."""
     prompt, n = [1, 2, 3], 3 * CONFIG.block_size  # the window slides for most of it
     traces = backend._compiled_generate.experimental_get_tracing_count
     before = traces()
     outputs = [backend.generate(prompt, n, **o) for o in (dict(temperature=1.0, top_k=10, seed=5),
                                                            dict(temperature=0.5, top_k=3, seed=7))]
-    outputs.append(backend.generate([4, 5, 6, 7, 8], n, temperature=0.8, top_k=20))  # another prompt length
+    outputs.append(backend.generate([4, 5, 6, 7], n, temperature=0.8, top_k=20))  # another prompt length
     outputs.append(backend.generate(prompt, n - CONFIG.block_size + 1, temperature=1.0, top_k=1))  # fewer tokens
     assert traces() - before == 1
     for form in (dict(temperature=0.0), dict(temperature=0.8, top_p=0.9), dict(temperature=1.0)):
         outputs.append(backend.generate(prompt, n, **form))
         outputs.append(backend.generate(prompt, n, **{**form, "seed": 3}))
     assert traces() - before == 4
-    assert [len(out) for out in outputs] == [n] * 3 + [n - CONFIG.block_size + 1] + [n] * 6
+    outputs.append(backend.generate([4, 5, 6, 7, 8], n, temperature=0.8, top_k=20))  # another prefill window
+    assert traces() - before == 5
+    assert [len(out) for out in outputs] == [n] * 3 + [n - CONFIG.block_size + 1] + [n] * 7
 
 
 def test_keras_serialization_round_trip(tmp_path):
