@@ -168,12 +168,20 @@ def token_buffer_length(prompt_len: int, max_new_tokens: int, block_size: int) -
 
 
 
+def cache_windows(block_size: int) -> list[int]:
+    """The lengths a decode's KV cache takes as it fills: block_size / 8, / 4, / 2 and block_size.
+    Attention reads the whole cache at every step, the empty slots masked, so a cache of block_size
+    from the start read four times what a one-token prompt's first steps need; each length compiles
+    its own programs, so there are few."""
+    return sorted({block_size // parts for parts in (8, 4, 2, 1)} - {0})
+
+
 def prefill_length(prompt_len: int, block_size: int) -> int:
-    """The window a prompt of up to block_size tokens is prefilled in: the first of block_size / 8,
-    / 4, / 2 and block_size that holds it. Each length compiles its own prefill, so there are few;
-    padding every prompt to block_size instead made prefill as slow for 32 tokens as for 256, and
-    the first token of a short prompt to GPT-2 cost a whole 1024-token forward."""
-    return next((block_size // parts for parts in (8, 4, 2) if prompt_len <= block_size // parts), block_size)
+    """The window a prompt of up to block_size tokens is prefilled in, and the cache's first length:
+    the first of cache_windows that holds it. Padding every prompt to block_size made prefill as
+    slow for 32 tokens as for 256."""
+    return next(window for window in cache_windows(block_size) if prompt_len <= window)
+
 
 # XLA options for the decode loops compiled by jax.jit (JAX and keras-jax). Copy insertion with region
 # analysis proves that the loop may write each layer's cache in place, where by default it copied

@@ -4,7 +4,7 @@ import functools
 import jax
 import jax.numpy as jnp
 
-from common.backend import XLA_DECODE_OPTIONS
+from common.backend import XLA_DECODE_OPTIONS, cache_windows
 from common.sampling import top_k_bound
 from jax_impl.model import KVCache
 from jax_impl.train import StaticGraph
@@ -66,8 +66,8 @@ def generate(graph: StaticGraph, leaves: list, tokens, prompt_len, max_new_token
     """
     model, _ = graph.merge(leaves)
 
-    def new_cache():
-        return KVCache.empty(model.config, tokens.shape[0], model.wte.dtype)
+    def new_cache(slots):
+        return KVCache.empty(model.config, tokens.shape[0], model.wte.dtype, slots)
 
     keys = jax.vmap(jax.random.key)(seeds)
 
@@ -82,8 +82,9 @@ def generate(graph: StaticGraph, leaves: list, tokens, prompt_len, max_new_token
 def decode(forward, new_cache, block_size: int, tokens, prompt_len, sample, *, max_new_tokens: int,
            use_cache: bool, prefill_len: int | None):
     """The loop of `generate` for any forward(ids, cache=None) -> (logits, cache) and KV cache; the
-    Keras GPT has the same loop in keras.ops (tensorflow_impl/generate.py). prefill_len is the window
-    the prompt is prefilled in (common.backend.prefill_length); None without a cache."""
+    Keras GPT has the same loop in keras.ops (tensorflow_impl/generate.py). new_cache(slots) makes an
+    empty cache of `slots` positions; prefill_len (common.backend.prefill_length) is the window the
+    prompt is prefilled in and the cache's first length, None without a cache."""
     B, S = tokens.shape
     assert S >= block_size, "the token buffer must hold at least block_size positions"
 
@@ -109,11 +110,17 @@ def decode(forward, new_cache, block_size: int, tokens, prompt_len, sample, *, m
     if use_cache:
         # Prefill on the prompt padded to a fixed window; the padding's keys land in cache slots at
         # positions >= prompt_len, which every later query masks until decoding overwrites them.
-        logits, cache = forward(tokens[:, :prefill_len], cache=new_cache())
+        logits, cache = forward(tokens[:, :prefill_len], cache=new_cache(prefill_len))
         cache = cache._replace(length=prompt_len)
         last = jax.lax.dynamic_index_in_dim(logits, prompt_len - 1, axis=1, keepdims=False)  # (B, V)
         tokens = write(tokens, prompt_len, sample(last, 0))
         # Steps whose context (prompt_len + i tokens) still fits in block_size extend the cache.
         n_cached = jnp.minimum(block_size - prompt_len + 1, max_new_tokens)
-        tokens, _ = jax.lax.fori_loop(1, n_cached, cached_step, (tokens, cache))
+        # The cache grows through cache_windows: step i stores position prompt_len + i - 1, so the
+        # steps before slots - prompt_len + 1 fit in `slots`, and attention reads no more than that.
+        done = 1
+        for slots in (w for w in cache_windows(block_size) if w >= prefill_len):
+            end = jnp.clip(slots - prompt_len + 1, done, n_cached)
+            tokens, cache = jax.lax.fori_loop(done, end, cached_step, (tokens, cache.grown(slots)))
+            done = end
     return jax.lax.fori_loop(n_cached, max_new_tokens, windowed_step, tokens)

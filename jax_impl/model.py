@@ -15,7 +15,8 @@ from common.spec import LOSS_IGNORE_INDEX, MLP_RATIO
 
 
 class KVCache(NamedTuple):
-    """Keys and values of every layer, preallocated for block_size positions and filled in order.
+    """Keys and values of every layer, preallocated for a number of positions (up to block_size) and
+    filled in order; a decode grows it a few times (`grown`) rather than read empty slots at every step.
 
     A pytree of arrays, not a mutable object: `update` returns a new cache, and the model hands the
     updated cache back with the logits. Under jit the copies compile to in-place writes. One array per
@@ -23,19 +24,25 @@ class KVCache(NamedTuple):
     (n_layer, ...) array was a copy at every step (a third of a batch-8 decode step at cpu-baby). The
     heads folded into the batch, as attention takes them (CausalSelfAttention).
     """
-    keys: tuple[jax.Array, ...]    # n_layer x (B*nh, block_size, hs)
-    values: tuple[jax.Array, ...]  # n_layer x (B*nh, block_size, hs)
+    keys: tuple[jax.Array, ...]    # n_layer x (B*nh, slots, hs)
+    values: tuple[jax.Array, ...]  # n_layer x (B*nh, slots, hs)
     length: jax.Array  # int32 scalar: positions filled, the same in every layer
 
     @classmethod
-    def empty(cls, config: GPTConfig, batch_size: int, dtype=jnp.float32) -> "KVCache":
-        shape = (batch_size * config.n_head, config.block_size, config.head_size)
+    def empty(cls, config: GPTConfig, batch_size: int, dtype=jnp.float32, slots: int | None = None) -> "KVCache":
+        shape = (batch_size * config.n_head, slots or config.block_size, config.head_size)
         layers = tuple(jnp.zeros(shape, dtype) for _ in range(config.n_layer))
         return cls(layers, layers, jnp.zeros((), jnp.int32))
 
+    def grown(self, slots: int) -> "KVCache":
+        """The same cache with room for `slots` positions, the new ones empty (one copy of each array)."""
+        def pad(a):
+            return jnp.pad(a, ((0, 0), (0, slots - a.shape[1]), (0, 0)))
+        return self._replace(keys=tuple(map(pad, self.keys)), values=tuple(map(pad, self.values)))
+
     def update(self, layer: int, k: jax.Array, v: jax.Array):
         """Store this step's (B*nh, T, hs) keys and values at `length`; return the new cache and
-        the layer's (B*nh, block_size, hs) keys and values, of which only the first length + T
+        the layer's (B*nh, slots, hs) keys and values, of which only the first length + T
         positions are real (attention masks the rest by position)."""
         at = (0, self.length, 0)
         keys = jax.lax.dynamic_update_slice(self.keys[layer], k.astype(self.keys[layer].dtype), at)
@@ -79,7 +86,7 @@ class CausalSelfAttention(nnx.Module):
         start = 0
         if cache is not None:
             start = cache.length
-            cache, k, v = cache.update(self.layer, k, v)  # k, v: (B*nh, block_size, hs)
+            cache, k, v = cache.update(self.layer, k, v)  # k, v: (B*nh, slots, hs)
         # Masking by absolute position covers both cases: the causal mask without a cache, and with
         # one, the cache slots not written yet (they lie after every query's own position).
         mask = jnp.arange(k.shape[1])[None, :] <= (start + jnp.arange(T))[:, None]  # (T, S)

@@ -2,7 +2,7 @@
 import numpy as np
 import torch
 
-from common.backend import Backend as BaseBackend, micro_batches
+from common.backend import Backend as BaseBackend, cache_windows, micro_batches
 from common.errors import UserError
 from pytorch_impl.generate import EAGER, Steps, compile_options, compiled_steps, generate, sampling_form
 from pytorch_impl import parallel
@@ -113,11 +113,12 @@ class Backend(BaseBackend):
 
     def _kv_cache(self, batch_size: int) -> KVCache:
         if batch_size not in self.kv_caches:
-            cache = KVCache(self.config, batch_size, self.device, self.model.wte.weight.dtype)
+            cache = KVCache.empty(self.config, batch_size, self.device, self.model.wte.weight.dtype)
             if self.train_config.compile:
                 # CUDA graphs may then write the cache in place, where they would copy it at every step.
-                for t in (*cache.keys, *cache.values, cache.length, cache.slots):
-                    torch._dynamo.mark_static_address(t)
+                for window in map(cache.window, cache_windows(self.config.block_size)):
+                    for t in (*window.keys, *window.values, window.length, window.slots):
+                        torch._dynamo.mark_static_address(t)
             self.kv_caches[batch_size] = cache
         return self.kv_caches[batch_size]
 

@@ -1,13 +1,13 @@
 """Sampling with a KV cache in PyTorch, after gpt-fast: fixed-shape steps (`prefill`, `decode_one_token`,
-`window_logits`) that torch.compile compiles once per batch size (prefill once per window length,
-decode_one_token once per sampling form as well), driven by a Python loop."""
+`window_logits`) that torch.compile compiles once per batch size (prefill and decode_one_token once per
+cache window, decode_one_token once per sampling form as well), driven by a Python loop."""
 from typing import Callable, NamedTuple
 
 import numpy as np
 import torch
 from torch.nn import functional as F
 
-from common.backend import prefill_length
+from common.backend import cache_windows, prefill_length
 from common.sampling import stream_uniforms, top_k_bound
 from pytorch_impl.model import GPT, KVCache
 
@@ -47,8 +47,9 @@ def sample_next(logits, temperature, top_k, top_p, uniforms, k_bound: int | None
 
 def prefill(model: GPT, window, cache: KVCache):
     """(B, W) ids, the prompt padded after its end to a window of common.backend.prefill_length ->
-    (B, W, V) logits, the cache filled. One shape for the prompt lengths of a window: the padding's
-    keys land in slots after the prompt, which every later query masks until decoding overwrites them."""
+    (B, W, V) logits, the cache's window of W slots filled. One shape for the prompt lengths of a
+    window: the padding's keys land in slots after the prompt, which every later query masks until
+    decoding overwrites them."""
     cache.length.zero_()
     return model(window, cache=cache)[0]
 
@@ -125,19 +126,21 @@ def compiled_steps(device_type: str, sharing: Steps | None = None) -> Steps:
                 return graph(*args).clone()
             return replay
     if sharing is not None:
-        return sharing._replace(decode_one_token=compiled(decode_one_token))
-    return Steps(per_window_length(prefill, compiled), compiled(decode_one_token), compiled(window_logits))
+        return sharing._replace(decode_one_token=per_cache_window(decode_one_token, compiled))
+    return Steps(per_cache_window(prefill, compiled), per_cache_window(decode_one_token, compiled),
+                 compiled(window_logits))
 
 
-def per_window_length(step, compiled):
-    """step(model, window, ...) compiled once for each window length it meets: a compiled step
-    checks no guards, so one program must never see two shapes."""
+def per_cache_window(step, compiled):
+    """step(model, ids, cache, ...) compiled once for each cache window it meets (KVCache.window): a
+    compiled step checks no guards, so one program must never see two shapes."""
     programs = {}
 
-    def run(model, window, *args):
-        if window.size(1) not in programs:
-            programs[window.size(1)] = compiled(step)
-        return programs[window.size(1)](model, window, *args)
+    def run(model, ids, cache: KVCache, *args):
+        slots = cache.slots.numel()
+        if slots not in programs:
+            programs[slots] = compiled(step)
+        return programs[slots](model, ids, cache, *args)
     return run
 
 
@@ -176,13 +179,21 @@ def generate(model: GPT, tokens, prompt_len: int, max_new_tokens: int, temperatu
 
     n_cached = 0
     if cache is not None:
-        logits = steps.prefill(model, ids(0, prefill_length(prompt_len, block_size)), cache)
+        window = prefill_length(prompt_len, block_size)
+        logits = steps.prefill(model, ids(0, window), cache.window(window))
         cache.length.fill_(prompt_len)
         new = [draw(logits[:, prompt_len - 1], 0)]
         # Steps whose context (prompt_len + i tokens) still fits in block_size extend the cache.
         n_cached = min(block_size - prompt_len + 1, max_new_tokens)
-        for i in range(1, n_cached):
-            new.append(steps.decode_one_token(model, new[-1], cache, uniforms_at(i), *options, k_bound))
+        # The cache's windows grow with it: step i stores position prompt_len + i - 1, so the steps
+        # before slots - prompt_len + 1 fit in `slots`, and attention reads no more than that.
+        done = 1
+        for slots in (w for w in cache_windows(block_size) if w >= window):
+            end = min(max(slots - prompt_len + 1, done), n_cached)
+            for i in range(done, end):
+                new.append(steps.decode_one_token(model, new[-1], cache.window(slots), uniforms_at(i), *options,
+                                                  k_bound))
+            done = end
         tokens[:, prompt_len:prompt_len + n_cached] = torch.cat(new, dim=1)
     for i in range(n_cached, max_new_tokens):
         # A full block_size window keeps the shape fixed; while the context is shorter, causality

@@ -15,21 +15,36 @@ class KVCache:
 
     Fixed shapes, written in place at positions held in a tensor: one compiled decode step (and, on
     CUDA, one CUDA graph) serves every position, where a cache cut to its filled length would change
-    shape, and recompile, at every token.
+    shape, and recompile, at every token. Attention reads the whole cache at every step, so a decode
+    runs in a few `window`s of it as it fills (common.backend.cache_windows), each with its own program.
     """
 
-    def __init__(self, config: GPTConfig, batch_size: int, device, dtype=torch.float32):
+    def __init__(self, keys: list[torch.Tensor], values: list[torch.Tensor], length: torch.Tensor):
+        self.keys, self.values = keys, values  # n_layer x (B, nh, slots, hs)
+        self.length = length  # positions filled, in every layer: a 0-d long tensor
+        self.slots = torch.arange(keys[0].size(2), device=length.device)
+        self.windows: dict[int, KVCache] = {}
+
+    @classmethod
+    def empty(cls, config: GPTConfig, batch_size: int, device, dtype=torch.float32) -> "KVCache":
         shape = (batch_size, config.n_head, config.block_size, config.head_size)
-        self.keys = [torch.zeros(shape, device=device, dtype=dtype) for _ in range(config.n_layer)]
-        self.values = [torch.zeros(shape, device=device, dtype=dtype) for _ in range(config.n_layer)]
-        self.length = torch.zeros((), dtype=torch.long, device=device)  # positions filled, in every layer
-        self.slots = torch.arange(config.block_size, device=device)
+        return cls([torch.zeros(shape, device=device, dtype=dtype) for _ in range(config.n_layer)],
+                   [torch.zeros(shape, device=device, dtype=dtype) for _ in range(config.n_layer)],
+                   torch.zeros((), dtype=torch.long, device=device))
+
+    def window(self, slots: int) -> "KVCache":
+        """The cache's first `slots` positions: views of the same tensors, with the same length. One
+        per size, so that compiled steps keep meeting the same tensors."""
+        if slots not in self.windows:
+            self.windows[slots] = KVCache([k[:, :, :slots] for k in self.keys], [v[:, :, :slots] for v in self.values],
+                                          self.length)
+        return self.windows[slots]
 
     def update(self, layer: int, k: torch.Tensor, v: torch.Tensor):
         """Store this step's (B, nh, T, hs) keys and values at positions length .. length + T - 1.
 
-        Returns the layer's keys and values at every slot, (B, nh, block_size, hs), and the (T,
-        block_size) mask of the slots each new query attends to: its own position and those before.
+        Returns the layer's keys and values at every slot, (B, nh, slots, hs), and the (T, slots)
+        mask of the slots each new query attends to: its own position and those before.
         The slots after it hold nothing yet, or a longer prompt's padding (see generate.prefill).
         """
         input_pos = self.slots[:k.size(2)] + self.length  # (T,)
@@ -57,7 +72,7 @@ class CausalSelfAttention(nn.Module):
         mask = None  # causal
         # With a cache the queries attend to the whole fixed cache, masked by position: one shape at every step.
         if cache is not None:
-            k, v, mask = cache.update(self.layer, k, v)  # k, v: (B, nh, block_size, hs); mask (T, block_size)
+            k, v, mask = cache.update(self.layer, k, v)  # k, v: (B, nh, slots, hs); mask (T, slots)
             k, v = k.to(q.dtype), v.to(q.dtype)
         dropout = self.dropout if self.training else 0.0
         if self.record:  # written out, as the fused kernel cannot return its weights; before dropout

@@ -10,6 +10,7 @@ os.environ.setdefault("KERAS_BACKEND", "tensorflow")
 
 from keras import ops  # noqa: E402
 
+from common.backend import cache_windows  # noqa: E402
 from common.sampling import top_k_bound  # noqa: E402
 from tensorflow_impl.model import GPT, KVCache  # noqa: E402
 
@@ -42,11 +43,12 @@ def decode(forward, new_cache, block_size: int, tokens, prompt_len, sample, *, m
            use_cache: bool, prefill_len: int | None):
     """Fill tokens[:, prompt_len:prompt_len + max_new_tokens] after the prompt in tokens[:, :prompt_len].
 
-    forward(ids, cache=None) -> (logits, cache) is the model; sample(logits, i) -> (B,) ids draws the
-    i-th new token. tokens is a fixed (B, S) buffer with S >= max(prompt_len + max_new_tokens,
-    block_size); only its shape is static, so every token count that fits in S shares one compiled
-    loop, as do the prompt lengths of one prefill window: prefill_len, a number
-    (common.backend.prefill_length; None without a cache). use_cache needs prompt_len <= block_size. The cache holds at most block_size
+    forward(ids, cache=None) -> (logits, cache) is the model; new_cache(slots) makes an empty cache
+    of `slots` positions; sample(logits, i) -> (B,) ids draws the i-th new token. tokens is a fixed
+    (B, S) buffer with S >= max(prompt_len + max_new_tokens, block_size); only its shape is static,
+    so every token count that fits in S shares one compiled loop, as do the prompt lengths of one
+    prefill window: prefill_len (common.backend.prefill_length), the cache's first length, None
+    without a cache. use_cache needs prompt_len <= block_size. The cache holds at most block_size
     positions. Once the context is longer, each step runs the model on the last block_size tokens,
     exactly as without a cache: with learned absolute position embeddings, every token's position
     changes when the window slides. The loop of jax_impl/generate.py, in keras.ops.
@@ -74,12 +76,18 @@ def decode(forward, new_cache, block_size: int, tokens, prompt_len, sample, *, m
     if use_cache:
         # Prefill on the prompt padded to a fixed window; the padding's keys land in cache slots at
         # positions >= prompt_len, which every later query masks until decoding overwrites them.
-        logits, cache = forward(tokens[:, :prefill_len], cache=new_cache())
+        logits, cache = forward(tokens[:, :prefill_len], cache=new_cache(prefill_len))
         cache = cache._replace(length=ops.convert_to_tensor(prompt_len, "int32"))
         tokens = write(tokens, prompt_len, sample(ops.take(logits, prompt_len - 1, axis=1), 0))  # (B, V)
         # Steps whose context (prompt_len + i tokens) still fits in block_size extend the cache.
         n_cached = ops.minimum(block_size - prompt_len + 1, max_new_tokens)
-        tokens, _ = ops.fori_loop(1, n_cached, cached_step, (tokens, cache))
+        # The cache grows through cache_windows: step i stores position prompt_len + i - 1, so the
+        # steps before slots - prompt_len + 1 fit in `slots`, and attention reads no more than that.
+        done = 1
+        for slots in (w for w in cache_windows(block_size) if w >= prefill_len):
+            end = ops.clip(slots - prompt_len + 1, done, n_cached)
+            tokens, cache = ops.fori_loop(done, end, cached_step, (tokens, cache.grown(slots)))
+            done = end
     return ops.fori_loop(n_cached, max_new_tokens, windowed_step, tokens)
 
 
@@ -108,8 +116,8 @@ def compiled_generate(model: GPT):
         def forward(ids, cache=None):
             return model(ids, cache=cache, training=False)
 
-        def new_cache():
-            return KVCache.empty(model.config, tokens.shape[0], model.compute_dtype)
+        def new_cache(slots):
+            return KVCache.empty(model.config, tokens.shape[0], model.compute_dtype, slots)
 
         def sample(logits, i):
             # Stateless: row b's token at a position depends on (seeds[b], position) only, cache or not.

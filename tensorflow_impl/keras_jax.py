@@ -38,8 +38,8 @@ def _generate(model: GPT, variables, tokens, prompt_len, max_new_tokens, seeds, 
         out, _ = model.stateless_call(trainable, non_trainable, ids, cache=cache, training=False)
         return out  # (logits, cache)
 
-    def new_cache():
-        return KVCache.empty(model.config, tokens.shape[0], model.compute_dtype)
+    def new_cache(slots):
+        return KVCache.empty(model.config, tokens.shape[0], model.compute_dtype, slots)
 
     def sample(logits, i):
         if greedy:

@@ -27,25 +27,32 @@ def _gpt_config(config: GPTConfig | dict) -> GPTConfig:
 
 
 class KVCache(NamedTuple):
-    """Keys and values of every layer, preallocated for block_size positions and filled in order.
+    """Keys and values of every layer, preallocated for a number of positions (up to block_size) and
+    filled in order; a decode grows it a few times (`grown`) rather than read empty slots at every step.
 
     Immutable, so a compiled loop can carry it: `update` returns a new cache. One tensor per layer:
     a slice of one (n_layer, ...) tensor was a copy at every step (jax_impl.model.KVCache). The heads
     folded into the batch, as attention takes them (jax_impl.model.CausalSelfAttention says why).
     """
-    keys: tuple    # n_layer x (B*nh, block_size, hs)
-    values: tuple  # n_layer x (B*nh, block_size, hs)
+    keys: tuple    # n_layer x (B*nh, slots, hs)
+    values: tuple  # n_layer x (B*nh, slots, hs)
     length: Any    # positions filled, the same in every layer: an int32 scalar
 
     @classmethod
-    def empty(cls, config: GPTConfig, batch_size: int, dtype="float32") -> "KVCache":
-        shape = (batch_size * config.n_head, config.block_size, config.head_size)
+    def empty(cls, config: GPTConfig, batch_size: int, dtype="float32", slots: int | None = None) -> "KVCache":
+        shape = (batch_size * config.n_head, slots or config.block_size, config.head_size)
         layers = tuple(ops.zeros(shape, dtype) for _ in range(config.n_layer))
         return cls(layers, layers, ops.convert_to_tensor(0, "int32"))
 
+    def grown(self, slots: int) -> "KVCache":
+        """The same cache with room for `slots` positions, the new ones empty (one copy of each tensor)."""
+        def pad(a):
+            return ops.pad(a, ((0, 0), (0, slots - a.shape[1]), (0, 0)))
+        return self._replace(keys=tuple(map(pad, self.keys)), values=tuple(map(pad, self.values)))
+
     def update(self, layer: int, k, v):
         """Store this step's (B*nh, T, hs) keys and values at `length`; return the new cache and
-        all block_size keys and values of this layer (the unfilled ones are masked by position)."""
+        all `slots` keys and values of this layer (the unfilled ones are masked by position)."""
         start = (0, self.length, 0)
         keys = ops.slice_update(self.keys[layer], start, ops.cast(k, self.keys[layer].dtype))
         values = ops.slice_update(self.values[layer], start, ops.cast(v, self.values[layer].dtype))
@@ -92,12 +99,12 @@ class CausalSelfAttention(layers.Layer):
         start = 0
         if cache is not None:
             start = cache.length
-            cache, k, v = cache.update(self.layer, k, v)  # k, v: (B*nh, block_size, hs)
+            cache, k, v = cache.update(self.layer, k, v)  # k, v: (B*nh, slots, hs)
         # Query i sits at position start + i and sees keys up to there: the causal mask without a
         # cache, and with one also the mask of the positions not filled yet.
         query_pos = ops.arange(T) + start
         key_pos = ops.arange(ops.shape(k)[1])
-        visible = key_pos[None, :] <= query_pos[:, None]  # (T, T) or (T, block_size)
+        visible = key_pos[None, :] <= query_pos[:, None]  # (T, T) or (T, slots)
         scores = ops.matmul(q, ops.swapaxes(k, -1, -2)) * (1.0 / math.sqrt(hs))  # (B*nh, T, keys)
         scores = ops.where(visible, scores, ops.cast(float("-inf"), scores.dtype))
         weights = ops.softmax(scores, axis=-1)

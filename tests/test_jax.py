@@ -51,10 +51,12 @@ def test_kv_cache_logits_equal_full_forward():
     x, _ = random_batch(CONFIG)
     full, no_cache = model(jnp.asarray(x))
     assert no_cache is None
-    cache = KVCache.empty(CONFIG, batch_size=3)
+    cache = KVCache.empty(CONFIG, batch_size=3, slots=5)  # grown as it fills, as a decode grows it
     prefix, cache = model(jnp.asarray(x[:, :5]), cache=cache)
     steps = [prefix]
     for t in range(5, CONFIG.block_size):
+        if t == cache.keys[0].shape[1]:
+            cache = cache.grown(6 if t == 5 else CONFIG.block_size)
         logits, cache = model(jnp.asarray(x[:, t:t + 1]), cache=cache)
         steps.append(logits)
     assert int(cache.length) == CONFIG.block_size

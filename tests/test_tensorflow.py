@@ -72,10 +72,12 @@ def test_kv_cache_matches_full_forward_at_every_position():
     full, no_cache = model(x)
     assert no_cache is None
     full = np.asarray(full)
-    cache = KVCache.empty(CONFIG, 2)
+    cache = KVCache.empty(CONFIG, 2, slots=5)  # grown as it fills, as a decode grows it
     prefix, cache = model(x[:, :5], cache=cache)
     steps = []
     for t in range(5, CONFIG.block_size):
+        if t == cache.keys[0].shape[1]:
+            cache = cache.grown(6 if t == 5 else CONFIG.block_size)
         logits, cache = model(x[:, t:t + 1], cache=cache)
         steps.append(logits)
     assert int(cache.length) == CONFIG.block_size
