@@ -167,12 +167,11 @@ def token_buffer_length(prompt_len: int, max_new_tokens: int, block_size: int) -
     return block_size * 2 ** (blocks - 1).bit_length()
 
 
-
 def cache_windows(block_size: int) -> list[int]:
     """The lengths a decode's KV cache takes as it fills: block_size / 8, / 4, / 2 and block_size.
-    Attention reads the whole cache at every step, the empty slots masked, so a cache of block_size
-    from the start read four times what a one-token prompt's first steps need; each length compiles
-    its own programs, so there are few."""
+    Attention reads every slot of the cache at every step, the empty ones masked: a block_size cache
+    from the start made a one-token prompt's first steps read 8 times the slots they use. Each
+    length compiles its own programs, so there are few."""
     return sorted({block_size // parts for parts in (8, 4, 2, 1)} - {0})
 
 

@@ -70,7 +70,7 @@ class CausalSelfAttention(nn.Module):
         # (B, T, C) -> (B, nh, T, hs)
         q, k, v = (t.view(B, T, self.n_head, C // self.n_head).transpose(1, 2) for t in (q, k, v))
         mask = None  # causal
-        # With a cache the queries attend to the whole fixed cache, masked by position: one shape at every step.
+        # With a cache the queries attend to the whole cache window, masked by position: one shape a window.
         if cache is not None:
             k, v, mask = cache.update(self.layer, k, v)  # k, v: (B, nh, slots, hs); mask (T, slots)
             k, v = k.to(q.dtype), v.to(q.dtype)

@@ -100,9 +100,9 @@ def test_sampling_filter_matches_common_rules():
         np.testing.assert_array_equal(np.isfinite(actual), np.isfinite(expected))
         kept = np.isfinite(expected)
         np.testing.assert_allclose(actual[kept], expected[kept], rtol=1e-6)
-        draws = np.stack([sample_next(tf.constant(logits), *options, tf.constant([[row, i] for row in range(4)], tf.int32),
-                                      greedy=False, k_bound=k_bound).numpy()
-                          for i in range(200)], axis=1)
+        seeds = [tf.constant([[row, i] for row in range(4)], tf.int32) for i in range(200)]
+        draws = np.stack([sample_next(tf.constant(logits), *options, seed, greedy=False, k_bound=k_bound).numpy()
+                          for seed in seeds], axis=1)
         for row in range(4):
             assert kept[row, draws[row]].all()
     greedy = sample_next(tf.constant(logits), tf.constant(0.0), None, None, tf.constant([[0, 0]] * 4, tf.int32),
