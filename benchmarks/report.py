@@ -602,11 +602,13 @@ def benchmarks_page(results: Path, figure: str = "docs/benchmarks/headline.png",
 
 def inference_sets(results: Path) -> list[tuple[str, dict, list[dict]]]:
     """(name, inference.json, rows) of the newest benchmarks.infer set kept under results/ on each kind
-    of machine: CPUs first, newest first."""
+    of machine, among those that time the most batch sizes (the page plots tokens/s against batch
+    size; a set of one batch size, such as a prefill study, does not displace a sweep): CPUs first,
+    newest first."""
     from benchmarks.infer import SET_FILE, load_set, machine
     newest = {}
     for name, (spec, rows) in sorted(((p.parent.name, load_set(p.parent)) for p in results.glob(f"*/{SET_FILE}")),
-                                     key=lambda item: item[1][0]["date"]):
+                                     key=lambda item: (len(item[1][0]["options"]["batch_sizes"]), item[1][0]["date"])):
         if rows:
             newest[machine(spec, rows)] = (name, spec, rows)
     newest_first = sorted(newest.values(), key=lambda item: item[1]["date"], reverse=True)

@@ -66,12 +66,15 @@ def test_benchmarks_page_shows_the_newest_inference_set_per_machine(inference_se
     pack([make_run(tmp_path / "a" / "pytorch"), make_run(tmp_path / "a" / "jax", "jax")], results / "training")
     shutil.copytree(inference_set, results / "infer-new")
     shutil.copytree(inference_set, results / "infer-old")
+    shutil.copytree(inference_set, results / "infer-batch-1")
     spec = json.loads((results / "infer-old" / infer.SET_FILE).read_text())
     (results / "infer-old" / infer.SET_FILE).write_text(json.dumps({**spec, "date": "2020-01-01T00:00:00+00:00"}))
+    one_batch_size = {**spec, "date": "2030-01-01T00:00:00+00:00", "options": {**spec["options"], "batch_sizes": [1]}}
+    (results / "infer-batch-1" / infer.SET_FILE).write_text(json.dumps(one_batch_size))  # newest, no sweep
     write_benchmarks(tmp_path)
     page = (tmp_path / "BENCHMARKS.md").read_text()
     assert page.count("## Inference: ") == 1 and "[infer-new](results/infer-new/report.md)" in page
-    assert "infer-old" not in page.split("## Run sets")[0]
+    assert "infer-old" not in page.split("## Run sets")[0] and "infer-batch-1" not in page.split("## Run sets")[0]
     header = "| row | decode tok/s @1 | decode tok/s @2 | KV-cache speed-up @1 | first token s (compile incl.) |"
     assert header in page and "\n| pytorch | " in page and "\n| jax | " in page
     assert (tmp_path / "docs" / "benchmarks" / "inference.png").read_bytes()[:4] == b"\x89PNG"
