@@ -11,7 +11,7 @@ import functools
 import numpy as np
 import pytest
 
-from common.backend import prefill_length, token_buffer_length
+from common.backend import cache_windows, prefill_length, token_buffer_length
 from tests.conftest import KERAS_ROW, SMALL_CONFIG, SMALL_TRAIN, decisive_params, framework_param, make_backend
 
 # A model of its own: compiled programs are cached per process by shape (JAX's jit, torch.compile's
@@ -87,6 +87,27 @@ def test_prefill_windows_hold_the_prompt_in_four_lengths():
     assert (windows[1], windows[32], windows[33], windows[129], windows[256]) == (32, 32, 64, 256, 256)
     assert {prefill_length(n, 100) for n in range(1, 101)} == {12, 25, 50, 100}
     assert {prefill_length(n, 4) for n in range(1, 5)} == {1, 2, 4}  # block_size // 8 is 0: no window
+
+
+@pytest.mark.parametrize("framework", [framework_param(f) for f in ("jax", KERAS_ROW)])
+def test_compiled_loop_grows_its_cache_through_every_window(framework, monkeypatch):
+    """A one-token prompt is prefilled in the smallest cache window; the loop's steps then attend to
+    each larger window in turn, never to slots past the window that holds them (PyTorch's eager loop
+    is checked step by step in tests/test_pytorch.py)."""
+    import importlib
+    module = importlib.import_module("jax_impl.model" if framework == "jax" else "tensorflow_impl.model")
+    seen, update = set(), module.KVCache.update
+
+    def spy(cache, layer, k, v):  # runs while the loop is traced: (new positions, slots attended to)
+        if layer == 0:
+            seen.add((k.shape[-2], cache.keys[layer].shape[-2]))
+        return update(cache, layer, k, v)
+    monkeypatch.setattr(module.KVCache, "update", spy)
+    config = dataclasses.replace(CONFIG, block_size=16)  # a shape no other test compiles
+    backend = make_backend(framework, config, COMPILED, params=decisive_params(config))
+    assert len(backend.generate([7], config.block_size - 1, temperature=0.0)) == config.block_size - 1
+    assert cache_windows(config.block_size) == [2, 4, 8, 16]
+    assert seen == {(2, 2), (1, 2), (1, 4), (1, 8), (1, 16)}
 
 
 def test_token_buffers_come_in_few_lengths():

@@ -52,6 +52,30 @@ def test_kv_cache_matches_full_forward_at_every_position():
     assert torch.allclose(incremental, full, atol=1e-5, rtol=1e-5)
 
 
+def test_decoding_reads_the_smallest_cache_window_that_holds_each_step(monkeypatch):
+    """A one-token prompt is prefilled in the smallest window, and each step attends to the smallest
+    window that holds its position, through every window in turn: no step reads empty slots past it."""
+    from common.backend import cache_windows, prefill_length
+    from pytorch_impl.model import KVCache
+    from tests.conftest import make_backend
+    seen, update = [], KVCache.update
+
+    def spy(self, layer, k, v):  # (positions filled before this call, new positions, slots read)
+        if layer == 0:
+            seen.append((int(self.length), k.size(2), self.slots.numel()))
+        return update(self, layer, k, v)
+    monkeypatch.setattr(KVCache, "update", spy)
+    backend = make_backend("pytorch", CONFIG)
+    new = backend.generate([7], CONFIG.block_size - 1, temperature=0.0)
+    assert len(new) == CONFIG.block_size - 1
+    window = prefill_length(1, CONFIG.block_size)
+    assert seen[0] == (0, window, window)
+    steps = seen[1:]
+    assert [length for length, _, _ in steps] == list(range(1, CONFIG.block_size - 1))
+    assert all(T == 1 and slots == prefill_length(length + 1, CONFIG.block_size) for length, T, slots in steps)
+    assert sorted({slots for _, _, slots in seen}) == cache_windows(CONFIG.block_size)
+
+
 def test_sampling_filter_matches_common_rules():
     import torch
     from pytorch_impl.generate import sample_next
