@@ -28,7 +28,6 @@ import io
 import json
 import os
 import re
-import subprocess
 import sys
 import tempfile
 import time
@@ -37,12 +36,11 @@ from pathlib import Path
 
 import numpy as np
 
+from benchmarks.harness import child_failure, child_result, host_info, machine_name, run_child
 from benchmarks.sweep import SIZES, TOKENS_PER_STEP, Point, start
 from common.backend import FRAMEWORKS, canonical_framework, is_installed
 from common.errors import OneLineParser, UserError, command_line, one_line
-from common.flops import _cpu_model, cpu_vector_isa
 
-REPO = Path(__file__).resolve().parents[1]
 PARTS = ("matmul", "attention", "elementwise & norms", "optimizer", "overhead")
 COLORS = ("#4285f4", "#db4437", "#f4b400", "#0f9d58", "#9e9e9e")
 
@@ -246,15 +244,15 @@ def run_one(point: Point, verbose: bool) -> dict:
     with tempfile.TemporaryDirectory() as workdir:
         env = {**os.environ, "XLA_FLAGS": f"{os.environ.get('XLA_FLAGS', '')} --xla_dump_to={workdir}/dump "
                                          "--xla_dump_hlo_as_text".strip()}
-        done = subprocess.run([sys.executable, "-m", "benchmarks.breakdown", "--point", json.dumps(asdict(point)),
-                               "--workdir", workdir], cwd=REPO, capture_output=True, text=True, env=env)
+        done = run_child("benchmarks.breakdown", "--point", json.dumps(asdict(point)), "--workdir", workdir,
+                         capture=True, env=env)
     if verbose:
         print(done.stderr, file=sys.stderr)
     if done.returncode != 0:
-        reason = one_line((done.stderr.strip().splitlines() or ["no output"])[-1])
+        reason = one_line(child_failure(done))
         print(f"[{point.framework}] failed: {reason}", file=sys.stderr)
         return {**asdict(point), "failed": reason}
-    result = json.loads(done.stdout.strip().splitlines()[-1])
+    result = child_result(done)
     print(f"[{point.framework}] {result['step_ms']:.1f} ms/step: " + ", ".join(
         f"{part} {ms:.1f}" for part, ms in result["parts_ms"].items()), file=sys.stderr)
     return result
@@ -341,7 +339,7 @@ def main(argv: list[str] | None = None) -> int:
     results = [run_one(Point("breakdown", args.size, framework, "float32", block, batch, args.steps, 2, "cpu"),
                        args.verbose) for framework in frameworks]
     (out / "breakdown.json").write_text(json.dumps(results, indent=2))
-    title = f"{args.size} at batch {batch}, {_cpu_model()} ({cpu_vector_isa() or 'unknown ISA'}), {os.cpu_count()} cores"
+    title = f"{args.size} at batch {batch}, {machine_name(host_info())}"
     print(f"report: {write_report(results, out, title)}", file=sys.stderr)
     return 0 if all("failed" not in r for r in results) else 1
 

@@ -36,9 +36,7 @@ import datetime as dt
 import gc
 import json
 import os
-import resource
 import shutil
-import subprocess
 import sys
 import time
 from pathlib import Path
@@ -46,14 +44,13 @@ from types import SimpleNamespace
 
 import numpy as np
 
+from benchmarks.harness import REPO, host_info, machine_name, peak_rss_bytes, run_child
 from benchmarks.quiet import native_logs_filtered, quiet_third_party
 from common.backend import canonical_framework, check_sampling, is_installed, load_backend, missing_modules
 from common.config import PRESETS, GPTConfig, TrainConfig, get_preset, to_dict
 from common.errors import OneLineParser, UserError, command_line
-from common.flops import _cpu_model, cpu_vector_isa
 from common.params import init_params, num_params
 
-REPO = Path(__file__).resolve().parents[1]
 COMPILED = "pytorch-compiled"  # PyTorch with TrainConfig.compile: torch.compile'd decode
 ROWS = ("pytorch", COMPILED, "tensorflow", "jax", "keras-jax")  # `all`, in report order
 SET_FILE = "inference.json"
@@ -163,16 +160,6 @@ def measure(backend, config: GPTConfig, options: dict) -> dict:
     decode = {str(b): steps(b) for b in options["batch_sizes"]}
     return {"first_token_s": first_token_s, "prefill_s": prefill, "decode_step_s": decode,
             "nocache_step_s": steps(1, use_cache=False)}
-
-
-def peak_rss_bytes() -> int:
-    """This process's peak resident memory. Linux's VmHWM starts afresh at exec; getrusage's
-    ru_maxrss does not, and would report the parent's peak where that was higher."""
-    try:
-        with open("/proc/self/status") as status:
-            return next(int(line.split()[1]) * 1024 for line in status if line.startswith("VmHWM:"))
-    except (OSError, StopIteration):
-        return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
 
 
 def run_row(out: Path, row: str, round_index: int) -> int:
@@ -316,8 +303,7 @@ def machine(spec: dict, rows: list[dict]) -> str:
     accelerated = next((r for r in rows if r["device"] != "cpu"), None)
     if accelerated:
         return accelerated["device_name"]
-    host = spec["host"]
-    return f"{host['cpu']}, {host.get('cpu_isa') or 'vector ISA not recorded'}, {host['cpu_count']} cores"
+    return machine_name(spec["host"])
 
 
 def caption(spec: dict, rows: list[dict]) -> str:
@@ -496,8 +482,8 @@ def plan(args, argv: list[str]) -> tuple[Path, dict, list[str], list[str]]:
                         "temperature": args.temperature, "top_k": None if greedy else args.top_k,
                         "top_p": None if greedy else args.top_p,
                         "device": args.device, "dtype": args.dtype},
-            "host": {"cpu": _cpu_model(), "cpu_isa": cpu_vector_isa(), "cpu_count": os.cpu_count()},
-            "date": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds")}
+            "host": host_info()}
+    spec["date"] = spec["host"]["date"]
     return out, spec, [row for row in rows if row not in missing], missing
 
 
@@ -518,8 +504,8 @@ def run_set(out: Path, spec: dict, rows: list[str], missing: list[str], verbose:
     for round_index in range(spec["options"]["repeat"]):
         for row in (r for r in rows if r not in failed):
             print(f"[{row}] round {round_index + 1}/{spec['options']['repeat']}", file=sys.stderr)
-            done = subprocess.run([sys.executable, "-m", "benchmarks.infer", "--child", str(out), "--row", row,
-                                   "--round", str(round_index), *(["--verbose"] if verbose else [])], cwd=REPO)
+            done = run_child("benchmarks.infer", "--child", str(out), "--row", row, "--round", str(round_index),
+                             *(["--verbose"] if verbose else []))
             if done.returncode != 0:
                 failed.add(row)
                 problems.append(f"{row}: failed with exit code {done.returncode}")

@@ -10,16 +10,11 @@ summarises.
 """
 from __future__ import annotations
 
-import datetime as dt
 import functools
 import gc
-import importlib.metadata as md
 import json
 import math
 import os
-import platform
-import resource
-import subprocess
 import sys
 import time
 from contextlib import contextmanager
@@ -30,6 +25,7 @@ from typing import TYPE_CHECKING
 import numpy as np
 from tqdm import tqdm
 
+from benchmarks.harness import Noise, NoiseMark, host_info, peak_rss_bytes
 from benchmarks.quiet import native_logs_filtered
 from benchmarks.run_config import RunConfig
 from benchmarks.summary import WARMUP_STEPS, Generation, StepTimes, Summary
@@ -39,8 +35,7 @@ from common.backend import load_backend
 from common.checkpoint import load_training_state, save_checkpoint, save_training_state
 from common.data import Prepared, eval_batches, get_batch, prepare, split_batches
 from common.errors import UserError, one_line
-from common.flops import (_cpu_model, accelerator_peak, cpu_native_bf16, cpu_peak_flops, cpu_vector_isa,
-                          flops_per_token)
+from common.flops import accelerator_peak, cpu_peak_flops, flops_per_token
 from common.hf_gpt2 import HFModel, load_gpt2
 from common.params import crop_block_size, init_params
 from common.quality import sample_quality
@@ -53,7 +48,6 @@ if TYPE_CHECKING:
     from common.backend import Backend
     from common.config import GPTConfig, TrainConfig
 
-REPO = Path(__file__).resolve().parents[1]
 
 
 def train(run_dir: Path) -> Summary | None:
@@ -80,11 +74,12 @@ def train(run_dir: Path) -> Summary | None:
     if state and state.skipped:
         training.progress.message(f"warning: skipped unreadable checkpoint(s) {one_line('; '.join(state.skipped))}; "
                                   f"resuming from step {start_step}.")
+    start_mark = NoiseMark.now()
     try:
         training_loop(training, start_step)
     finally:
         training.close()
-    return finish(training, env)
+    return finish(training, env, Noise.between(start_mark, NoiseMark.now()))
 
 
 def initial_params(config: RunConfig, pretrained: HFModel | None) -> dict[str, np.ndarray]:
@@ -316,7 +311,7 @@ class Training:
 
 # --- After training --------------------------------------------------------------------------------
 
-def finish(t: Training, env: dict) -> Summary:
+def finish(t: Training, env: dict, noise: Noise | None = None) -> Summary:
     """Whole-split evaluation, samples and summary.json of a run whose training is done."""
     model, train = t.config.model, t.config.train
     started = time.perf_counter()
@@ -325,7 +320,7 @@ def finish(t: Training, env: dict) -> Summary:
     t.progress.message(f"val loss over the whole validation split: {whole_val:.4f} ({whole_val_s:.1f} s)")
     generation, text = sample(t.backend, t.data, t.config)
     (t.run_dir / "samples.txt").write_text(text, encoding="utf-8")
-    summary = summarize(t, env, whole_val, whole_val_s, generation)
+    summary = summarize(t, env, whole_val, whole_val_s, generation, noise)
     summary.write(t.run_dir)
     t.backend.close()
     t.progress.message(f"done: val loss {summary.final_val_loss:.4f}, {summary.tokens_per_s or 0:,.0f} tok/s, "
@@ -338,7 +333,8 @@ def tokens_per_step_of(train: TrainConfig, model: GPTConfig) -> int:
     return train.batch_size * train.grad_accum * model.block_size
 
 
-def summarize(t: Training, env: dict, whole_val: float, whole_val_s: float, generation: Generation) -> Summary:
+def summarize(t: Training, env: dict, whole_val: float, whole_val_s: float, generation: Generation,
+              noise: Noise | None = None) -> Summary:
     model, train, backend, final = t.config.model, t.config.train, t.backend, t.evals[-1]
     step_times = [r["step_time"] for r in sorted((r for r in t.metrics.records if r["type"] == "train"),
                                                   key=lambda r: r["step"])]
@@ -353,7 +349,7 @@ def summarize(t: Training, env: dict, whole_val: float, whole_val_s: float, gene
     return Summary(
         framework=t.config.framework, device=env["device"], device_name=env["device_name"],
         framework_version=env["framework_version"], preset=t.config.preset, dtype=train.dtype,
-        compile=train.compile, seed=train.seed,
+        compile=train.compile, seed=train.seed, round=t.config.round,
         replicas=backend.world_size * (backend.replicas if backend.world_size == 1 else 1),
         max_iters=train.max_iters, params=int(sum(v.size for v in backend.export_params().values())),
         final_val_loss=final["val_loss"], best_val_loss=min(r["val_loss"] for r in t.evals),
@@ -362,12 +358,12 @@ def summarize(t: Training, env: dict, whole_val: float, whole_val_s: float, gene
         **asdict(steps), flops_per_token=flops, peak_flops=peak,
         peak_flops_source="datasheet" if accelerator else "measured float32 matmul",
         mfu=steps.tokens_per_s * flops / peak if steps.tokens_per_s and peak else None,
-        peak_memory_bytes=peak_memory, peak_rss_bytes=resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024,
+        peak_memory_bytes=peak_memory, peak_rss_bytes=peak_rss_bytes(),
         memory_kind="device" if peak_memory is not None else "host RSS",
         train_wall_s=sum(step_times), eval_wall_s=t.clock.spent["eval"],
         checkpoint_wall_s=t.clock.spent["checkpoint"], harness_overhead_s=overhead,
         harness_overhead_frac=overhead / loop_wall if loop_wall else None, loop_wall_s=loop_wall,
-        **asdict(generation))
+        noise=noise.as_dict() if noise else None, **asdict(generation))
 
 
 def evaluate_split(backend: Backend, batches) -> float:
@@ -406,32 +402,39 @@ def sample(backend: Backend, data: Prepared, config: RunConfig) -> tuple[Generat
             speeds[span, use_cache] = span / float(np.median(seconds))
     texts = [generated[n, True]] + [backend.generate(prompt_ids, n, seed=i + 1, **options)
                                     for i in range(1, config.num_samples)]
+    compiled = (compiled_decode_speed(backend, prompt_ids, timed, options)
+                if config.compiled_decode and not backend.compiles_decode else {})
     samples = [config.prompt + cut_at_stop(data.tokenizer.decode(ids), config.stop)[0]
                for ids in texts[:config.num_samples]]
     quality = sample_quality("\n".join(samples), data.train_text, data.val_text) if samples else {}
     generation = Generation(
         generation_tokens_per_s=speeds[timed, True], generation_nocache_tokens_per_s=speeds[timed, False],
         kv_cache_speedup=speeds[timed, True] / speeds[timed, False], generation_timed_tokens=timed,
-        sample_tokens=n, kv_cache_speedup_whole_sample=speeds[n, True] / speeds[n, False], quality=quality)
+        sample_tokens=n, kv_cache_speedup_whole_sample=speeds[n, True] / speeds[n, False], quality=quality,
+        **compiled)
     return generation, ("\n" + "-" * 72 + "\n").join(samples) + "\n"
 
 
-def environment(backend: Backend, config: RunConfig, host_malloc: str) -> dict:
-    versions = {}
-    for package in ("numpy", "torch", "jax", "flax", "optax", "tensorflow-cpu", "tensorflow", "keras"):
-        try:
-            versions[package] = md.version(package)
-        except md.PackageNotFoundError:
-            pass
+def compiled_decode_speed(backend: Backend, prompt_ids: list[int], tokens: int, options: dict) -> dict:
+    """An eager decode timed again compiled, as the XLA frameworks always decode: the first call's
+    seconds (compilation included) and tokens/s over `tokens` (median of three warm calls)."""
+    backend.compiles_decode = True
     try:
-        # "-dirty" when tracked files differ from the commit: the figures are then not of that commit.
-        commit = subprocess.run(["git", "describe", "--always", "--dirty", "--abbrev=7"], cwd=REPO,
-                                capture_output=True, text=True, timeout=5).stdout.strip() or None
-    except (OSError, subprocess.SubprocessError):
-        commit = None
-    commit = commit or os.environ.get("NANOGPT_GIT_COMMIT")  # a copy of the tree without .git
-    return {"framework": backend.name, **backend.device_info(), "python": platform.python_version(),
-            "platform": platform.platform(), "cpu": _cpu_model(), "cpu_isa": cpu_vector_isa(), "cpu_bf16": cpu_native_bf16(),
-            "cpu_count": os.cpu_count(), "host_malloc": host_malloc, "settings": backend.settings(),
-            "versions": versions, "git_commit": commit,
-            "command": config.command, "date": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds")}
+        decode = functools.partial(backend.generate, prompt_ids, tokens, seed=0, **options)
+        started = time.perf_counter()
+        decode()
+        first_s = time.perf_counter() - started
+        gc.collect()
+        seconds = []
+        for _ in range(3):
+            started = time.perf_counter()
+            decode()
+            seconds.append(time.perf_counter() - started)
+    finally:
+        backend.compiles_decode = False
+    return {"generation_compiled_tokens_per_s": tokens / float(np.median(seconds)), "generation_compile_s": first_s}
+
+
+def environment(backend: Backend, config: RunConfig, host_malloc: str) -> dict:
+    return {"framework": backend.name, **backend.device_info(), **host_info(), "host_malloc": host_malloc,
+            "settings": backend.settings(), "command": config.command}

@@ -21,6 +21,8 @@ from collections import defaultdict
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from benchmarks.compare import Ratio, noise_flags, paired_ratio, steady, step_spread
+from benchmarks.harness import machine_name
 from benchmarks.results import RUNS_FILE, Run, is_run_set, load_run, load_run_set, pack
 from common.errors import UserError, one_line
 
@@ -39,10 +41,13 @@ class Group:
     runs: list[Run] = field(default_factory=list)
 
     @property
-    def label(self) -> str:
+    def name(self) -> str:
         name = f"{self.framework} compiled" if self.compiled else self.framework
-        name = name if self.replicas == 1 else f"{name} ×{self.replicas}"
-        return name if len(self.runs) == 1 else f"{name} (n={len(self.runs)})"
+        return name if self.replicas == 1 else f"{name} ×{self.replicas}"
+
+    @property
+    def label(self) -> str:
+        return self.name if len(self.runs) == 1 else f"{self.name} (n={len(self.runs)})"
 
     def values(self, key: str) -> list[float]:
         return [r.summary[key] for r in self.runs if r.summary.get(key) is not None]
@@ -50,6 +55,10 @@ class Group:
     def mean(self, key: str) -> float | None:
         values = self.values(key)
         return statistics.fmean(values) if values else None
+
+    def median(self, key: str) -> float | None:
+        values = self.values(key)
+        return statistics.median(values) if values else None
 
     def spread(self, key: str) -> float | None:
         values = self.values(key)
@@ -108,6 +117,44 @@ def group_runs(runs: list[Run]) -> list[Group]:
                                                   g.compiled, g.replicas))
 
 
+def baseline_group(groups: list[Group]) -> Group:
+    """What every speed is a ratio to: eager PyTorch on one process where it ran, else the first row."""
+    return next((g for g in groups if g.framework == "pytorch" and not g.compiled and g.replicas == 1), groups[0])
+
+
+def _pairing_key(run: Run) -> tuple:
+    """The runs of one seed in one round were made in the same minutes: those are compared."""
+    return run.summary.get("seed"), run.round
+
+
+def _tokens_per_step(run: Run) -> float:
+    s = run.summary
+    return s["tokens_per_s"] * s["median_step_ms"] / 1e3
+
+
+def speed_ratio(group: Group, baseline: Group) -> Ratio | None:
+    """group's tokens/s over baseline's, paired by seed and round (benchmarks/compare.py); None
+    where they share no round or kept no step times."""
+    base = {_pairing_key(r): r for r in baseline.runs if r.step_times}
+    pairs = [(base[_pairing_key(r)], r) for r in group.runs if r.step_times and _pairing_key(r) in base]
+    if not pairs or any(not r.summary.get("tokens_per_s") for pair in pairs for r in pair):
+        return None
+    b, o = pairs[0]
+    return paired_ratio([steady(b.step_times) for b, _ in pairs], [steady(o.step_times) for _, o in pairs],
+                        tokens_ratio=_tokens_per_step(o) / _tokens_per_step(b))
+
+
+def made_in_rounds(runs: list[Run]) -> bool:
+    """Runs of the harness since it interleaves frameworks in rounds (their config says which round)."""
+    return all("round" in run.config for run in runs)
+
+
+def ratio_text(group: Group, baseline: Group, ratio: Ratio | None) -> str:
+    if group is baseline:
+        return "1 (baseline)"
+    return ratio.text() if ratio else _fmt(group.mean("tokens_per_s") / baseline.mean("tokens_per_s"), 2) + "×"
+
+
 def scaling_rows(groups: list[Group]) -> tuple[list[str], list[list[str]]]:
     """Data-parallel scaling: tokens/s on N replicas against N times the one-replica figure."""
     single = {(g.framework, g.device_name, g.dtype, g.compiled): g.mean("tokens_per_s")
@@ -156,33 +203,68 @@ def _kv_speedups(group: Group) -> str:
     return f"{window} · {_fmt(group.mean('kv_cache_speedup_whole_sample'), 1)}× over {tokens}"
 
 
+def _decode_speed(group: Group) -> str:
+    """Decode tokens/s with the KV cache; an eager decode beside the same decode compiled, as the XLA
+    frameworks always run it, with the compiled first call's seconds."""
+    eager, compiled = group.mean("generation_tokens_per_s"), group.mean("generation_compiled_tokens_per_s")
+    if compiled is None:
+        return _fmt(eager, 0)
+    return f"{_fmt(eager, 0)} eager · {_fmt(compiled, 0)} compiled (first call {_fmt(group.mean('generation_compile_s'), 1)} s)"
+
+
 def summary_rows(groups: list[Group]) -> tuple[list[str], list[list[str]]]:
-    fastest = max((g.mean("tokens_per_s") or 0 for g in groups), default=0)
+    baseline = baseline_group(groups)
     header = ["framework", "device", "dtype", "final val loss", "best val loss", "whole val split", "val bpc", "tokens/s",
-              "× fastest", "step ms median (p10–p90)", "first step s", "MFU", "peak memory",
-              "gen tok/s (KV cache)", "KV speedup (one window · whole sample)", "harness overhead"]
+              f"tokens/s vs {baseline.name} [95% interval]", "step ms median (p10–p90)", "first step s", "MFU",
+              "peak memory", "decode tok/s (KV cache)", "KV speedup (one window · whole sample)", "harness overhead"]
     rows = []
     for g in groups:
         memory = g.mean("peak_memory_bytes")
         memory_text = _bytes(memory) + " device" if memory is not None else _bytes(g.mean("peak_rss_bytes")) + " RSS"
-        tps = g.mean("tokens_per_s")
         rows.append([
             g.label, g.device_name, g.dtype,
             _fmt(g.mean("final_val_loss"), 4, g.spread("final_val_loss")),
             _fmt(g.mean("best_val_loss"), 4, g.spread("best_val_loss")),
             _fmt(g.mean("whole_val_loss"), 4, g.spread("whole_val_loss")),
             _fmt(g.mean("final_val_bpc"), 3),
-            _fmt(tps, 0, g.spread("tokens_per_s")),
-            _fmt(tps / fastest if tps and fastest else None, 2),
+            _fmt(g.median("tokens_per_s"), 0),
+            ratio_text(g, baseline, speed_ratio(g, baseline)),
             f"{_fmt(g.mean('median_step_ms'), 1)} ({_fmt(g.mean('p10_step_ms'), 1)}–{_fmt(g.mean('p90_step_ms'), 1)})",
             _fmt(g.mean("time_to_first_step_s"), 2),
             _fmt(g.mean("mfu"), 1, percent=True),
             memory_text,
-            _fmt(g.mean("generation_tokens_per_s"), 0),
+            _decode_speed(g),
             _kv_speedups(g),
             _fmt(g.mean("harness_overhead_frac"), 1, percent=True),
         ])
     return header, rows
+
+
+def round_rows(groups: list[Group]) -> tuple[list[str], list[list[str]], list[str]]:
+    """Every run in the order it ran, with what else the machine did meanwhile; and the flagged ones."""
+    runs = sorted((run for g in groups for run in g.runs), key=lambda r: r.env.get("date", ""))
+    labels = {id(run): g.name for g in groups for run in g.runs}
+    header = ["round", "seed", "framework", "tokens/s", "step spread (p90−p10)/median", "steal", "other processes' CPU",
+              "load average", "flag"]
+    rows, flagged = [], []
+    for run, flags in zip(runs, noise_flags([r.summary for r in runs])):
+        s, noise = run.summary, run.summary.get("noise") or {}
+        rows.append([str(run.round), str(s.get("seed")), labels[id(run)], _fmt(s.get("tokens_per_s"), 0),
+                     _fmt(step_spread(s), 1, percent=True), _fmt(noise.get("steal_frac"), 1, percent=True),
+                     _fmt(noise.get("others_cpu_frac"), 1, percent=True), _fmt(noise.get("load_average"), 2),
+                     "; ".join(flags) or "–"])
+        if flags:
+            flagged.append(f"round {run.round} of {labels[id(run)]} ({'; '.join(flags)})")
+    return header, rows, flagged
+
+
+def contention_line(flagged: list[str], runs: list[Run]) -> str:
+    if not made_in_rounds(runs):
+        return ("These runs were made one framework after another, not in interleaved rounds: each ratio is of single "
+                "runs made minutes apart, and its interval covers step-to-step noise only.")
+    if flagged:
+        return "Contended: " + "; ".join(flagged) + ". Their figures are kept; the interval shows what they move."
+    return "No round stood out from the others in step-time spread, steal time or other processes' CPU use."
 
 
 def quality_rows(groups: list[Group]) -> tuple[list[str], list[list[str]]]:
@@ -201,24 +283,13 @@ def quality_rows(groups: list[Group]) -> tuple[list[str], list[list[str]]]:
     return header, rows
 
 
-def cpu_description(env: dict) -> str:
-    """"AMD EPYC (AVX2, 2 cores)": with the vector ISA where the run recorded it (runs since it did)."""
-    details = [env["cpu_isa"]] if env.get("cpu_isa") else []
-    details.append(f"{env.get('cpu_count')} cores")
-    return f"{env.get('cpu')} ({', '.join(details)})"
-
-
-def _cpu_title(env: dict) -> str:
-    return f"{env.get('cpu')}, {env['cpu_isa']}" if env.get("cpu_isa") else str(env.get("cpu"))
-
-
 def environment_rows(groups: list[Group]) -> tuple[list[str], list[list[str]]]:
     header = ["framework", "version", "device", "CPU", "date", "git", "command"]
     rows = []
     for g in groups:
         env = g.runs[0].env
         rows.append([g.framework, env.get("framework_version", "?"), f"{env.get('device_name')} ×{env.get('device_count', 1)}",
-                     cpu_description(env), env.get("date", "?"),
+                     machine_name(env), env.get("date", "?"),
                      env.get("git_commit") or "?", f"`{env.get('command', '?')}`"])
     return header, rows
 
@@ -298,20 +369,24 @@ def _first_sample(run: Run) -> str:
     return run.samples.split("\n" + "-" * 72 + "\n")[0].strip("\n")
 
 
+SPEED_NOTE = ("tokens/s is the median step's, the median over runs; each ratio is the median of its rounds' ratios, "
+              "paired by round, with a 95% two-level bootstrap interval (rounds, then steps; benchmarks/compare.py); "
+              "\"tied\" where the interval holds 1.")
+
+
 def write_report(run_dirs: list[Path], out: Path, problems: list[str] | None = None) -> Path:
     groups = group_runs(find_runs([Path(p) for p in run_dirs]))
     out.mkdir(parents=True, exist_ok=True)
     images = figures(groups)
     for name, data in images.items():
         (out / name).write_bytes(data)
-    tables = {"Training, throughput and memory": summary_rows(groups),
+    rounds_header, rounds, flagged = round_rows(groups)
+    tables = {"Training, throughput and memory": summary_rows(groups), "Rounds": (rounds_header, rounds),
               "Sample quality": quality_rows(groups), "Environment": environment_rows(groups)}
+    notes = {"Training, throughput and memory": SPEED_NOTE, "Rounds": contention_line(flagged, [r for g in groups for r in g.runs])}
     scaling = scaling_rows(groups)
     if scaling[1]:
         tables["Data-parallel scaling"] = scaling
-    bars = checks(groups)
-    if bars:
-        tables["Bars from the issues, measured here"] = (["bar", "measured", "met"], bars)
     first = groups[0].runs[0]
     model = first.config["model"]
     title = (f"{first.config['preset']} on {first.config['dataset']}: {model['n_layer']} layers, "
@@ -323,6 +398,8 @@ def write_report(run_dirs: list[Path], out: Path, problems: list[str] | None = N
         md.append("Problems: " + "; ".join(problems) + ".\n")
     for heading, (header, rows) in tables.items():
         md.append(f"## {heading}\n\n{markdown_table(header, rows)}\n")
+        if heading in notes:
+            md.append(notes[heading] + "\n")
     md.append("## Loss curves\n\n![loss vs step](loss_vs_step.png)\n\n![loss vs time](loss_vs_time.png)\n")
     md.append("## Throughput\n\n![throughput](throughput.png)\n")
     md.append("## Samples (same prompt, first seed)\n")
@@ -339,6 +416,8 @@ def write_report(run_dirs: list[Path], out: Path, problems: list[str] | None = N
         body.append(f"<p class=problems>Problems: {html.escape('; '.join(problems))}.</p>")
     for heading, (header, rows) in tables.items():
         body.append(f"<h2>{html.escape(heading)}</h2>{html_table(header, rows)}")
+        if heading in notes:
+            body.append(f"<p>{html.escape(notes[heading])}</p>")
     body.append(f"<h2>Loss curves</h2>{img('loss_vs_step.png')}{img('loss_vs_time.png')}")
     body.append(f"<h2>Throughput</h2>{img('throughput.png')}")
     body.append(f"<h2>Samples (same prompt, first seed)</h2><table class=samples><tr>{sample_cells}</tr></table>")
@@ -351,69 +430,6 @@ def write_report(run_dirs: list[Path], out: Path, problems: list[str] | None = N
             f"<style>{style}</style></head><body>{''.join(body)}</body></html>")
     (out / "report.html").write_text(page, encoding="utf-8")
     return out / "report.html"
-
-
-# --- BENCHMARKS.md ----------------------------------------------------------------------------
-
-VAL_LOSS_BARS = {"cpu-baby": 1.90, "shakespeare-char": 1.47}
-# On CPU, training tokens/s against eager PyTorch's in the same run set (the JAX and Keras issues).
-SPEED_BARS_VS_EAGER_PYTORCH = {"jax": 1.0, "tensorflow": 0.8}
-
-
-def checks(groups: list[Group]) -> list[list[str]]:
-    """The issues' performance bars, measured on these runs: what was asked, what was seen, verdict."""
-    rows = []
-
-    def check(what, seen, ok):
-        rows.append([what, seen, "yes" if ok else "**no**"])
-
-    preset = groups[0].runs[0].config["preset"]
-    max_iters = groups[0].runs[0].config["train"]["max_iters"]
-    finals = {g.label: g.mean("final_val_loss") for g in groups}
-    bar = VAL_LOSS_BARS.get(preset)
-    if bar is not None and max_iters >= {"cpu-baby": 2000, "shakespeare-char": 5000}[preset]:
-        # nanoGPT's published figures are its best val loss (it keeps the checkpoint only when val
-        # improves); shakespeare-char overfits after ~2000 steps, so its final val loss is higher.
-        for g in groups:
-            value = g.mean("best_val_loss")
-            check(f"{g.label}: best val loss ≤ {bar} (nanoGPT's reference figure)", f"{value:.4f}", value <= bar)
-    if len(finals) > 1:
-        spread = max(finals.values()) - min(finals.values())
-        check("final val losses within 0.03 of each other", f"{spread:.4f}", spread <= 0.03)
-    speeds = {g.label: g.mean("tokens_per_s") for g in groups if g.mean("tokens_per_s")}
-    if len(speeds) > 1:
-        fastest = max(speeds.values())
-        for label, value in speeds.items():
-            check(f"{label}: tokens/s within 1.5× of the fastest", f"{fastest / value:.2f}×", fastest / value <= 1.5)
-    # The baseline is plain PyTorch: eager, one process.
-    eager = [g.mean("tokens_per_s") for g in groups
-             if g.framework == "pytorch" and not g.compiled and g.replicas == 1]
-    if eager and len(speeds) > 1:
-        best = max(speeds.values())
-        check("some framework ≥ 1.3× eager PyTorch's tokens/s", f"{best / eager[0]:.2f}×", best / eager[0] >= 1.3)
-        # The JAX and Keras issues' own bars against the same baseline.
-        for g in groups:
-            least = SPEED_BARS_VS_EAGER_PYTORCH.get(g.framework)
-            if least is not None and g.device_name == "cpu" and g.label in speeds:
-                ratio = speeds[g.label] / eager[0]
-                check(f"{g.label}: tokens/s ≥ {least}× eager PyTorch's", f"{ratio:.2f}×", ratio >= least)
-    for g in groups:
-        speedup = g.mean("kv_cache_speedup")
-        timed = g.runs[0].summary.get("generation_timed_tokens")
-        block = g.runs[0].config["model"]["block_size"]
-        if speedup is not None:
-            span = (f"{timed} tokens within one block of {block}" if timed else
-                    f"{g.runs[0].summary.get('sample_tokens')} tokens, block {block}, mostly past the block")
-            check(f"{g.label}: KV-cache generation ≥ 5× no-cache ({span})", f"{speedup:.1f}×", speedup >= 5)
-        tokens = _whole_sample_span(g)
-        if tokens is not None:
-            whole = g.mean("kv_cache_speedup_whole_sample")
-            check(f"{g.label}: KV-cache generation ≥ 5× no-cache (all {tokens} tokens of a sample, block {block})",
-                  f"{whole:.1f}×", whole >= 5)
-        overhead = g.mean("harness_overhead_frac")
-        if overhead is not None:
-            check(f"{g.label}: harness overhead < 5% of the training loop", f"{100 * overhead:.1f}%", overhead < 0.05)
-    return rows
 
 
 # --- BENCHMARKS.md: the headline of results/ ---------------------------------------------------
@@ -448,8 +464,7 @@ class RunSet:
 
     @property
     def heading(self) -> str:
-        cores = self.first.env.get("cpu_count")
-        return f"{self.machine}, {cores} cores" if self.on_cpu and cores else self.machine
+        return machine_name(self.first.env) if self.on_cpu else self.machine
 
     @property
     def date(self) -> str:
@@ -485,23 +500,20 @@ def headline_sets(sets: list[RunSet]) -> list[RunSet]:
     return sorted(newest_first, key=lambda s: not s.on_cpu)
 
 
-def vs_eager_pytorch(run_set: RunSet, group: Group) -> float:
-    """The group's tokens/s over eager PyTorch's on the same seeds where it ran them all: the runs of one
-    seed were made minutes apart, so the ratio carries less of the machine's drift over hours."""
-    seeds = {run.summary.get("seed") for run in group.runs}
-    eager = run_set.eager_pytorch
-    same = [run.summary["tokens_per_s"] for run in eager.runs if run.summary.get("seed") in seeds]
-    baseline = statistics.fmean(same) if len(same) == len(seeds) else eager.mean("tokens_per_s")
-    return group.mean("tokens_per_s") / baseline
+def headline_ratios(run_set: RunSet) -> dict[str, Ratio | None]:
+    """Each row's tokens/s over eager PyTorch's, paired by seed and round (None for the baseline)."""
+    return {g.label: None if g is run_set.eager_pytorch else speed_ratio(g, run_set.eager_pytorch)
+            for g in run_set.groups}
 
 
 def headline_rows(run_set: RunSet) -> tuple[list[str], list[list[str]]]:
-    header = ["framework", "tokens/s vs eager PyTorch", "tokens/s", "best val loss", "MFU", "peak memory",
-              "KV-cache decode speed-up"]
+    header = ["framework", "tokens/s vs eager PyTorch [95% interval]", "tokens/s", "best val loss", "MFU",
+              "peak memory", "KV-cache decode speed-up"]
+    ratios = headline_ratios(run_set)
     rows = []
     for g in run_set.groups:
         memory = g.mean("peak_memory_bytes")
-        rows.append([g.label, _fmt(vs_eager_pytorch(run_set, g), 2) + "×", f"{g.mean('tokens_per_s'):,.0f}",
+        rows.append([g.label, ratio_text(g, run_set.eager_pytorch, ratios[g.label]), f"{g.median('tokens_per_s'):,.0f}",
                      _fmt(g.mean("best_val_loss"), 4, g.spread("best_val_loss")), _fmt(g.mean("mfu"), 1, percent=True),
                      _bytes(memory) + " device" if memory is not None else _bytes(g.mean("peak_rss_bytes")) + " host RSS",
                      _fmt(g.mean("kv_cache_speedup"), 1) + "×"])
@@ -512,9 +524,16 @@ def _caption(run_set: RunSet) -> str:
     """What the table's rows ran, and against what its MFU and decode speed-up are measured."""
     first = run_set.first
     model, train, summary = first.config["model"], first.config["train"], first.summary
-    seeds = sorted({run.summary.get("seed") for g in run_set.groups for run in g.runs})
-    seeds_text = (f"seeds {', '.join(map(str, seeds))} (mean ± std; ratios against eager PyTorch on the same seeds)"
-                  if len(seeds) > 1 else f"seed {seeds[0]}")
+    runs = [run for g in run_set.groups for run in g.runs]
+    seeds = sorted({run.summary.get("seed") for run in runs})
+    rounds = max(run.round for run in runs)
+    seeds_text = f"seeds {', '.join(map(str, seeds))} (loss mean ± std)" if len(seeds) > 1 else f"seed {seeds[0]}"
+    if made_in_rounds(runs):
+        seeds_text += (f", {rounds} interleaved round{'s' if rounds > 1 else ''} (ratios paired by round, median with "
+                       "a 95% bootstrap interval over rounds and steps)")
+    else:
+        seeds_text += (", one framework after another before rounds existed (ratios of runs made minutes apart; "
+                       "their intervals cover step-to-step noise only)")
     peak = (f"the measured float32 matmul peak, {summary['peak_flops'] / 1e9:,.0f} GFLOP/s" if run_set.on_cpu
             else f"{summary['peak_flops'] / 1e12:,.0f} TFLOP/s ({summary.get('peak_flops_source')})")
     window = summary.get("generation_timed_tokens")
@@ -535,13 +554,14 @@ def headline_figure(sets: list[RunSet]) -> bytes:
     fig, axes = plt.subplots(1, len(sets), figsize=(5 * len(sets), 3), squeeze=False, layout="constrained")
     for ax, run_set in zip(axes[0], sets):
         groups = run_set.groups[::-1]  # the table's first row on top
-        ratios = [vs_eager_pytorch(run_set, g) for g in groups]
-        ax.barh([g.label for g in groups], ratios,
-                xerr=[r * (g.spread("tokens_per_s") or 0) / g.mean("tokens_per_s") for r, g in zip(ratios, groups)],
+        found = headline_ratios(run_set)
+        ratios = [found[g.label] or Ratio(1.0, 1.0, 1.0, 0) for g in groups]
+        ax.barh([g.label for g in groups], [r.median for r in ratios],
+                xerr=[[r.median - r.low for r in ratios], [r.high - r.median for r in ratios]],
                 color=[COLORS.get(g.framework, "grey") for g in groups])
         ax.axvline(1.0, color="black", lw=0.8)
         ax.set_title(run_set.heading, fontsize=9)
-        ax.set_xlabel("training tokens/s ÷ eager PyTorch's")
+        ax.set_xlabel("training tokens/s ÷ eager PyTorch's (95% interval)")
         ax.grid(axis="x", alpha=0.3)
     buffer = io.BytesIO()
     fig.savefig(buffer, format="png", dpi=110, bbox_inches="tight", metadata={"Software": None})
@@ -593,8 +613,10 @@ def benchmarks_page(results: Path, figure: str = "docs/benchmarks/headline.png",
     lines += ["## Run sets", "", *[_set_summary(results, s) for s in sets], "",
               "## Setup", "",
               "Every row trains the same GPT from the same initial weights on the same batches, one framework at a "
-              "time (`python -m benchmarks.run --framework all`), tokens/s from the median step; each table is the "
-              "newest run set on its machine that trains eager PyTorch and another framework for the whole preset.",
+              "time, the frameworks taking turns in rounds (`python -m benchmarks.run --framework all --rounds 3`); "
+              "tokens/s from the median step, the median over rounds; each ratio is the median of the rounds' ratios "
+              "with a 95% bootstrap interval (README, \"Rounds and intervals\"). Each table is the newest run set on "
+              "its machine that trains eager PyTorch and another framework for the whole preset.",
               f"This page is written by `{REGENERATE}` from results/; add a run set with "
               "`python -m benchmarks.report RUN_DIR... --pack results/NAME`, then write its NOTES.md.", ""]
     return "\n".join(lines)

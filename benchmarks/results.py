@@ -3,9 +3,9 @@
 A run folder (what `benchmarks.run` writes) holds config.json, env.json, summary.json, metrics.jsonl
 and samples.txt. A run set is results/<name>/ with NOTES.md and runs.jsonl: one line per run, holding
 the same config, env, summary and samples, every non-training row of metrics.jsonl (the evaluations
-the loss curves are drawn from), and the per-step training rows of every TRAIN_EVERY-th step (and the
-last) as columns. The summary keeps the step-time statistics of every step, so nothing the reports
-show is lost; 2000 training rows a run would make the logs most of the repository.
+the loss curves are drawn from), the per-step training rows of every TRAIN_EVERY-th step (and the
+last) as columns, and every step's time (to the microsecond), from which the report's intervals are
+recomputed; 2000 whole training rows a run would make the logs most of the repository.
 
     python -m benchmarks.report RUN_DIR [RUN_DIR ...] --pack results/NAME
 """
@@ -15,6 +15,7 @@ import json
 from dataclasses import dataclass
 from pathlib import Path
 
+from benchmarks.harness import machine_name
 from common.errors import UserError
 
 RUNS_FILE = "runs.jsonl"
@@ -31,10 +32,17 @@ class Run:
     steps: list[dict]
     samples: str
     rows: list[dict] | None = None  # every non-training row of metrics.jsonl, evaluations included
+    step_times: list[float] | None = None  # every training step's seconds, in step order
 
     def __post_init__(self):
         if self.rows is None:
             self.rows = list(self.evals)
+        if self.step_times is None:
+            self.step_times = [r["step_time"] for r in sorted(self.steps, key=lambda r: r["step"]) if "step_time" in r]
+
+    @property
+    def round(self) -> int:
+        return self.config.get("round", 1)
 
     @property
     def name(self) -> str:
@@ -84,7 +92,7 @@ def _unthin(columns: dict) -> list[dict]:
 
 def packed(run: Run) -> dict:
     return {"name": run.name, "config": run.config, "env": run.env, "summary": run.summary, "rows": run.rows,
-            "train": _thin(run.steps), "samples": run.samples}
+            "train": _thin(run.steps), "step_times": [round(t, 6) for t in run.step_times], "samples": run.samples}
 
 
 def load_run_set(folder: Path) -> list[Run]:
@@ -97,7 +105,7 @@ def load_run_set(folder: Path) -> list[Run]:
                 rows = record["rows"]
                 runs.append(Run(folder / record["name"], record["summary"], record["config"], record["env"],
                                 [r for r in rows if r.get("type") == "eval"], _unthin(record["train"]),
-                                record["samples"], rows))
+                                record["samples"], rows, record.get("step_times")))
     except (OSError, ValueError, KeyError, TypeError) as e:
         raise UserError(f"{path} is unreadable ({type(e).__name__}: {e}); pack the run set again.") from None
     return runs
@@ -111,8 +119,7 @@ def _version(run: Run) -> str:
 def notes_skeleton(name: str, runs: list[Run]) -> str:
     """The facts a run set's NOTES.md starts from; whoever made the runs adds what they show."""
     env = runs[0].env
-    machine = (env.get("device_name") if env.get("device") not in (None, "cpu")
-               else f"{env.get('cpu')} ({env.get('cpu_isa') or 'vector ISA not recorded'}, {env.get('cpu_count')} cores)")
+    machine = env.get("device_name") if env.get("device") not in (None, "cpu") else machine_name(env)
     settings = {r.summary.get("framework", "?"): r.env["settings"] for r in runs if r.env.get("settings")}
     lines = [f"# {name}", "", "(One sentence: what this set was made for and what it shows.)", "",
              f"- machine: {machine}, {env.get('platform')}, Python {env.get('python')}",

@@ -8,8 +8,10 @@ before any starts, writes each run's config.json, and starts the processes (one 
 which reads everything from the run folder. A run folder holds config.json, env.json, metrics.jsonl
 (appended while training), a TensorBoard event file, samples.txt, summary.json and the
 framework-neutral checkpoint (model.safetensors + optimizer.safetensors). `--framework all` runs
-each framework in its own subprocess, one after another, on the same batches and the same initial
-weights, then writes the comparison report. `--init-from` makes those initial weights a Hugging Face
+each framework in its own subprocess on the same batches and the same initial weights, then writes
+the comparison report. With `--rounds N` (and `--repeat N`) the frameworks take turns: every round
+runs each framework once before the next round starts, so a slow minute of the machine falls on
+one round of every framework, not on all the runs of one. `--init-from` makes those initial weights a Hugging Face
 GPT-2's (a folder, or a Hub id fetched into huggingface_hub's cache), with its shape and tokenizer.
 """
 from __future__ import annotations
@@ -25,6 +27,7 @@ from pathlib import Path
 
 import psutil
 
+from benchmarks.harness import REPO, run_child
 from benchmarks.quiet import native_logs_filtered, quiet_third_party
 from benchmarks.run_config import RunConfig
 from common.backend import (FRAMEWORKS, canonical_framework, has_accelerator, is_installed, load_backend,
@@ -36,7 +39,6 @@ from common.errors import OneLineParser, UserError, one_line
 from common.flops import cpu_peak_flops
 from common.hf_gpt2 import PRETRAINED, HFModel, load_gpt2
 
-REPO = Path(__file__).resolve().parents[1]
 RUN_FILES = ("metrics.jsonl", "summary.json", "samples.txt", "model.safetensors", "env.json")
 # What --set may change in a model started from pretrained weights; the rest of its shape is theirs.
 PRETRAINED_TUNABLE = ("dropout", "block_size")
@@ -56,7 +58,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--seed", type=int, default=None, help="seed for the initial weights and batches")
     p.add_argument("--replicas", type=int, default=1, help="data-parallel replicas (torchrun processes for "
                    "PyTorch, devices of a mesh for JAX, MirroredStrategy devices for Keras)")
-    p.add_argument("--repeat", type=int, default=1, help="runs per framework, seeds seed..seed+N-1")
+    p.add_argument("--repeat", type=int, default=1, help="runs per framework, seeds seed..seed+N-1, taken in turns")
+    p.add_argument("--rounds", type=int, default=1, help="interleaved rounds: each round runs every framework "
+                   "once on the same seed; the report gives each speed ratio with a 95%% interval over them")
     p.add_argument("--dataset", default="tinyshakespeare",
                    help="tinyshakespeare | shakespeare-plays | path to the plays CSV or a text file")
     p.add_argument("--tokenizer", choices=["char", "bpe"], help="the tokenizer trained on the corpus (default: char)")
@@ -89,8 +93,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         raise UserError("--checkpoint-every must be at least 1.")
     if args.replicas < 1:
         raise UserError("--replicas must be at least 1.")
-    if args.repeat < 1 or args.num_samples < 0 or args.sample_tokens < 1:
-        raise UserError("--repeat and --sample-tokens must be at least 1 and --num-samples at least 0.")
+    if args.repeat < 1 or args.rounds < 1 or args.num_samples < 0 or args.sample_tokens < 1:
+        raise UserError("--repeat, --rounds and --sample-tokens must be at least 1 and --num-samples at least 0.")
     if args.temperature < 0 or (args.top_k is not None and args.top_k < 1) or \
             (args.top_p is not None and not 0 < args.top_p <= 1):
         raise UserError("need --temperature >= 0, --top-k >= 1 and 0 < --top-p <= 1.")
@@ -161,14 +165,27 @@ def plan(args, command: str) -> tuple[Path, list[tuple[Path, RunConfig]], list[s
     if not data.tokenizer.encode(args.prompt):
         raise UserError("the prompt is empty after tokenization: pass a non-empty --prompt.")
     base_seed = apply_overrides(*get_preset(args.preset), _overrides(args))[1].seed  # --seed or --set seed=N
+    configs = {(fw, seed): resolve(args, fw, seed, data, command, pretrained)
+               for fw in names if fw not in missing for seed in range(base_seed, base_seed + args.repeat)}
     jobs = []
-    for framework in (fw for fw in names if fw not in missing):
-        for seed in range(base_seed, base_seed + args.repeat):
-            run_dir = out / (framework if args.repeat == 1 else f"{framework}-seed{seed}")
-            config = resolve(args, framework, seed, data, command, pretrained)
-            _check_run_folder(run_dir, args.force)
-            jobs.append((run_dir, config))
+    for round_number, seed, framework in interleaved(args.rounds, range(base_seed, base_seed + args.repeat),
+                                                     [fw for fw in names if fw not in missing]):
+        run_dir = out / run_name(framework, seed, round_number, args.repeat, args.rounds)
+        _check_run_folder(run_dir, args.force)
+        jobs.append((run_dir, replace(configs[framework, seed], round=round_number, compiled_decode=len(names) > 1)))
     return out, jobs, missing
+
+
+def interleaved(rounds: int, seeds, frameworks: list[str]) -> list[tuple[int, int, str]]:
+    """(round, seed, framework) in the order they run: every framework once before any runs again.
+
+    A round of one seed is the unit the report pairs frameworks in: their runs were made in the
+    same minutes, so their ratio carries little of the machine's drift."""
+    return [(r, seed, fw) for r in range(1, rounds + 1) for seed in seeds for fw in frameworks]
+
+
+def run_name(framework: str, seed: int, round_number: int, repeat: int, rounds: int) -> str:
+    return framework + (f"-seed{seed}" if repeat > 1 else "") + (f"-round{round_number}" if rounds > 1 else "")
 
 
 def resolve(args, framework: str, seed: int, data: Prepared, command: str,
@@ -263,12 +280,14 @@ def _run_many(args, out: Path, jobs: list[tuple[Path, RunConfig]], missing: list
     for run_dir, config in jobs:
         config.cpu_peak_flops = peak
         start_folder(run_dir, config)
-        result = subprocess.run([sys.executable, "-m", "benchmarks.run", "--run-dir", str(run_dir),
-                                 *(["--verbose"] if args.verbose else [])], cwd=REPO)
+        if args.rounds > 1:
+            print(f"[{config.framework}] round {config.round}/{args.rounds}", file=sys.stderr)
+        result = run_child("benchmarks.run", "--run-dir", str(run_dir), *(["--verbose"] if args.verbose else []))
         if result.returncode == 0:
             finished.append(run_dir)
         else:
-            problems.append(f"{config.framework} (seed {config.train.seed}): failed with exit code {result.returncode}")
+            which = f"seed {config.train.seed}" + (f", round {config.round}" if args.rounds > 1 else "")
+            problems.append(f"{config.framework} ({which}): failed with exit code {result.returncode}")
             print(f"[{config.framework}] failed (exit code {result.returncode}); going on", file=sys.stderr)
     (out / "problems.txt").write_text("\n".join(problems) + ("\n" if problems else ""))
     if finished and args.report:

@@ -20,6 +20,11 @@ class Generation:
     sample_tokens: int
     kv_cache_speedup_whole_sample: float
     quality: dict  # common.quality.sample_quality of the samples
+    # A decode that runs eager (PyTorch without --compile) timed again compiled, so that its row
+    # compares like with like against the XLA frameworks, which always compile: tokens/s over the
+    # same window, and the first call's seconds, compilation included. None where decode compiles anyway.
+    generation_compiled_tokens_per_s: float | None = None
+    generation_compile_s: float | None = None
 
 
 @dataclass
@@ -50,6 +55,7 @@ class Summary:
     dtype: str
     compile: bool
     seed: int
+    round: int                             # which interleaved round of its comparison (--rounds)
     replicas: int
     max_iters: int
     params: int
@@ -78,6 +84,7 @@ class Summary:
     harness_overhead_s: float
     harness_overhead_frac: float | None
     loop_wall_s: float
+    noise: dict | None                     # benchmarks.harness.Noise over the training loop
     generation_tokens_per_s: float
     generation_nocache_tokens_per_s: float
     kv_cache_speedup: float
@@ -85,6 +92,8 @@ class Summary:
     sample_tokens: int
     kv_cache_speedup_whole_sample: float
     quality: dict
+    generation_compiled_tokens_per_s: float | None
+    generation_compile_s: float | None
 
     def write(self, run_dir: Path) -> None:
         (run_dir / "summary.json").write_text(json.dumps(asdict(self), indent=2))

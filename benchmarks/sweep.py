@@ -16,9 +16,6 @@ from __future__ import annotations
 import argparse
 import io
 import json
-import os
-import resource
-import subprocess
 import sys
 import time
 from dataclasses import asdict, dataclass, replace
@@ -26,13 +23,13 @@ from pathlib import Path
 
 import numpy as np
 
+from benchmarks.harness import child_failure, child_result, host_info, machine_name, peak_rss_bytes, run_child
 from common.backend import FRAMEWORKS, canonical_framework, is_installed
 from common.config import GPTConfig, TrainConfig
 from common.errors import OneLineParser, UserError, command_line, one_line
-from common.flops import _cpu_model, cpu_native_bf16, cpu_peak_flops, cpu_vector_isa, mfu
+from common.flops import cpu_peak_flops, mfu
 from common.params import num_params
 
-REPO = Path(__file__).resolve().parents[1]
 GPT2_VOCAB = 50257
 SET_FILE = "sweep.json"  # what the sweep was: command, date, machine
 
@@ -158,7 +155,7 @@ def measure(point: Point) -> dict:
             "mfu": mfu(tokens_per_s, model, point.cpu_peak_flops if info["device"] == "cpu" and point.dtype == "float32"
                        else None),  # the CPU's peak is measured in float32: no MFU for bfloat16 against it
             "first_step_s": first_step_s, "setup_s": setup_s,
-            "peak_memory_bytes": peak if peak is not None else resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024,
+            "peak_memory_bytes": peak if peak is not None else peak_rss_bytes(),
             "peak_memory_kind": "device" if peak is not None else "process RSS",
             "framework_version": info["framework_version"], "device_name": info.get("device_name"),
             "settings": backend.settings()}
@@ -170,15 +167,14 @@ def run(points: list[Point], out: Path, verbose: bool = False) -> list[dict]:
     results = []
     with (out / "points.jsonl").open("a") as log:
         for i, point in enumerate(points, 1):
-            done = subprocess.run([sys.executable, "-m", "benchmarks.sweep", "--point", json.dumps(asdict(point))],
-                                  cwd=REPO, capture_output=True, text=True)
+            done = run_child("benchmarks.sweep", "--point", json.dumps(asdict(point)), capture=True)
             label = f"[{point.framework}] {point.ladder} {point.size} block {point.block_size} batch {point.batch_size} {point.dtype}"
             if done.returncode != 0:
-                reason = (done.stderr.strip().splitlines() or ["no output"])[-1]
+                reason = child_failure(done)
                 result = {**asdict(point), "failed": one_line(reason)}
                 print(f"{label}: failed: {one_line(reason)} ({i}/{len(points)})", file=sys.stderr)
             else:
-                result = json.loads(done.stdout.strip().splitlines()[-1])
+                result = child_result(done)
                 print(f"{label}: {result['step_ms']:.1f} ms/step, {result['tokens_per_s']:,.0f} tok/s "
                       f"({i}/{len(points)})", file=sys.stderr)
             if verbose and done.stderr:
@@ -195,8 +191,7 @@ def machine(spec: dict, results: list[dict]) -> str:
     if gpu:
         return gpu
     host = spec["host"]
-    return (f"{host['cpu']}, {host.get('cpu_isa') or 'vector ISA not recorded'} (native bfloat16: "
-            f"{', '.join(host.get('cpu_bf16') or []) or 'none'}), {host['cpu_count']} cores")
+    return f"{machine_name(host)}, native bfloat16: {', '.join(host.get('cpu_bf16') or []) or 'none'}"
 
 
 def load_set(folder: Path) -> tuple[dict, list[dict]]:
@@ -358,10 +353,9 @@ def main(argv: list[str] | None = None) -> int:
         raise UserError(f"{out} already holds a sweep: choose another --out.")
     peak = cpu_peak_flops() if args.device == "cpu" else None
     points = [replace(p, cpu_peak_flops=peak) for p in points]
+    host = host_info()
     spec = {"command": "python -m benchmarks.sweep " + " ".join(argv if argv is not None else sys.argv[1:]),
-            "date": time.strftime("%Y-%m-%dT%H:%M:%S"), "device": args.device, "cpu_peak_flops": peak,
-            "host": {"cpu": _cpu_model(), "cpu_isa": cpu_vector_isa(), "cpu_bf16": cpu_native_bf16(),
-                     "cpu_count": os.cpu_count()}}
+            "date": host["date"], "device": args.device, "cpu_peak_flops": peak, "host": host}
     (out / SET_FILE).write_text(json.dumps(spec, indent=2))
     results = run(points, out, args.verbose)
     print(f"report: {write_report(results, out, machine(spec, results))}", file=sys.stderr)

@@ -237,6 +237,7 @@ class Backend(ABC):
     device_kinds: ClassVar[dict[str, str]]  # the --device kinds it runs on -> how to get one
     rank: int = 0          # this process among the data-parallel processes; 0 writes the results
     world_size: int = 1    # data-parallel processes (PyTorch's DDP runs one per replica)
+    compiles_decode: bool = True  # generate runs compiled programs (XLA always; PyTorch as it is told)
 
     def __init__(self, config: GPTConfig, train: TrainConfig, params: dict[str, np.ndarray],
                  device: str = "auto", replicas: int = 1):

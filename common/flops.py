@@ -87,7 +87,7 @@ def _cpuinfo_field(*keys: str, cpuinfo: str | None = None) -> str | None:
     return None
 
 
-def _cpu_model() -> str:
+def cpu_model() -> str:
     import platform
     return _cpuinfo_field("model name") or platform.processor() or platform.machine()
 

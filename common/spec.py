@@ -21,5 +21,4 @@ LAYER_NORM_EPS = 1e-5       # torch's default; Keras defaults to 1e-3, Flax NNX 
 GELU_APPROXIMATE = False    # exact erf GELU; jax.nn.gelu and keras.ops.gelu default to the tanh form
 MLP_RATIO = 4
 INIT_STD = 0.02             # weights and embeddings; the residual projections are scaled down (params.py)
-ADAM_EPS = 1e-8             # torch's default; Keras defaults to 1e-7
 LOSS_IGNORE_INDEX = -1      # targets equal to this do not count in the mean cross-entropy

@@ -31,6 +31,7 @@ class Backend(BaseBackend):
         self.amp = autocast(self.device.type, train.dtype)
         trained = parallel.wrap(self.model, self.device) if self.world_size > 1 else self.model
         self.forward = torch.compile(trained) if train.compile else trained
+        self.compiles_decode = train.compile
         # Evaluation runs on one process only, so it must not enter DDP's collectives.
         self.evaluated = self.model if self.world_size > 1 else self.forward
         self.kv_caches: dict[int, KVCache] = {}  # by batch size: compiled steps keep meeting the same tensors
@@ -104,7 +105,7 @@ class Backend(BaseBackend):
         return out[:, P:P + max_new_tokens].cpu().numpy()
 
     def _decode_steps(self, batch_size: int, form: tuple) -> Steps:
-        if not self.train_config.compile:
+        if not self.compiles_decode:
             return EAGER
         if (batch_size, form) not in self.decode_steps:
             sharing = next((steps for (b, _), steps in self.decode_steps.items() if b == batch_size), None)
@@ -114,7 +115,7 @@ class Backend(BaseBackend):
     def _kv_cache(self, batch_size: int) -> KVCache:
         if batch_size not in self.kv_caches:
             cache = KVCache.empty(self.config, batch_size, self.device, self.model.wte.weight.dtype)
-            if self.train_config.compile:
+            if self.compiles_decode:
                 # CUDA graphs may then write the cache in place, where they would copy it at every step.
                 for window in map(cache.window, cache_windows(self.config.block_size)):
                     for t in (*window.keys, *window.values, window.length, window.slots):
@@ -136,7 +137,7 @@ class Backend(BaseBackend):
         return info
 
     def settings(self):
-        decode = compile_options(self.device.type) if self.train_config.compile else "eager"
+        decode = compile_options(self.device.type) if self.compiles_decode else "eager"
         if isinstance(decode, dict) and "options" in decode:  # the guard filter by its name
             decode["options"] = {k: getattr(v, "__name__", v) for k, v in decode["options"].items()}
         return {**super().settings(), "decode_compile": decode}
