@@ -16,6 +16,7 @@ import resource
 import subprocess
 import sys
 import time
+from contextlib import contextmanager
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
@@ -41,6 +42,19 @@ def child_result(done: subprocess.CompletedProcess) -> dict:
 def child_failure(done: subprocess.CompletedProcess) -> str:
     """A failed child's last line of stderr: its one-line error, or the end of a traceback."""
     return (done.stderr.strip().splitlines() or [f"exit code {done.returncode}, no output"])[-1]
+
+
+@contextmanager
+def busy_processes(count: int):
+    """`count` processes that each keep one core busy while the block runs: a shared machine, made on
+    purpose, to see which framework's speed depends on having every core to itself."""
+    spinners = [subprocess.Popen([sys.executable, "-c", "while True: pass"]) for _ in range(count)]
+    try:
+        yield spinners
+    finally:
+        for spinner in spinners:
+            spinner.kill()
+            spinner.wait()
 
 
 # --- the host -------------------------------------------------------------------------------------

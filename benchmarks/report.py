@@ -38,12 +38,14 @@ class Group:
     dtype: str
     replicas: int = 1
     compiled: bool = False  # torch.compile; JAX and Keras always compile, so only PyTorch sets it
+    busy_cores: int = 0     # cores other processes kept busy on purpose (--busy-cores)
     runs: list[Run] = field(default_factory=list)
 
     @property
     def name(self) -> str:
         name = f"{self.framework} compiled" if self.compiled else self.framework
-        return name if self.replicas == 1 else f"{name} ×{self.replicas}"
+        name = name if self.replicas == 1 else f"{name} ×{self.replicas}"
+        return name if not self.busy_cores else f"{name}, {self.busy_cores} core{'s' * (self.busy_cores > 1)} busy"
 
     @property
     def label(self) -> str:
@@ -111,20 +113,22 @@ def group_runs(runs: list[Run]) -> list[Group]:
     for run in runs:
         s = run.summary
         key = (s["framework"], s["device_name"], s["dtype"], s.get("replicas", 1),
-               bool(s.get("compile")) and s["framework"] == "pytorch")
+               bool(s.get("compile")) and s["framework"] == "pytorch", run.config.get("busy_cores", 0))
         groups.setdefault(key, Group(*key)).runs.append(run)
-    return sorted(groups.values(), key=lambda g: (g.device_name, g.dtype, FRAMEWORK_ORDER.get(g.framework, 9),
-                                                  g.compiled, g.replicas))
+    return sorted(groups.values(), key=lambda g: (g.device_name, g.dtype, g.busy_cores,
+                                                  FRAMEWORK_ORDER.get(g.framework, 9), g.compiled, g.replicas))
 
 
 def baseline_group(groups: list[Group]) -> Group:
     """What every speed is a ratio to: eager PyTorch on one process where it ran, else the first row."""
-    return next((g for g in groups if g.framework == "pytorch" and not g.compiled and g.replicas == 1), groups[0])
+    return next((g for g in groups if g.framework == "pytorch" and not g.compiled and g.replicas == 1
+                 and not g.busy_cores), groups[0])
 
 
-def _pairing_key(run: Run) -> tuple:
-    """The runs of one seed in one round were made in the same minutes: those are compared."""
-    return run.summary.get("seed"), run.round
+def _pairing_key(run: Run, across_commands: bool = False) -> tuple:
+    """The runs of one seed in one round of one command were made in the same minutes: those are compared.
+    A command's runs share a folder (a run set, packed, holds each name once)."""
+    return run.summary.get("seed"), run.round, None if across_commands else str(run.folder.parent)
 
 
 def _tokens_per_step(run: Run) -> float:
@@ -132,16 +136,33 @@ def _tokens_per_step(run: Run) -> float:
     return s["tokens_per_s"] * s["median_step_ms"] / 1e3
 
 
-def speed_ratio(group: Group, baseline: Group) -> Ratio | None:
+def speed_ratio(group: Group, baseline: Group, across_commands: bool = False) -> Ratio | None:
     """group's tokens/s over baseline's, paired by seed and round (benchmarks/compare.py); None
     where they share no round or kept no step times."""
-    base = {_pairing_key(r): r for r in baseline.runs if r.step_times}
-    pairs = [(base[_pairing_key(r)], r) for r in group.runs if r.step_times and _pairing_key(r) in base]
+    def key(run):
+        return _pairing_key(run, across_commands)
+    base = {key(r): r for r in baseline.runs if r.step_times}
+    pairs = [(base[key(r)], r) for r in group.runs if r.step_times and key(r) in base]
     if not pairs or any(not r.summary.get("tokens_per_s") for pair in pairs for r in pair):
         return None
     b, o = pairs[0]
     return paired_ratio([steady(b.step_times) for b, _ in pairs], [steady(o.step_times) for _, o in pairs],
                         tokens_ratio=_tokens_per_step(o) / _tokens_per_step(b))
+
+
+def contention_rows(groups: list[Group]) -> tuple[list[str], list[list[str]]]:
+    """Each framework's tokens/s with cores kept busy (--busy-cores) over its own on a quiet machine,
+    rounds paired by number (two commands, run one after the other): how much a shared machine costs it."""
+    quiet = {(g.framework, g.device_name, g.dtype, g.replicas, g.compiled): g for g in groups if not g.busy_cores}
+    header = ["framework", "busy cores", "tokens/s, quiet", "tokens/s, busy", "busy ÷ quiet [95% interval]"]
+    rows = []
+    for g in groups:
+        alone = quiet.get((g.framework, g.device_name, g.dtype, g.replicas, g.compiled))
+        if g.busy_cores and alone:
+            ratio = speed_ratio(g, alone, across_commands=True)
+            rows.append([alone.name, str(g.busy_cores), _fmt(alone.median("tokens_per_s"), 0),
+                         _fmt(g.median("tokens_per_s"), 0), ratio.text() if ratio else "–"])
+    return header, rows
 
 
 def made_in_rounds(runs: list[Run]) -> bool:
@@ -158,7 +179,7 @@ def ratio_text(group: Group, baseline: Group, ratio: Ratio | None) -> str:
 def scaling_rows(groups: list[Group]) -> tuple[list[str], list[list[str]]]:
     """Data-parallel scaling: tokens/s on N replicas against N times the one-replica figure."""
     single = {(g.framework, g.device_name, g.dtype, g.compiled): g.mean("tokens_per_s")
-              for g in groups if g.replicas == 1}
+              for g in groups if g.replicas == 1 and not g.busy_cores}
     header = ["framework", "device", "replicas", "tokens/s", "speed-up", "scaling efficiency"]
     rows = []
     for g in groups:
@@ -387,6 +408,9 @@ def write_report(run_dirs: list[Path], out: Path, problems: list[str] | None = N
     scaling = scaling_rows(groups)
     if scaling[1]:
         tables["Data-parallel scaling"] = scaling
+    contention = contention_rows(groups)
+    if contention[1]:
+        tables["On a shared machine"] = contention
     first = groups[0].runs[0]
     model = first.config["model"]
     title = (f"{first.config['preset']} on {first.config['dataset']}: {model['n_layer']} layers, "
@@ -472,7 +496,8 @@ class RunSet:
 
     @property
     def eager_pytorch(self) -> Group | None:
-        return next((g for g in self.groups if g.framework == "pytorch" and not g.compiled and g.replicas == 1), None)
+        return next((g for g in self.groups if g.framework == "pytorch" and not g.compiled and g.replicas == 1
+                     and not g.busy_cores), None)
 
     @property
     def compares_frameworks(self) -> bool:

@@ -27,7 +27,7 @@ from pathlib import Path
 
 import psutil
 
-from benchmarks.harness import REPO, run_child
+from benchmarks.harness import REPO, busy_processes, run_child
 from benchmarks.quiet import native_logs_filtered, quiet_third_party
 from benchmarks.run_config import RunConfig
 from common.backend import (FRAMEWORKS, canonical_framework, has_accelerator, is_installed, load_backend,
@@ -84,6 +84,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--resume", metavar="RUN_DIR", help="continue a run from its newest readable checkpoint, or "
                    "finish one stopped after training; it runs as its config.json says, other options unused")
     p.add_argument("--checkpoint-every", type=int, help="steps between checkpoints (default eval_interval)")
+    p.add_argument("--busy-cores", type=int, default=0, metavar="N", help="keep N cores busy with other processes "
+                   "while each run trains: which framework slows down on a shared machine, and by how much")
     p.add_argument("--verbose", action="store_true", help="show the frameworks' own log lines and warnings")
     p.add_argument("--run-dir", help=argparse.SUPPRESS)  # a subprocess: train the run this folder's config.json describes
     args = p.parse_args(argv)
@@ -93,6 +95,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         raise UserError("--checkpoint-every must be at least 1.")
     if args.replicas < 1:
         raise UserError("--replicas must be at least 1.")
+    if args.busy_cores < 0:
+        raise UserError("--busy-cores must be 0 or more.")
     if args.repeat < 1 or args.rounds < 1 or args.num_samples < 0 or args.sample_tokens < 1:
         raise UserError("--repeat, --rounds and --sample-tokens must be at least 1 and --num-samples at least 0.")
     if args.temperature < 0 or (args.top_k is not None and args.top_k < 1) or \
@@ -127,7 +131,7 @@ def main(argv: list[str] | None = None) -> int:
             RunConfig.load(Path(args.resume))  # one line if it is not a run folder, before anything else
             return run_folder(Path(args.resume), args.verbose)
         out, jobs, missing = plan(args, " ".join(["python -m benchmarks.run", *argv]))
-        if len(jobs) == 1 and not missing:
+        if len(jobs) == 1 and not missing and not args.busy_cores:
             run_dir, config = jobs[0]
             start_folder(run_dir, config)
             return run_folder(run_dir, args.verbose)
@@ -172,7 +176,8 @@ def plan(args, command: str) -> tuple[Path, list[tuple[Path, RunConfig]], list[s
                                                      [fw for fw in names if fw not in missing]):
         run_dir = out / run_name(framework, seed, round_number, args.repeat, args.rounds)
         _check_run_folder(run_dir, args.force)
-        jobs.append((run_dir, replace(configs[framework, seed], round=round_number, compiled_decode=len(names) > 1)))
+        jobs.append((run_dir, replace(configs[framework, seed], round=round_number, compiled_decode=len(names) > 1,
+                                      busy_cores=args.busy_cores)))
     return out, jobs, missing
 
 
@@ -282,7 +287,8 @@ def _run_many(args, out: Path, jobs: list[tuple[Path, RunConfig]], missing: list
         start_folder(run_dir, config)
         if args.rounds > 1:
             print(f"[{config.framework}] round {config.round}/{args.rounds}", file=sys.stderr)
-        result = run_child("benchmarks.run", "--run-dir", str(run_dir), *(["--verbose"] if args.verbose else []))
+        with busy_processes(config.busy_cores):
+            result = run_child("benchmarks.run", "--run-dir", str(run_dir), *(["--verbose"] if args.verbose else []))
         if result.returncode == 0:
             finished.append(run_dir)
         else:

@@ -42,6 +42,7 @@ class RunConfig:
     init_from: str | None = None   # the GPT-2 folder whose weights step 0 starts from (a Hub id's, in its cache)
     round: int = 1                 # which of the comparison's interleaved rounds this run is (--rounds)
     compiled_decode: bool = False  # in a comparison, an eager decode is timed compiled too (like with like)
+    busy_cores: int = 0            # processes keeping a core busy beside the run (--busy-cores)
 
     def save(self, run_dir: Path) -> None:
         (run_dir / CONFIG_FILE).write_text(json.dumps(asdict(self), indent=2))

@@ -148,6 +148,7 @@ def test_existing_run_folder_is_refused_without_force(pytorch_run):
     (["--framework", "torch", "--preset", "tiny", "--set", "nlayer=3"], "unknown config field 'nlayer'"),
     # Before any subprocess starts: one line, not one per framework and seed.
     (["--framework", "all", "--repeat", "2", "--preset", "tiny", "--set", "lr=fast"], "lr"),
+    (["--framework", "all", "--preset", "tiny", "--rounds", "0"], "--rounds and --sample-tokens must be at least 1"),
     (["--framework", "torch", "--device", "npu"], "invalid choice: 'npu'"),
     (["--framework", "torch", "--preset", "tiny", "--max-iters", "ten"], "invalid int value: 'ten'"),
     (["--resume", "/no/such/run"], "is not a run folder"),
@@ -434,19 +435,21 @@ def test_all_writes_each_runs_config_and_children_read_only_their_folder(monkeyp
     from benchmarks import run
     from benchmarks.run_config import RunConfig
     children = []
-    monkeypatch.setattr(run.subprocess, "run", lambda command, cwd: children.append(command) or
-                        subprocess.CompletedProcess(command, 0))
+    monkeypatch.setattr(run, "run_child", lambda module, *args: children.append([module, *args]) or
+                        subprocess.CompletedProcess(args, 0))
     monkeypatch.setattr(run, "is_installed", lambda framework: framework != "keras-jax")
     monkeypatch.setattr(run, "missing_modules", lambda framework: ["keras"])
     monkeypatch.setattr(run, "cpu_peak_flops", lambda: 321e9)
-    argv = ["--framework", "all", "--preset", "tiny", "--repeat", "2", "--set", "seed=7", "--no-report",
-            "--out", str(tmp_path)]
+    argv = ["--framework", "all", "--preset", "tiny", "--repeat", "2", "--rounds", "2", "--set", "seed=7",
+            "--no-report", "--out", str(tmp_path)]
     assert run.main(argv) == 0
-    folders = [tmp_path / f"{fw}-seed{seed}" for fw in ("pytorch", "tensorflow", "jax") for seed in (7, 8)]
-    assert children == [[sys.executable, "-m", "benchmarks.run", "--run-dir", str(f)] for f in folders]
+    # The frameworks take turns: every one runs a seed in a round before any runs again.
+    order = [(r, seed, fw) for r in (1, 2) for seed in (7, 8) for fw in ("pytorch", "tensorflow", "jax")]
+    folders = [tmp_path / f"{fw}-seed{seed}-round{r}" for r, seed, fw in order]
+    assert children == [["benchmarks.run", "--run-dir", str(f)] for f in folders]
     configs = [RunConfig.load(f) for f in folders]
-    assert [(c.framework, c.train.seed) for c in configs] == [(fw, seed) for fw in ("pytorch", "tensorflow", "jax")
-                                                              for seed in (7, 8)]
+    assert [(c.round, c.train.seed, c.framework) for c in configs] == order
+    assert {c.compiled_decode for c in configs} == {True}  # a comparison times eager PyTorch's decode compiled too
     assert {c.cpu_peak_flops for c in configs} == {321e9}
     assert {c.command for c in configs} == {" ".join(["python -m benchmarks.run", *argv])}
     assert (tmp_path / "problems.txt").read_text() == "keras-jax: not installed (missing keras), skipped\n"

@@ -14,12 +14,15 @@ STEPS = 200  # the tiny preset's whole schedule, so a set of these runs heads a 
 
 
 def make_run(folder: Path, framework="pytorch", seed=1337, tokens_per_s=1000.0, max_iters=STEPS,
-             cpu_isa="AVX2", date="2026-12-01T10:00:00+00:00", val=1.95) -> Path:
-    """A finished harness run folder, written by hand with the files and fields the harness writes."""
+             cpu_isa="AVX2", date="2026-12-01T10:00:00+00:00", val=1.95, round_number=None) -> Path:
+    """A finished harness run folder, written by hand with the files and fields the harness writes; every
+    step takes the same time, 12.5 tokens at tokens_per_s. With round_number, made in interleaved rounds."""
     folder.mkdir(parents=True)
     config = {"framework": framework, "preset": "tiny", "dataset": "tinyshakespeare",
               "model": {"n_layer": 2, "n_head": 2, "n_embd": 32, "block_size": 32},
-              "train": {"batch_size": 4, "max_iters": max_iters, "seed": seed}}
+              "train": {"batch_size": 4, "max_iters": max_iters, "seed": seed},
+              **({"round": round_number} if round_number is not None else {})}
+    step_time = 12.5 / tokens_per_s
     env = {"framework": framework, "framework_version": f"{framework} 1.0", "device": "cpu", "device_name": "cpu",
            "device_count": 1, "cpu": "Test CPU", "cpu_isa": cpu_isa, "cpu_count": 2, "python": "3.11",
            "platform": "Linux", "host_malloc": "glibc mallopt mmap_max=0", "git_commit": "abc1234", "date": date,
@@ -27,8 +30,8 @@ def make_run(folder: Path, framework="pytorch", seed=1337, tokens_per_s=1000.0, 
            "command": f"python -m benchmarks.run --framework {framework} --seed {seed}"}
     summary = {"framework": framework, "device": "cpu", "device_name": "cpu", "dtype": "float32", "compile": False,
                "seed": seed, "replicas": 1, "params": 29_000, "tokens_per_s": tokens_per_s, "final_val_loss": val,
-               "best_val_loss": val, "whole_val_loss": val + 0.01, "median_step_ms": 12.5, "p10_step_ms": 11.0,
-               "p90_step_ms": 14.0, "mfu": 0.2, "peak_flops": 1e11, "flops_per_token": 2e7,
+               "best_val_loss": val, "whole_val_loss": val + 0.01, "median_step_ms": 1e3 * step_time,
+               "p10_step_ms": 1e3 * step_time, "p90_step_ms": 1e3 * step_time, "mfu": 0.2, "peak_flops": 1e11, "flops_per_token": 2e7,
                "peak_memory_bytes": None, "peak_rss_bytes": 300 * 2**20, "kv_cache_speedup": 6.0,
                "generation_timed_tokens": 31, "sample_tokens": 40, "quality": {"word_validity": 0.5}}
     rows = []
@@ -36,7 +39,7 @@ def make_run(folder: Path, framework="pytorch", seed=1337, tokens_per_s=1000.0, 
         if step % 50 == 0:
             rows.append({"type": "eval", "step": step, "train_loss": 4.0 - step / 100, "val_loss": 4.1 - step / 100,
                          "val_bpc": 5.9 - step / 70, "time": step * 0.0125})
-        rows.append({"type": "train", "step": step, "loss": 4.0 - step / 90, "lr": 1e-3, "step_time": 0.0125,
+        rows.append({"type": "train", "step": step, "loss": 4.0 - step / 90, "lr": 1e-3, "step_time": step_time,
                      "time": (step + 1) * 0.0125})
     for name, value in (("config.json", config), ("env.json", env), ("summary.json", summary)):
         (folder / name).write_text(json.dumps(value))
@@ -124,9 +127,10 @@ def test_headline_takes_the_newest_set_comparing_frameworks_per_machine(tmp_path
     chosen = [s.name for s in headline_sets([RunSet(p.parent.name, group_runs(load_run_set(p.parent)))
                                              for p in (tmp_path / "results").glob(f"*/{RUNS_FILE}")])]
     assert chosen == ["new", "other-cpu"]
-    assert page.index("## Test CPU, AVX2, 2 cores\n\n| framework") < page.index("## Test CPU, AVX-512 + AMX, 2 cores")
+    assert page.index("## Test CPU (AVX2, 2 cores)\n\n| framework") < page.index("## Test CPU (AVX-512 + AMX, 2 cores)")
     # MFU from the set's shared peak: 1,200 tokens/s × 2e7 FLOP / 1e11 FLOP/s.
-    assert "| jax | 1.20× | 1,200 | 1.9500 | 24.0% | 300 MiB host RSS | 6.0× |" in page
+    assert "| jax | 1.20× [1.20–1.20] | 1,200 | 1.9500 | 24.0% | 300 MiB host RSS | 6.0× |" in page
+    assert "one framework after another before rounds existed" in page
     assert "[newest-but-20-steps](results/newest-but-20-steps/NOTES.md)" in page  # listed, not headlined
 
 

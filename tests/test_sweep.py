@@ -53,8 +53,8 @@ def test_benchmarks_page_plots_the_newest_sweep_of_each_machine(tmp_path):
     _kept_set(results, "newest-epyc-contexts", "2026-12-02T10:00:00", "AMD EPYC", 4000.0, ladder="context")
     lines, figures = sweep.benchmarks_section(results, Path("figures"))
     headings = [line for line in lines if line.startswith("## ")]
-    assert headings == ["## Training speed against model size: AMD EPYC, AVX2 (native bfloat16: none), 2 cores",
-                        "## Training speed against model size: Intel Xeon, AVX2 (native bfloat16: none), 2 cores"]
+    assert headings == ["## Training speed against model size: AMD EPYC (AVX2, 2 cores), native bfloat16: none",
+                        "## Training speed against model size: Intel Xeon (AVX2, 2 cores), native bfloat16: none"]
     # per machine the newest set with a size ladder: a newer one of other ladders does not hide it
     assert "[new-epyc](results/new-epyc/report.md)" in "\n".join(lines)
     assert "old-epyc" not in "\n".join(lines) and "contexts" not in "\n".join(lines)
