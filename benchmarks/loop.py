@@ -393,13 +393,7 @@ def sample(backend: Backend, data: Prepared, config: RunConfig) -> tuple[Generat
         for use_cache in (True, False):
             decode = functools.partial(backend.generate, prompt_ids, span, seed=0, use_cache=use_cache, **options)
             generated[span, use_cache] = decode()  # compiles, warms up
-            gc.collect()
-            seconds = []
-            for _ in range(3 if span == timed else 1):
-                started = time.perf_counter()
-                decode()
-                seconds.append(time.perf_counter() - started)
-            speeds[span, use_cache] = span / float(np.median(seconds))
+            speeds[span, use_cache] = span / median_seconds(decode, 3 if span == timed else 1)
     texts = [generated[n, True]] + [backend.generate(prompt_ids, n, seed=i + 1, **options)
                                     for i in range(1, config.num_samples)]
     compiled = (compiled_decode_speed(backend, prompt_ids, timed, options)
@@ -415,6 +409,17 @@ def sample(backend: Backend, data: Prepared, config: RunConfig) -> tuple[Generat
     return generation, ("\n" + "-" * 72 + "\n").join(samples) + "\n"
 
 
+def median_seconds(call, repeats: int) -> float:
+    """The median time of `repeats` calls of a warm `call`, after a full garbage collection."""
+    gc.collect()
+    seconds = []
+    for _ in range(repeats):
+        started = time.perf_counter()
+        call()
+        seconds.append(time.perf_counter() - started)
+    return float(np.median(seconds))
+
+
 def compiled_decode_speed(backend: Backend, prompt_ids: list[int], tokens: int, options: dict) -> dict:
     """An eager decode timed again compiled, as the XLA frameworks always decode: the first call's
     seconds (compilation included) and tokens/s over `tokens` (median of three warm calls)."""
@@ -424,15 +429,9 @@ def compiled_decode_speed(backend: Backend, prompt_ids: list[int], tokens: int, 
         started = time.perf_counter()
         decode()
         first_s = time.perf_counter() - started
-        gc.collect()
-        seconds = []
-        for _ in range(3):
-            started = time.perf_counter()
-            decode()
-            seconds.append(time.perf_counter() - started)
+        return {"generation_compiled_tokens_per_s": tokens / median_seconds(decode, 3), "generation_compile_s": first_s}
     finally:
         backend.compiles_decode = False
-    return {"generation_compiled_tokens_per_s": tokens / float(np.median(seconds)), "generation_compile_s": first_s}
 
 
 def environment(backend: Backend, config: RunConfig, host_malloc: str) -> dict:

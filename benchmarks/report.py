@@ -225,12 +225,13 @@ def _kv_speedups(group: Group) -> str:
 
 
 def _decode_speed(group: Group) -> str:
-    """Decode tokens/s with the KV cache; an eager decode beside the same decode compiled, as the XLA
-    frameworks always run it, with the compiled first call's seconds."""
-    eager, compiled = group.mean("generation_tokens_per_s"), group.mean("generation_compiled_tokens_per_s")
+    """Decode tokens/s with the KV cache, the median over runs; an eager decode beside the same decode
+    compiled, as the XLA frameworks always run it, with the compiled first call's seconds."""
+    eager, compiled = group.median("generation_tokens_per_s"), group.median("generation_compiled_tokens_per_s")
     if compiled is None:
         return _fmt(eager, 0)
-    return f"{_fmt(eager, 0)} eager · {_fmt(compiled, 0)} compiled (first call {_fmt(group.mean('generation_compile_s'), 1)} s)"
+    first = _fmt(group.median("generation_compile_s"), 1)
+    return f"{_fmt(eager, 0)} eager · {_fmt(compiled, 0)} compiled (first call {first} s)"
 
 
 def summary_rows(groups: list[Group]) -> tuple[list[str], list[list[str]]]:

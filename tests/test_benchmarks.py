@@ -552,7 +552,7 @@ def test_all_with_init_from_starts_every_run_from_the_folder(gpt2_run, monkeypat
     from benchmarks.run_config import RunConfig
     _, folder, _, corpus, env = gpt2_run
     monkeypatch.setenv("NANOGPT_DATA_DIR", env["NANOGPT_DATA_DIR"])
-    monkeypatch.setattr(run.subprocess, "run", lambda command, cwd: subprocess.CompletedProcess(command, 0))
+    monkeypatch.setattr(run, "run_child", lambda module, *args: subprocess.CompletedProcess(args, 0))
     monkeypatch.setattr(run, "cpu_peak_flops", lambda: 321e9)
     assert run.main(["--framework", "all", "--preset", "tiny", "--init-from", str(folder), "--dataset", str(corpus),
                      "--set", "block_size=40", "--set", "dropout=0.1", "--no-report", "--out", str(tmp_path)]) == 0
@@ -585,7 +585,7 @@ def test_init_from_takes_the_presets_block_size_unless_set(gpt2_run, monkeypatch
     from benchmarks.run_config import RunConfig
     _, folder, _, corpus, env = gpt2_run
     monkeypatch.setenv("NANOGPT_DATA_DIR", env["NANOGPT_DATA_DIR"])
-    monkeypatch.setattr(run.subprocess, "run", lambda command, cwd: subprocess.CompletedProcess(command, 0))
+    monkeypatch.setattr(run, "run_child", lambda module, *args: subprocess.CompletedProcess(args, 0))
     monkeypatch.setattr(run, "cpu_peak_flops", lambda: 321e9)
     for args, block_size in (([], 32), (["--set", "block_size=48"], 48)):  # tiny's 32; the folder has 48
         out = tmp_path / str(block_size)
