@@ -48,8 +48,13 @@ class Group:
         return name if not self.busy_cores else f"{name}, {self.busy_cores} core{'s' * (self.busy_cores > 1)} busy"
 
     @property
+    def seeds(self) -> int:
+        return len({run.summary.get("seed") for run in self.runs})
+
+    @property
     def label(self) -> str:
-        return self.name if len(self.runs) == 1 else f"{self.name} (n={len(self.runs)})"
+        """The name, with the number of seeds where there are several (rounds of one seed are one training)."""
+        return self.name if self.seeds == 1 else f"{self.name} (n={self.seeds})"
 
     def values(self, key: str) -> list[float]:
         return [r.summary[key] for r in self.runs if r.summary.get(key) is not None]
@@ -63,8 +68,9 @@ class Group:
         return statistics.median(values) if values else None
 
     def spread(self, key: str) -> float | None:
+        """The standard deviation across seeds (rounds of one seed train alike: their speeds have intervals)."""
         values = self.values(key)
-        return statistics.stdev(values) if len(values) > 1 else None
+        return statistics.stdev(values) if len(values) > 1 and self.seeds > 1 else None
 
 
 def find_runs(paths: list[Path]) -> list[Run]:
