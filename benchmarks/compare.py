@@ -10,8 +10,8 @@ the baseline is then taken round by round, never across rounds:
 - its 95% interval is a two-level bootstrap (rounds resampled, then each run's steps resampled, the
   median ratio recomputed; 2.5th and 97.5th percentiles of RESAMPLES such medians). The outer level
   carries the run-to-run drift that moves one framework by up to a third between runs on these
-  machines; the inner level the step-to-step noise. With one round the interval has only the inner
-  level, and says nothing of the drift;
+  machines; the inner level the step-to-step noise. With one round only the inner level is left,
+  which says nothing of the drift, so reports show no interval for it;
 - "tied" where the interval holds 1.0.
 
 Every step's time stays in metrics.jsonl (and in a packed run set), so any interval can be recomputed.

@@ -177,9 +177,14 @@ def made_in_rounds(runs: list[Run]) -> bool:
 
 
 def ratio_text(group: Group, baseline: Group, ratio: Ratio | None) -> str:
+    """The ratio with its interval; one pair of runs gets none, since the step-to-step noise of one run
+    says nothing of how far the next run of it moves."""
     if group is baseline:
         return "1 (baseline)"
-    return ratio.text() if ratio else _fmt(group.mean("tokens_per_s") / baseline.mean("tokens_per_s"), 2) + "×"
+    if ratio is not None and ratio.rounds > 1:
+        return ratio.text()
+    plain = _fmt(group.mean("tokens_per_s") / baseline.mean("tokens_per_s"), 2)
+    return f"{plain}× (one round, no interval)" if ratio else f"{plain}× (no paired rounds)"
 
 
 def scaling_rows(groups: list[Group]) -> tuple[list[str], list[list[str]]]:
@@ -288,8 +293,8 @@ def round_rows(groups: list[Group]) -> tuple[list[str], list[list[str]], list[st
 
 def contention_line(flagged: list[str], runs: list[Run]) -> str:
     if not made_in_rounds(runs):
-        return ("These runs were made one framework after another, not in interleaved rounds: each ratio is of single "
-                "runs made minutes apart, and its interval covers step-to-step noise only.")
+        return ("These runs were made one framework after another, not in interleaved rounds: each ratio is of runs "
+                "made minutes apart.")
     if flagged:
         return "Contended: " + "; ".join(flagged) + ". Their figures are kept; the interval shows what they move."
     return "No round stood out from the others in step-time spread, steal time or other processes' CPU use."
@@ -565,7 +570,7 @@ def _caption(run_set: RunSet) -> str:
                        "a 95% bootstrap interval over rounds and steps)")
     else:
         seeds_text += (", one framework after another before rounds existed (ratios of runs made minutes apart; "
-                       "their intervals cover step-to-step noise only)")
+                       "an interval only where several seeds pair up)")
     peak = (f"the measured float32 matmul peak, {summary['peak_flops'] / 1e9:,.0f} GFLOP/s" if run_set.on_cpu
             else f"{summary['peak_flops'] / 1e12:,.0f} TFLOP/s ({summary.get('peak_flops_source')})")
     window = summary.get("generation_timed_tokens")
@@ -586,8 +591,9 @@ def headline_figure(sets: list[RunSet]) -> bytes:
     fig, axes = plt.subplots(1, len(sets), figsize=(5 * len(sets), 3), squeeze=False, layout="constrained")
     for ax, run_set in zip(axes[0], sets):
         groups = run_set.groups[::-1]  # the table's first row on top
-        found = headline_ratios(run_set)
-        ratios = [found[g.label] or Ratio(1.0, 1.0, 1.0, 0) for g in groups]
+        found, eager = headline_ratios(run_set), run_set.eager_pytorch.mean("tokens_per_s")
+        ratios = [found[g.label] if found[g.label] and found[g.label].rounds > 1 else  # no interval from one round
+                  Ratio(*[g.mean("tokens_per_s") / eager] * 3, 1) for g in groups]
         ax.barh([g.label for g in groups], [r.median for r in ratios],
                 xerr=[[r.median - r.low for r in ratios], [r.high - r.median for r in ratios]],
                 color=[COLORS.get(g.framework, "grey") for g in groups])

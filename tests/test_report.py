@@ -106,3 +106,9 @@ def test_a_shared_machine_costs_each_framework_its_own_share():
     assert rows == [["pytorch", "1", "1000", "400", "0.40× [0.40–0.40]"], ["jax", "1", "900", "810", "0.90× [0.90–0.90]"]]
     # the baseline of every other row stays eager PyTorch on a quiet machine
     assert _cell(groups, "jax, 1 core busy", "tokens/s vs pytorch [95% interval]") == "0.81× [0.81–0.81]"
+
+
+def test_one_round_gives_a_ratio_without_an_interval():
+    """The step noise of one run says nothing of how far the next run moves: no interval from it."""
+    groups = group_runs([_run("pytorch", 1, 1000.0, jitter=0.05), _run("jax", 1, 800.0, jitter=0.05)])
+    assert _cell(groups, "jax", "tokens/s vs pytorch [95% interval]") == "0.80× (one round, no interval)"

@@ -129,7 +129,7 @@ def test_headline_takes_the_newest_set_comparing_frameworks_per_machine(tmp_path
     assert chosen == ["new", "other-cpu"]
     assert page.index("## Test CPU (AVX2, 2 cores)\n\n| framework") < page.index("## Test CPU (AVX-512 + AMX, 2 cores)")
     # MFU from the set's shared peak: 1,200 tokens/s × 2e7 FLOP / 1e11 FLOP/s.
-    assert "| jax | 1.20× [1.20–1.20] | 1,200 | 1.9500 | 24.0% | 300 MiB host RSS | 6.0× |" in page
+    assert "| jax | 1.20× (one round, no interval) | 1,200 | 1.9500 | 24.0% | 300 MiB host RSS | 6.0× |" in page
     assert "one framework after another before rounds existed" in page
     assert "[newest-but-20-steps](results/newest-but-20-steps/NOTES.md)" in page  # listed, not headlined
 
