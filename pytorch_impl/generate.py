@@ -91,17 +91,17 @@ def compile_options(device_type: str) -> dict:
         # Each step recorded as a CUDA graph and replayed, which takes the per-kernel launch cost out of
         # every token.
         return {"mode": "reduce-overhead", "fullgraph": True, "dynamic": False}
-    # Each measured on 2 CPU cores at cpu-baby, batch 1, in ms a token (the Python loop included):
+    # Each option was kept because it made a token faster (timings: results/cpu-infer-cpu-baby-xeon-amx/NOTES.md):
     # - dynamic=False: one program per batch size, rather than a recompile into a shape-generic one.
-    # - cpp_wrapper: the code around the kernels in C++, not Python (0.54 against 0.61, eager 0.92).
+    # - cpp_wrapper: the code around the kernels in C++, not Python.
     # - decompose_mm_pass: at batch 1 each (1, C) @ (C, N) product becomes a reduction that Inductor
-    #   fuses with its neighbours, where a BLAS call costs 4-12 us at these sizes; with the attention
-    #   written out (model.py) the whole step is one kernel (0.290 against 0.312).
+    #   fuses with its neighbours, where a BLAS call has a fixed cost; with the attention written out
+    #   (model.py) the whole step is one kernel.
     # - No guards, each set of steps with programs of its own (isolate_recompiles): a set serves one
     #   model at one batch size and sampling_form (Backend._decode_steps), so nothing a guard would
-    #   check changes between its calls; checking Dynamo's ~900 guards cost 0.04-0.05 a token.
-    # - Sampling inside decode_one_token (0.180 against 0.207 greedy, 0.207 against 0.280 sampled).
-    # - memory_planning: the step's ~70 intermediate buffers carved from one allocation (0.220 against 0.235).
+    #   check changes between its calls, and checking Dynamo's ~900 guards costs every token.
+    # - Sampling inside decode_one_token.
+    # - memory_planning: the step's ~70 intermediate buffers carved from one allocation.
     return {"fullgraph": True, "dynamic": False, "isolate_recompiles": True,
             "options": {"cpp_wrapper": True, "post_grad_fusion_options": {"decompose_mm_pass": {}},
                         "memory_planning": True, "guard_filter_fn": torch.compiler.skip_all_guards_unsafe}}
@@ -144,8 +144,7 @@ def per_cache_window(step, compiled):
     return run
 
 
-# inference_mode rather than no_grad: the tensors each step makes carry no version counter or autograd
-# state (eager, cpu-baby, batch 1: 0.63 against 0.70 ms a token).
+# inference_mode rather than no_grad: the tensors each step makes carry no version counter or autograd state.
 @torch.inference_mode()
 def generate(model: GPT, tokens, prompt_len: int, max_new_tokens: int, temperature: float = 1.0, top_k=None,
              top_p=None, seeds=(0,), cache: KVCache | None = None, steps: Steps = EAGER):

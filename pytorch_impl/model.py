@@ -80,8 +80,8 @@ class CausalSelfAttention(nn.Module):
             y = F.dropout(self.att, dropout) @ v
         elif T == 1 and cache is not None and torch.compiler.is_compiling():
             # One query against the cache, compiled: written out, Inductor fuses the mask, the softmax and
-            # both products into the step's other kernels, where SDPA stays a library call of its own
-            # (2 CPU cores, cpu-baby, batch 1: 0.265 against 0.293 ms a step). Eager is faster with SDPA.
+            # both products into the step's other kernels, where SDPA stays a library call of its own.
+            # Eager is faster with SDPA (timings: results/cpu-infer-cpu-baby-xeon-amx/NOTES.md).
             y = attention_weights(q, k, mask) @ v
         else:
             y = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, dropout_p=dropout, is_causal=mask is None)
@@ -159,8 +159,8 @@ class GPT(nn.Module):
             pos = pos + cache.length
         # A plain lookup, unlike the JAX model's one-hot matmul (jax_impl.model.embed_tokens): torch's
         # embedding backward sorts the ids and sums each token's rows, so on a GPU the positions that
-        # share a character do not queue on atomic adds (an H100 shakespeare-char step took 11.5 ms
-        # eager, JAX's 31 ms with a lookup). nn.Linear already multiplies (B, T, C) as one (B*T, C)
+        # share a character do not queue on atomic adds (timings: results/gpu-shakespeare-char-bf16/NOTES.md).
+        # nn.Linear already multiplies (B, T, C) as one (B*T, C)
         # matrix, so the Keras and JAX models' reshapes would change nothing here.
         x = self.drop(self.wte(idx) + self.wpe(pos))  # (B, T, C)
         for block in self.h:

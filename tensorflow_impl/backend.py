@@ -2,19 +2,17 @@
 import contextlib
 import os
 
-os.environ.setdefault("KERAS_BACKEND", "tensorflow")
+import keras
+import numpy as np
+import tensorflow as tf
 
-import keras  # noqa: E402
-import numpy as np  # noqa: E402
-import tensorflow as tf  # noqa: E402
-
-from common.backend import Backend as BaseBackend, micro_batches, prefill_length  # noqa: E402
-from common.errors import UserError  # noqa: E402
-from common.sampling import top_k_bound  # noqa: E402
-from tensorflow_impl import parallel  # noqa: E402
-from tensorflow_impl.generate import compiled_generate  # noqa: E402
-from tensorflow_impl.model import GPT, cross_entropy, load_canonical  # noqa: E402
-from tensorflow_impl.train import KerasModelState, compile_model, train_step  # noqa: E402
+from common.backend import Backend as BaseBackend, micro_batches, prefill_length
+from common.errors import UserError
+from common.sampling import top_k_bound
+from tensorflow_impl import parallel
+from tensorflow_impl.generate import compiled_generate
+from tensorflow_impl.model import GPT, cross_entropy, load_canonical
+from tensorflow_impl.train import KerasModelState, compile_model, train_step
 
 
 class Backend(KerasModelState, BaseBackend):

@@ -4,15 +4,11 @@ TensorFlow compiles the whole loop as one XLA computation (`compiled_generate`, 
 compiles the same loop with jax.jit (tensorflow_impl/keras_jax.py). Only the random draw differs:
 each backend has its own stateless random numbers.
 """
-import os
+from keras import ops
 
-os.environ.setdefault("KERAS_BACKEND", "tensorflow")
-
-from keras import ops  # noqa: E402
-
-from common.backend import cache_windows  # noqa: E402
-from common.sampling import top_k_bound  # noqa: E402
-from tensorflow_impl.model import GPT, KVCache  # noqa: E402
+from common.backend import cache_windows
+from common.sampling import top_k_bound
+from tensorflow_impl.model import GPT, KVCache
 
 
 def filter_logits(logits, temperature, top_k=None, top_p=None, k_bound: int | None = None):

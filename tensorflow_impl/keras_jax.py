@@ -7,21 +7,18 @@ common.backend.load_backend sets KERAS_BACKEND=jax before this module imports Ke
 """
 import contextlib
 import functools
-import os
 
-os.environ.setdefault("KERAS_BACKEND", "jax")
+import jax
+import jax.numpy as jnp
+import keras
+import numpy as np
 
-import jax  # noqa: E402
-import jax.numpy as jnp  # noqa: E402
-import keras  # noqa: E402
-import numpy as np  # noqa: E402
-
-from common.backend import XLA_DECODE_OPTIONS, Backend as BaseBackend, micro_batches, prefill_length  # noqa: E402
-from common.errors import UserError  # noqa: E402
-from common.sampling import top_k_bound  # noqa: E402
-from tensorflow_impl.generate import decode, filter_logits  # noqa: E402
-from tensorflow_impl.model import GPT, KVCache, cross_entropy, load_canonical  # noqa: E402
-from tensorflow_impl.train import KerasModelState, compile_model, train_step  # noqa: E402
+from common.backend import XLA_DECODE_OPTIONS, Backend as BaseBackend, micro_batches, prefill_length
+from common.errors import UserError
+from common.sampling import top_k_bound
+from tensorflow_impl.generate import decode, filter_logits
+from tensorflow_impl.model import GPT, KVCache, cross_entropy, load_canonical
+from tensorflow_impl.train import KerasModelState, compile_model, train_step
 
 
 @functools.partial(jax.jit, static_argnums=0, static_argnames=("use_cache", "greedy", "k_bound", "prefill_len"),

@@ -1,15 +1,11 @@
 """AdamW and one training step in Keras 3, compiled with XLA (on TensorFlow, or on JAX for keras-jax)."""
-import os
+import keras
+import numpy as np
+from keras import ops
 
-os.environ.setdefault("KERAS_BACKEND", "tensorflow")
-
-import keras  # noqa: E402
-import numpy as np  # noqa: E402
-from keras import ops  # noqa: E402
-
-from common.config import TrainConfig  # noqa: E402
-from common.params import decays  # noqa: E402
-from tensorflow_impl.model import GPT, PACKAGE, canonical_variables, to_canonical  # noqa: E402
+from common.config import TrainConfig
+from common.params import decays
+from tensorflow_impl.model import GPT, PACKAGE, canonical_variables, to_canonical
 
 
 @keras.saving.register_keras_serializable(package=PACKAGE)
