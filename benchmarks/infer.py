@@ -47,11 +47,12 @@ import numpy as np
 from benchmarks.harness import REPO, host_info, machine_name, peak_rss_bytes, run_child
 from benchmarks.quiet import native_logs_filtered, quiet_third_party
 from common.backend import canonical_framework, check_sampling, is_installed, load_backend, missing_modules
+from common.decode import DecodeConfig
 from common.config import PRESETS, GPTConfig, TrainConfig, get_preset, to_dict
 from common.errors import OneLineParser, UserError, command_line
 from common.params import init_params, num_params
 
-COMPILED = "pytorch-compiled"  # PyTorch with TrainConfig.compile: torch.compile'd decode
+COMPILED = "pytorch-compiled"  # PyTorch with DecodeConfig.compile: torch.compile'd decode
 ROWS = ("pytorch", COMPILED, "tensorflow", "jax", "keras-jax")  # `all`, in report order
 SET_FILE = "inference.json"
 PLOT_FILE = "decode_tokens_per_s.png"
@@ -170,9 +171,10 @@ def run_row(out: Path, row: str, round_index: int) -> int:
     spec = json.loads((out / SET_FILE).read_text())
     config, params, _ = load_weights(spec["source"])
     host_malloc = retain_freed_memory()  # as in every training run, before the framework allocates
-    train = TrainConfig(dtype=spec["options"]["dtype"], compile=row == COMPILED)
+    train = TrainConfig(dtype=spec["options"]["dtype"])
     with native_logs_filtered():  # the framework is imported here
-        backend = load_backend(framework_of(row))(config, train, params, device=spec["options"]["device"])
+        backend = load_backend(framework_of(row))(config, train, params, device=spec["options"]["device"],
+                                                  decode=DecodeConfig(compile=row == COMPILED))
     startup_s = time.perf_counter() - started
     times = measure(backend, config, spec["options"])
     device_memory = backend.peak_memory_bytes()
