@@ -18,6 +18,7 @@ import numpy as np
 from common.config import GPTConfig, TrainConfig
 from common.decode import DecodeConfig, DecodePlan, decode_plan
 from common.errors import UserError
+from common.quantize import check_quantize
 
 # keras-jax is the Keras GPT of tensorflow_impl/ trained on Keras' JAX backend: an extra row, which
 # also measures the Keras model on machines that have JAX but no TensorFlow.
@@ -214,6 +215,7 @@ class Backend(ABC):
     rank: int = 0          # this process among the data-parallel processes; 0 writes the results
     world_size: int = 1    # data-parallel processes (PyTorch's DDP runs one per replica)
     compiles_decode: bool = True  # generate runs compiled programs (XLA always; PyTorch as it is told)
+    quantized: str | None = None  # the weights' quantization (common/quantize.py); None: float32
 
     def __init__(self, config: GPTConfig, train: TrainConfig, params: dict[str, np.ndarray],
                  device: str = "auto", replicas: int = 1, decode: DecodeConfig | None = None):
@@ -365,6 +367,23 @@ class Backend(ABC):
         tokens = np.zeros((len(prompts), plan.buffer_len), dtype=np.int32)
         tokens[:, :plan.prompt_len] = prompts
         return tokens
+
+    # --- quantized inference ---------------------------------------------------------------
+    def quantize(self, mode: str) -> None:
+        """Quantize the model's weights in place with the framework's own tool, for inference: generate,
+        logits and eval_loss then compute with them, and export_params gives them dequantized. Weight-only
+        (common/quantize.py): activations stay in float. Once only; a quantized model does not train."""
+        check_quantize(mode)
+        if self.quantized:
+            raise UserError(f"the model is already quantized ({self.quantized}): build a new backend from "
+                            f"float weights to quantize it another way.")
+        if self.replicas > 1:
+            raise UserError("quantized inference runs on one device: use --replicas 1.")
+        self._quantize(mode)
+        self.quantized = mode
+
+    def _quantize(self, mode: str) -> None:
+        raise UserError(f"{self.runtime} cannot quantize its model yet: leave --quantize out.")
 
     # --- environment -------------------------------------------------------------------------
     @abstractmethod

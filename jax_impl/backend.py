@@ -101,7 +101,11 @@ class Backend(BaseBackend):
 
     def export_params(self):
         model, _ = self._merged()
-        return to_canonical(nnx.state(model, nnx.Param))
+        params = to_canonical(nnx.state(model, nnx.Param))
+        if self.quantized:
+            from jax_impl.quantize import dequantized_kernels
+            params.update(dequantized_kernels(model))
+        return params
 
     def _adam_moments(self):
         _, optimizer = self._merged()
@@ -120,6 +124,12 @@ class Backend(BaseBackend):
         self._split(model, optimizer)
 
     # --- generation --------------------------------------------------------------------------
+    def _quantize(self, mode):
+        from jax_impl.quantize import quantize
+        model, optimizer = self.train_graph.merge(self.leaves)
+        quantize(model, mode)
+        self._split(model, optimizer)  # a new graph: every jitted function compiles for it afresh
+
     def _generate(self, tokens, seeds, plan):
         values = [] if plan.greedy else [np.float32(plan.temperature), None if plan.top_k is None else
                                          np.int32(plan.top_k), None if plan.top_p is None else np.float32(plan.top_p)]

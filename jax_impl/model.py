@@ -170,7 +170,9 @@ class GPT(nnx.Module):
         self.h = nnx.List([Block(config, i, dtype=dtype, rngs=rngs) for i in range(config.n_layer)])
         self.ln_f = nnx.LayerNorm(config.n_embd, epsilon=config.layer_norm_eps, use_bias=config.bias,
                                   dtype=dtype, rngs=rngs)
-        # No lm_head module: the output projection is wte itself (weight tying), see __call__.
+        # No lm_head module: the output projection is wte itself (weight tying), see __call__; a
+        # quantized model has its own (jax_impl/quantize.py).
+        self.lm_head = None
         # Weights come from common.params.init_params through load_canonical, not from here.
 
     def __call__(self, idx, cache: KVCache | None = None):
@@ -183,7 +185,8 @@ class GPT(nnx.Module):
         x = self.drop(embed_tokens(self.wte, idx) + self.wpe(start + jnp.arange(T)))  # (B, T, C)
         for block in self.h:
             x, cache = block(x, cache)
-        logits = self.wte.attend(self.ln_f(x))  # (B, T, vocab_size)
+        x = self.ln_f(x)
+        logits = self.wte.attend(x) if self.lm_head is None else self.lm_head(x)  # (B, T, vocab_size)
         return logits, None if cache is None else cache._replace(length=cache.length + T)
 
 

@@ -95,6 +95,11 @@ class Backend(BaseBackend):
         for p in named.values():
             self.optimizer.state[p]["step"] = torch.tensor(float(count), dtype=torch.float32, device=step_device)
 
+    def _quantize(self, mode):
+        from pytorch_impl.quantize import quantize
+        quantize(self.model, mode)
+        self.decode_steps.clear()  # compiled for the float weights
+
     def _generate(self, tokens, seeds, plan):
         self.model.eval()
         cache = self._kv_cache(len(tokens)) if plan.program.use_cache else None

@@ -89,6 +89,14 @@ class Backend(KerasModelState, BaseBackend):
                 loss, grads = self._loss_and_grads(x, y)
         return float(loss), self.canonical_grads(grads)
 
+    def _quantize(self, mode):
+        from tensorflow_impl.quantize import quantize
+        with self._placed():
+            quantize(self.model, mode)
+        # The traced functions hold the float variables, which quantize replaced.
+        self._compiled_generate = compiled_generate(self.model)
+        self._logits = tf.function(lambda x: self.model(x, training=False)[0], jit_compile=True)
+
     def _generate(self, tokens, seeds, plan):
         seeds = seeds.astype(np.int64)
         with self._placed():

@@ -107,6 +107,11 @@ class Backend(KerasModelState, BaseBackend):
                                            np.asarray(y, np.int32))
         return float(value), self.canonical_grads(grads)
 
+    def _quantize(self, mode):
+        from tensorflow_impl.quantize import quantize
+        with self._placed():
+            quantize(self.model, mode)  # the jitted functions take the variables as arguments: they retrace
+
     def _generate(self, tokens, seeds, plan):
         with self._placed():
             return _generate(self.model, self._variables(), jax.device_put(tokens, self.device),

@@ -98,7 +98,11 @@ class KerasModelState:
         return to_canonical(self.model, {v.path: g for v, g in zip(self.model.trainable_variables, grads)})
 
     def export_params(self) -> dict[str, np.ndarray]:
-        return to_canonical(self.model)
+        params = to_canonical(self.model)
+        if self.quantized:  # the int8 weights are no longer trainable variables
+            from tensorflow_impl.quantize import dequantized_weights
+            params.update(dequantized_weights(self.model))
+        return params
 
     def _adam_moments(self) -> tuple[dict, dict, int]:
         variables = canonical_variables(self.model)
