@@ -1,9 +1,9 @@
-"""int8 weight-only quantization in JAX: a short int8 linear layer, as no JAX library fits here.
+"""int8 weight-only quantization in JAX: a short int8 linear layer.
 
-qwix and AQT quantize the weights as this does, then dequantize them and call a float dot, which
-XLA fuses on GPUs and TPUs; XLA:CPU does not fuse a dequantize into its dot, so the float32 copy of
-every weight is written and read again at every step, and the int8 weights gained nothing. Written as
-a product and a sum, the dequantize fuses into the loop that reads the weights (int8_matmul).
+qwix and AQT would quantize the weights as this does, then dequantize them into a float dot, which
+XLA fuses on GPUs and TPUs. XLA:CPU fuses neither the dequantize into its dot nor, fast, a product
+and sum written out over the int8 bytes (its reductions are scalar loops), so on a CPU the int8
+weights save memory, not time: each step writes every weight out in float32 and reads it again.
 """
 import jax.numpy as jnp
 import numpy as np
@@ -17,20 +17,9 @@ class QuantizedWeight(nnx.Variable):
     """An int8 kernel or its scales: read by the model, never trained (not an nnx.Param)."""
 
 
-# Up to this many rows (decode's batch) int8_matmul sums products itself; beyond, a dot is worth its
-# float32 copy of the weights, since it does far more work on each one.
-FUSED_ROWS = 16
-
-
 def int8_matmul(x, q, scale):
-    """(..., K) float x (K, N) int8 q, scaled per output column -> (..., N) float.
-
-    For a few rows, their products and sums are one fused loop over q's bytes, so a decode step reads
-    each weight once, as one byte; a dot would want q in float, written out whole first."""
-    rows = int(np.prod(x.shape[:-1]))
-    if rows > FUSED_ROWS:
-        return (x @ q.astype(x.dtype)) * scale.astype(x.dtype)
-    return jnp.sum(x[..., :, None] * q.astype(x.dtype), axis=-2) * scale.astype(x.dtype)
+    """(..., K) float x (K, N) int8 q, scaled per output column -> (..., N) float."""
+    return (x @ q.astype(x.dtype)) * scale.astype(x.dtype)
 
 
 class Int8Linear(nnx.Module):

@@ -8,8 +8,8 @@ from tensorflow_impl.model import GPT, _canonical_name
 def quantize(model: GPT, mode: str) -> None:
     """Every Dense kernel and embedding table in int8 with one scale per output channel (per row of
     an embedding, which is the tied head's output channel), in place. Weight-only: Keras' default int8
-    also quantizes each activation row on the fly and multiplies in int8, a different method, which
-    XLA:CPU runs slower than float32."""
+    also quantizes each activation row on the fly and multiplies in int8, a different method, whose
+    int8 dot XLA:CPU runs slower than a float32 one at batch 1."""
     from keras.quantizers import Int8QuantizationConfig
     model.quantize(config=Int8QuantizationConfig(activation_quantizer=None),
                    filters=lambda layer: isinstance(layer, (keras.layers.Dense, keras.layers.Embedding)))
