@@ -35,6 +35,7 @@ import argparse
 import datetime as dt
 import gc
 import json
+import math
 import os
 import shutil
 import sys
@@ -47,12 +48,16 @@ import numpy as np
 from benchmarks.harness import REPO, host_info, machine_name, peak_rss_bytes, run_child
 from benchmarks.quiet import native_logs_filtered, quiet_third_party
 from common.backend import canonical_framework, check_sampling, is_installed, load_backend, missing_modules
+from common.decode import DecodeConfig
 from common.config import PRESETS, GPTConfig, TrainConfig, get_preset, to_dict
 from common.errors import OneLineParser, UserError, command_line
+from common.quantize import QUANTIZE_MODES
 from common.params import init_params, num_params
 
-COMPILED = "pytorch-compiled"  # PyTorch with TrainConfig.compile: torch.compile'd decode
-ROWS = ("pytorch", COMPILED, "tensorflow", "jax", "keras-jax")  # `all`, in report order
+COMPILED = "pytorch-compiled"  # PyTorch with DecodeConfig.compile: torch.compile'd decode
+FLOAT_ROWS = ("pytorch", COMPILED, "tensorflow", "jax", "keras-jax")  # `all`, in report order
+# With --quantize int8 each row runs again with int8 weights (Backend.quantize), beside its float twin.
+ROWS = tuple(name for row in FLOAT_ROWS for name in (row, *(f"{row}-{mode}" for mode in QUANTIZE_MODES)))
 SET_FILE = "inference.json"
 PLOT_FILE = "decode_tokens_per_s.png"
 DECODE_PROMPT_TOKENS = 1  # decode starts after one token, so new_tokens = block_size - 1 fills one window
@@ -86,15 +91,27 @@ def device_bandwidth(device_name: str) -> float | None:
     return next((bw for fragment, bw in DEVICE_BANDWIDTH.items() if fragment.lower() in device_name.lower()), None)
 
 
+def weight_bytes(config: GPTConfig, quantize: str | None = None) -> int:
+    """Bytes of the weights a decode step reads: float32 each; with int8, the blocks' kernels and
+    the head (wte) one byte each, plus a float32 scale per output channel (common/quantize.py)."""
+    if quantize is None:
+        return 4 * num_params(config)
+    C, V = config.n_embd, config.vocab_size
+    kernels = config.n_layer * 12 * C * C  # c_attn 3C², attn.c_proj C², c_fc 4C², mlp.c_proj 4C²
+    scales = config.n_layer * 9 * C + V  # one per output channel: 3C + C + 4C + C, and the head's V
+    return kernels + V * C + 4 * (num_params(config) - kernels - V * C + scales)
+
+
 def decode_bytes_per_step(config: GPTConfig, batch_size: int, prompt_tokens: int, new_tokens: int,
-                          dtype: str = "float32") -> float:
-    """Bytes one decode step reads at the least, averaged over the timed steps: the float32 weights,
-    and the keys and values of every earlier position, in every layer, for every row of the batch.
+                          dtype: str = "float32", quantize: str | None = None) -> float:
+    """Bytes one decode step reads at the least, averaged over the timed steps: the weights
+    (weight_bytes), and the keys and values of every earlier position, in every layer, for every row
+    of the batch.
 
     Step k (1 .. new_tokens) attends to prompt_tokens + k - 1 positions, the last one its own:
     prompt_tokens + (new_tokens - 1) / 2 on average.
     """
-    weights = 4 * num_params(config)
+    weights = weight_bytes(config, quantize)
     context = prompt_tokens + (new_tokens - 1) / 2
     kv = 2 * config.n_layer * config.n_embd * FLOAT_BYTES[dtype] * batch_size * context
     return weights + kv
@@ -159,7 +176,18 @@ def measure(backend, config: GPTConfig, options: dict) -> dict:
 
     decode = {str(b): steps(b) for b in options["batch_sizes"]}
     return {"first_token_s": first_token_s, "prefill_s": prefill, "decode_step_s": decode,
-            "nocache_step_s": steps(1, use_cache=False)}
+            "nocache_step_s": steps(1, use_cache=False) if options.get("nocache", True) else None}
+
+
+def measure_quality(backend, fixture: dict) -> dict:
+    """What the weights' form costs in quality, on the set's fixed batches: the mean validation loss
+    (nats a token) and bits per byte, and the greedy tokens after the fixture's prompts, which the
+    report holds against the float32 twin's."""
+    losses = [backend.eval_loss(np.asarray(x, np.int32), np.asarray(y, np.int32)) for x, y in fixture["batches"]]
+    loss = float(np.mean(losses))
+    return {"val_loss": loss, "bits_per_byte": (loss * fixture["targets"] / fixture["bytes"] / math.log(2)
+                                                if fixture["bytes"] else None),
+            "greedy_tokens": backend.generate_batch(fixture["prompts"], fixture["new_tokens"], temperature=0.0)}
 
 
 def run_row(out: Path, row: str, round_index: int) -> int:
@@ -170,11 +198,16 @@ def run_row(out: Path, row: str, round_index: int) -> int:
     spec = json.loads((out / SET_FILE).read_text())
     config, params, _ = load_weights(spec["source"])
     host_malloc = retain_freed_memory()  # as in every training run, before the framework allocates
-    train = TrainConfig(dtype=spec["options"]["dtype"], compile=row == COMPILED)
+    train = TrainConfig(dtype=spec["options"]["dtype"])
     with native_logs_filtered():  # the framework is imported here
-        backend = load_backend(framework_of(row))(config, train, params, device=spec["options"]["device"])
+        backend = load_backend(framework_of(row))(config, train, params, device=spec["options"]["device"],
+                                                  decode=DecodeConfig(compile=unquantized(row) == COMPILED))
+        if quantization_of(row):
+            backend.quantize(quantization_of(row))
     startup_s = time.perf_counter() - started
     times = measure(backend, config, spec["options"])
+    if round_index == 0 and spec.get("quality"):  # the same in every round: the weights do not change
+        times["quality"] = measure_quality(backend, spec["quality"])
     device_memory = backend.peak_memory_bytes()
     result = {"row": row, "round": round_index, "startup_s": startup_s, **times, "load_average": os.getloadavg()[0],
               "peak_memory_bytes": device_memory if device_memory is not None else peak_rss_bytes(),
@@ -209,18 +242,19 @@ def combine(spec: dict, rounds: list[dict]) -> dict:
     def decode_row(batch_size, key, shape):
         median, p90 = percentiles(pooled(key, shape))
         step_bytes = decode_bytes_per_step(config, batch_size, DECODE_PROMPT_TOKENS, options["new_tokens"],
-                                           options["dtype"])
+                                           options["dtype"], quantization_of(rounds[0]["row"]))
         return {"batch_size": batch_size, "step_ms_median": 1e3 * median, "step_ms_p90": 1e3 * p90,
                 "tokens_per_s": batch_size / median, "bytes_per_step": step_bytes,
                 "bandwidth_bytes_per_s": step_bytes / median,
                 "bandwidth_utilisation": step_bytes / median / bandwidth if bandwidth else None}
 
     decode = [decode_row(b, "decode_step_s", b) for b in options["batch_sizes"]]
-    nocache = decode_row(1, "nocache_step_s", None)
+    nocache = decode_row(1, "nocache_step_s", None) if rounds[0].get("nocache_step_s") is not None else None
     cached_1 = next((d for d in decode if d["batch_size"] == 1), None)
     first_median, first_p90 = percentiles(pooled("first_token_s"))
     return {
-        "row": rounds[0]["row"], "framework": env["framework"], "compile": rounds[0]["row"] == COMPILED,
+        "row": rounds[0]["row"], "framework": env["framework"], "compile": unquantized(rounds[0]["row"]) == COMPILED,
+        "quantize": quantization_of(rounds[0]["row"]), "quality": rounds[0].get("quality"),
         "device": env["device"], "device_name": env["device_name"], "framework_version": env["framework_version"],
         "rounds": len(rounds), "calls_per_round": options["calls"], "params": num_params(config),
         "first_token_s": first_median, "first_token_s_p90": first_p90,
@@ -228,7 +262,7 @@ def combine(spec: dict, rounds: list[dict]) -> dict:
         "prefill": [{"prompt_tokens": n, "ms_median": 1e3 * median, "ms_p90": 1e3 * p90}
                     for n in options["prompt_lengths"] for median, p90 in [percentiles(pooled("prefill_s", n))]],
         "decode": decode, "nocache": nocache,
-        "kv_cache_speedup": cached_1["tokens_per_s"] / nocache["tokens_per_s"] if cached_1 else None,
+        "kv_cache_speedup": cached_1["tokens_per_s"] / nocache["tokens_per_s"] if cached_1 and nocache else None,
         "memory_bandwidth_bytes_per_s": bandwidth, "memory_bandwidth_source": bandwidth_source,
         "peak_memory_bytes": max(r["peak_memory_bytes"] for r in rounds), "memory_kind": rounds[0]["memory_kind"],
         "env": env, "raw": rounds,
@@ -272,7 +306,7 @@ def summary_table(spec: dict, rows: list[dict]) -> tuple[list[str], list[list[st
         lines.append([row["row"], _num(row["first_token_s"]), *[_num(p["ms_median"]) for p in row["prefill"]],
                       *[_num(d["tokens_per_s"]) for d in row["decode"]],
                       f"{_num(first['step_ms_median'])} ({_num(first['step_ms_p90'])})",
-                      _num(row["nocache"]["tokens_per_s"]), _num(row["kv_cache_speedup"], "×"),
+                      _num(row["nocache"] and row["nocache"]["tokens_per_s"]), _num(row["kv_cache_speedup"], "×"),
                       _pct(first["bandwidth_utilisation"]),
                       f"{row['peak_memory_bytes'] / 2**20:,.0f} MiB {row['memory_kind']}"])
     return header, lines
@@ -295,6 +329,39 @@ def decode_table(rows: list[dict]) -> tuple[list[str], list[list[str]]]:
     lines = [[row["row"], str(d["batch_size"]), _num(d["step_ms_median"]), _num(d["step_ms_p90"]),
               _num(d["tokens_per_s"]), _num(d["bandwidth_bytes_per_s"] / 1e9), _pct(d["bandwidth_utilisation"])]
              for row in rows for d in row["decode"]]
+    return header, lines
+
+
+def greedy_agreement(tokens: list[list[int]], reference: list[list[int]]) -> tuple[int, int, int]:
+    """(positions equal, positions, the first position where any row differs, or all of them)."""
+    a, b = np.asarray(tokens), np.asarray(reference)
+    equal = (a == b)
+    differ = np.flatnonzero(~equal.all(axis=0))
+    return int(equal.sum()), int(equal.size), int(differ[0]) if differ.size else a.shape[1]
+
+
+def quality_table(spec: dict, rows: list[dict]) -> tuple[list[str], list[list[str]]]:
+    """Each row's validation loss and bits per byte, and for a quantized row what it costs against its
+    float32 twin: the loss, the greedy tokens, and the decode speed it buys."""
+    float_rows = {row["row"]: row for row in rows if not row.get("quantize")}
+    batches = spec["options"]["batch_sizes"]
+    header = ["row", "val loss", "Δ val loss vs float32", "bits per byte", "greedy tokens = float32's",
+              "first greedy difference", *[f"decode speed vs float32 @{b}" for b in batches]]
+    lines = []
+    for row in rows:
+        quality = row.get("quality")
+        twin = float_rows.get(unquantized(row["row"])) if row.get("quantize") else None
+        twin_quality = twin and twin.get("quality")
+        if quality is None:
+            continue
+        agree = greedy_agreement(quality["greedy_tokens"], twin_quality["greedy_tokens"]) if twin_quality else None
+        lines.append([row["row"], f"{quality['val_loss']:.4f}",
+                      f"{quality['val_loss'] - twin_quality['val_loss']:+.4f}" if twin_quality else "–",
+                      "–" if quality["bits_per_byte"] is None else f"{quality['bits_per_byte']:.4f}",
+                      f"{agree[0]:,} of {agree[1]:,}" if agree else "–",
+                      (f"token {agree[2]}" if agree[2] < len(quality["greedy_tokens"][0]) else "none") if agree else "–",
+                      *[_num(decode_at(row, b)["tokens_per_s"] / decode_at(twin, b)["tokens_per_s"], "×") if twin
+                        else "–" for b in batches]])
     return header, lines
 
 
@@ -361,9 +428,13 @@ def write_report(out: Path, problems: list[str]) -> Path:
           f"the core count, other processes shared the cores: PyTorch's OpenMP threads then wait on each other).\n"]
     if problems:
         md.append("Problems: " + "; ".join(problems) + ".\n")
-    md += [markdown_table(*summary_table(spec, rows)) + "\n", f"![decode tokens/s against batch size]({PLOT_FILE})\n",
-           "## Decode by batch size\n", markdown_table(*decode_table(rows)) + "\n",
-           f"Command: `{spec['command']}`\n"]
+    md += [markdown_table(*summary_table(spec, rows)) + "\n", f"![decode tokens/s against batch size]({PLOT_FILE})\n"]
+    if spec.get("quality"):
+        quality = spec["quality"]
+        md += ["## Quality\n", f"Validation loss on {quality['described']}; greedy tokens: {quality['new_tokens']} "
+               f"after each of {len(quality['prompts'])} prompts of {len(quality['prompts'][0])} tokens.\n",
+               markdown_table(*quality_table(spec, rows)) + "\n"]
+    md += ["## Decode by batch size\n", markdown_table(*decode_table(rows)) + "\n", f"Command: `{spec['command']}`\n"]
     (out / "report.md").write_text("\n".join(md), encoding="utf-8")
     return out / "report.md"
 
@@ -373,7 +444,7 @@ def write_report(out: Path, problems: list[str]) -> Path:
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p = OneLineParser(prog="python -m benchmarks.infer", description=__doc__.split("\n\n")[0],
                       formatter_class=argparse.ArgumentDefaultsHelpFormatter)
-    p.add_argument("--framework", default="all", help=f"{' | '.join(ROWS)} | all, or several joined by commas "
+    p.add_argument("--framework", default="all", help=f"{' | '.join(FLOAT_ROWS)} | all, or several joined by commas "
                    "(aliases: torch, keras, tf, flax)")
     source = p.add_mutually_exclusive_group()
     source.add_argument("--checkpoint", metavar="RUN_DIR|FILE", help="a run folder or a .safetensors file a run wrote")
@@ -388,12 +459,23 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                    f"{DECODE_PROMPT_TOKENS}, one window")
     p.add_argument("--repeat", type=int, default=3, help="rounds: each row runs once a round, in a fresh process")
     p.add_argument("--calls", type=int, default=3, help="timed calls of each shape in a round")
+    p.add_argument("--nocache", action=argparse.BooleanOptionalAction, default=True, help="also time decoding "
+                   "without the KV cache at batch 1 (--no-nocache leaves it out: at GPT-2's block every such "
+                   "token is a 1024-token forward)")
     p.add_argument("--temperature", type=float, default=0.0, help="0 decodes greedily; above 0 samples "
                    "(a training run's samples use 0.8 with --top-k 200)")
     p.add_argument("--top-k", type=int, help="sample from the k likeliest tokens only")
     p.add_argument("--top-p", type=float, help="sample from the smallest set of tokens holding this mass")
     p.add_argument("--device", default="auto", choices=["auto", "cpu", "gpu", "tpu"])
     p.add_argument("--dtype", default="float32", choices=["float32", "bfloat16"], help="compute dtype")
+    p.add_argument("--quantize", choices=QUANTIZE_MODES, help="also run every row with int8 weights (one scale "
+                   "per output channel, activations float), quantized by the framework's own tool")
+    p.add_argument("--quality-batches", type=int, default=4, help="batches of --quality-rows windows whose "
+                   "validation loss every row measures (0: none); of the validation split when the weights "
+                   "come with a tokenizer, else of random tokens")
+    p.add_argument("--quality-rows", type=int, default=4, help="windows of block_size tokens in a quality batch")
+    p.add_argument("--dataset", default="tinyshakespeare", help="the corpus whose validation split the quality "
+                   "batches come from, for weights with a tokenizer")
     p.add_argument("--out", help="output folder (default runs/infer-<date>)")
     p.add_argument("--force", action="store_true", help="overwrite a folder that already holds a set")
     p.add_argument("--verbose", action="store_true", help="show the frameworks' own log lines and warnings")
@@ -403,13 +485,57 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     args = p.parse_args(argv)
     if args.repeat < 1 or args.calls < 1:
         raise UserError("--repeat and --calls must be at least 1.")
+    if args.quality_batches < 0 or args.quality_rows < 1:
+        raise UserError("--quality-batches must be 0 or more and --quality-rows at least 1.")
     if args.preset not in PRESETS:
         raise UserError(f"unknown preset {args.preset!r}: choose one of {', '.join(PRESETS)}.")
     return args
 
 
+def quantization_of(row: str) -> str | None:
+    """The row's weight quantization (its name's suffix: jax-int8), None for float weights."""
+    return next((mode for mode in QUANTIZE_MODES if row.endswith(f"-{mode}")), None)
+
+
+def unquantized(row: str) -> str:
+    """The float32 twin of a quantized row; a float row itself."""
+    mode = quantization_of(row)
+    return row.removesuffix(f"-{mode}") if mode else row
+
+
+def quality_fixture(source: dict, config: GPTConfig, dataset: str, batches: int, rows: int) -> dict | None:
+    """The batches every row's validation loss is measured on, and the prompts of its greedy tokens:
+    the corpus's validation split in consecutive windows when the weights come with a tokenizer (a
+    checkpoint, a GPT-2 folder), else uniform random tokens; with the bytes of text the targets
+    stand for, for bits per byte."""
+    if batches == 0:
+        return None
+    tokenizer = None
+    if source.get("checkpoint") or source.get("init_from"):
+        from benchmarks.sample import load_model, load_pretrained
+        tokenizer = (load_model(source["checkpoint"]) if source.get("checkpoint")
+                     else load_pretrained(source["init_from"])).tokenizer
+    if tokenizer is not None:
+        from common.data import prepare, split_batches
+        windows = split_batches(prepare(dataset, tokenizer).val, rows, config.block_size)[:batches]
+        described = f"the validation split of {dataset}, {len(windows) * rows} windows of {config.block_size}"
+    else:
+        rng = np.random.default_rng([batches, rows, config.vocab_size])
+        windows = [tuple(rng.integers(0, config.vocab_size, (rows, config.block_size), dtype=np.int32)
+                         for _ in "xy") for _ in range(batches)]
+        described = f"uniform random tokens, {batches * rows} windows of {config.block_size}"
+    targets = sum(int((y >= 0).sum()) for _, y in windows)
+    text_bytes = (sum(len(tokenizer.decode([int(t) for t in row if t >= 0]).encode("utf-8"))
+                      for _, y in windows for row in y) if tokenizer is not None else None)
+    prompt_len = max(1, config.block_size // 8)
+    x = windows[0][0]
+    return {"described": described, "batches": [(x.tolist(), y.tolist()) for x, y in windows],
+            "targets": targets, "bytes": text_bytes, "prompts": x[:, :prompt_len].tolist(),
+            "new_tokens": min(64, config.block_size - prompt_len)}
+
+
 def framework_of(row: str) -> str:
-    return "pytorch" if row == COMPILED else row
+    return "pytorch" if unquantized(row) == COMPILED else unquantized(row)
 
 
 def decoding(options: dict) -> str:
@@ -421,20 +547,22 @@ def decoding(options: dict) -> str:
     return ", ".join([f"sampled at temperature {options['temperature']:g}", *filter(None, filters)])
 
 
-def rows_of(text: str) -> list[str]:
-    """The rows --framework names, in report order; `all` is every one."""
+def rows_of(text: str, quantize: str | None = None) -> list[str]:
+    """The rows --framework names, in report order; `all` is every one; with quantize, each beside its
+    float twin."""
     names = set()
     for item in (part.strip().lower() for part in text.split(",")):
         if item == "all":
-            names.update(ROWS)
+            names.update(FLOAT_ROWS)
         elif item == COMPILED:
             names.add(item)
         else:
             try:
                 names.add(canonical_framework(item))
             except UserError:
-                raise UserError(f"unknown framework {item!r}: choose from {', '.join(ROWS)} or all, "
+                raise UserError(f"unknown framework {item!r}: choose from {', '.join(FLOAT_ROWS)} or all, "
                                 f"joined by commas.") from None
+    names |= {f"{row}-{quantize}" for row in names} if quantize else set()
     return [row for row in ROWS if row in names]
 
 
@@ -452,7 +580,7 @@ def _numbers(text: str, flag: str, most: int | None = None) -> list[int]:
 def plan(args, argv: list[str]) -> tuple[Path, dict, list[str], list[str]]:
     """The set's inference.json, the rows to run and those of `all` that are not installed, all checked
     before any process starts."""
-    rows = rows_of(args.framework)
+    rows = rows_of(args.framework, args.quantize)
     frameworks = {framework_of(row) for row in rows}
     named_alone = "all" not in args.framework.lower()
     for framework in frameworks:
@@ -481,7 +609,8 @@ def plan(args, argv: list[str]) -> tuple[Path, dict, list[str], list[str]]:
                         "new_tokens": new_tokens, "calls": args.calls, "repeat": args.repeat,
                         "temperature": args.temperature, "top_k": None if greedy else args.top_k,
                         "top_p": None if greedy else args.top_p,
-                        "device": args.device, "dtype": args.dtype},
+                        "device": args.device, "dtype": args.dtype, "quantize": args.quantize, "nocache": args.nocache},
+            "quality": quality_fixture(source, config, args.dataset, args.quality_batches, args.quality_rows),
             "host": host_info()}
     spec["date"] = spec["host"]["date"]
     return out, spec, [row for row in rows if row not in missing], missing

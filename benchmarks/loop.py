@@ -32,6 +32,7 @@ from benchmarks.summary import WARMUP_STEPS, Generation, StepTimes, Summary
 from benchmarks.tensorboard import ScalarWriter
 from common.allocator import retain_freed_memory
 from common.backend import load_backend
+from common.decode import DecodeConfig
 from common.checkpoint import load_training_state, save_checkpoint, save_training_state
 from common.data import Prepared, eval_batches, get_batch, prepare, split_batches
 from common.errors import UserError, one_line
@@ -61,7 +62,8 @@ def train(run_dir: Path) -> Summary | None:
     del pretrained  # its weights are in params now, or the checkpoint's replace them
     with native_logs_filtered():  # the framework is imported here
         backend = load_backend(config.framework)(config.model, config.train, params, device=config.device,
-                                                 replicas=config.replicas)
+                                                 replicas=config.replicas,
+                                                 decode=DecodeConfig(compile=config.train.compile))
     if state:
         backend.load_optimizer_state(state.optimizer)
     start_step = state.step if state else 0

@@ -23,6 +23,7 @@ from common.backend import FRAMEWORKS, SEED_LIMIT, canonical_framework, check_sa
 from common.checkpoint import load_checkpoint
 from common.config import GPTConfig, TrainConfig
 from common.errors import OneLineParser, UserError, command_line
+from common.quantize import QUANTIZE_MODES
 from common.tokenizers import AnyTokenizer, tokenizer_from_json
 
 MODEL_FILE = "model.safetensors"
@@ -154,6 +155,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                    help="decode with the KV cache (--no-cache recomputes every step: the same tokens, slower)")
     p.add_argument("--device", default="auto", choices=["auto", "cpu", "gpu", "tpu"])
     p.add_argument("--dtype", default="float32", choices=["float32", "bfloat16"], help="compute dtype")
+    p.add_argument("--quantize", choices=QUANTIZE_MODES, help="decode with int8 weights (one scale per output "
+                   "channel; activations stay float), quantized by the framework's own tool")
     p.add_argument("--json", action="store_true", help="one JSON object per sample on stdout: text, token_ids "
                    "(the new tokens), prompt_ids and end (eot, stop or length)")
     p.add_argument("--verbose", action="store_true", help="show the frameworks' own log lines and warnings")
@@ -194,6 +197,8 @@ def main(argv: list[str] | None = None) -> int:
     with native_logs_filtered():  # the framework is imported here
         Backend = load_backend(framework)
         backend = Backend(model.config, TrainConfig(dtype=args.dtype), model.params, device=args.device)
+        if args.quantize:
+            backend.quantize(args.quantize)
     stream = args.num_samples == 1 and not args.json and sys.stdout.isatty()
     if stream:
         sys.stdout.write(model.tokenizer.decode(prompt_ids))

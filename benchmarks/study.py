@@ -299,16 +299,17 @@ SECTIONS: tuple[Section, ...] = (
         )),
     Section(
         "generation", "KV-cache generation and sampling",
-        shared=("common.sampling:filter_logits", "common.sampling:cut_at_stop", "common.backend:Backend.generate_batch"),
+        shared=("common.sampling:filter_logits", "common.sampling:cut_at_stop", "common.backend:Backend.generate_batch",
+                "common.decode:DecodePlan", "common.decode:window_schedule", "common.decode:decode_loop"),
         pytorch=("pytorch_impl.model:KVCache", "pytorch_impl.generate:sample_next", "pytorch_impl.generate:prefill",
                  "pytorch_impl.generate:decode_one_token", "pytorch_impl.generate:compile_options",
                  "pytorch_impl.generate:compiled_steps",
                  "pytorch_impl.generate:generate", "pytorch_impl.backend:Backend._generate"),
         tensorflow=("tensorflow_impl.model:KVCache", "tensorflow_impl.generate:filter_logits",
-                    "tensorflow_impl.generate:decode", "tensorflow_impl.generate:sample_next",
+                    "tensorflow_impl.generate:sample_next",
                     "tensorflow_impl.generate:compiled_generate", "tensorflow_impl.backend:Backend._generate"),
         jax=("jax_impl.model:KVCache", "jax_impl.generate:filter_logits", "jax_impl.generate:sample_next",
-             "jax_impl.generate:generate", "jax_impl.generate:decode", "jax_impl.backend:Backend._generate"),
+             "jax_impl.generate:generate", "jax_impl.backend:Backend._generate"),
         focus=r"\bseed\b|\bkey\b|Generator|stateless|fold_in|multinomial|categorical",
         focus_on="where randomness enters",
         notes=(
@@ -317,8 +318,9 @@ SECTIONS: tuple[Section, ...] = (
             "written in place at a position held in a tensor, as in gpt-fast, so `torch.compile` (with "
             "`--compile`) compiles each decode step once; Keras' and JAX's are immutable NamedTuples of "
             "fixed-size arrays that come back updated, so the whole loop compiles (`keras.ops.fori_loop`, "
-            "`jax.lax.fori_loop`) with static shapes. The Keras loop is written once in `keras.ops` and runs on both of Keras' "
-            "backends; only the random draw is the backend's own.",
+            "`jax.lax.fori_loop`) with static shapes. That loop is written once, `common.decode:decode_loop`, "
+            "over a few primitives each hands in (`LOOP_OPS`, in `jax.lax` or `keras.ops`); the Keras one serves both "
+            "of Keras' backends, and only the random draw is the backend's own.",
             "Past block_size all three drop the cache and run the last block_size tokens: with learned "
             "absolute positions every token's position changes when the window slides.",
             "Explicit RNG: torch draws from a seeded `torch.Generator` object that advances as it is used; "
@@ -332,8 +334,9 @@ SECTIONS: tuple[Section, ...] = (
             "framework; stop strings are applied to decoded text afterwards (`cut_at_stop`), outside the "
             "compiled loop.",
             "What is the same in every framework is written once, in `common.backend:Backend.generate_batch`: "
-            "the options are checked there with one message each, and the token buffer sized there; each "
-            "framework fills only `_generate`, for a batch of prompts each with its own seed.",
+            "the options are checked there with one message each, and a frozen `DecodePlan` made there (prompt "
+            "length, token buffer, prefill window, sampling form) is passed down; each framework fills only "
+            "`_generate`, for a batch of prompts each with its own seed.",
         )),
     Section(
         "data-parallel", "Data-parallel training",

@@ -16,7 +16,9 @@ from typing import ClassVar
 import numpy as np
 
 from common.config import GPTConfig, TrainConfig
+from common.decode import DecodeConfig, DecodePlan, decode_plan
 from common.errors import UserError
+from common.quantize import check_quantize
 
 # keras-jax is the Keras GPT of tensorflow_impl/ trained on Keras' JAX backend: an extra row, which
 # also measures the Keras model on machines that have JAX but no TensorFlow.
@@ -157,31 +159,6 @@ def check_prompt(prompt: list[int], config: GPTConfig) -> None:
                         f"shorten it.")
 
 
-def token_buffer_length(prompt_len: int, max_new_tokens: int, block_size: int) -> int:
-    """The length of a generation's token buffer, in few sizes, since each compiles its own decode
-    loop: the prompt rounded up to whole blocks (a prompt within block_size counts as one), plus
-    the new tokens, rounded up to block_size times a power of two. Any prompt within block_size
-    with any token count up to a bucket's shares one program, and a generation streamed in
-    chunks compiles a handful, not one per chunk."""
-    blocks = max(1, -(-prompt_len // block_size)) + -(-max_new_tokens // block_size)
-    return block_size * 2 ** (blocks - 1).bit_length()
-
-
-def cache_windows(block_size: int) -> list[int]:
-    """The lengths a decode's KV cache takes as it fills: block_size / 8, / 4, / 2 and block_size.
-    Attention reads every slot of the cache at every step, the empty ones masked: a block_size cache
-    from the start made a one-token prompt's first steps read 8 times the slots they use. Each
-    length compiles its own programs, so there are few."""
-    return sorted({block_size // parts for parts in (8, 4, 2, 1)} - {0})
-
-
-def prefill_length(prompt_len: int, block_size: int) -> int:
-    """The window a prompt of up to block_size tokens is prefilled in, and the cache's first length:
-    the first of cache_windows that holds it. Padding every prompt to block_size made prefill as
-    slow for 32 tokens as for 256."""
-    return next(window for window in cache_windows(block_size) if prompt_len <= window)
-
-
 # XLA options for the decode loops compiled by jax.jit (JAX and keras-jax). Copy insertion with region
 # analysis proves that the loop may write each layer's cache in place, where by default it copied
 # the carried buffers at every step. Given to those programs alone: a training step does not change.
@@ -238,12 +215,15 @@ class Backend(ABC):
     rank: int = 0          # this process among the data-parallel processes; 0 writes the results
     world_size: int = 1    # data-parallel processes (PyTorch's DDP runs one per replica)
     compiles_decode: bool = True  # generate runs compiled programs (XLA always; PyTorch as it is told)
+    quantized: str | None = None  # the weights' quantization (common/quantize.py); None: float32
 
     def __init__(self, config: GPTConfig, train: TrainConfig, params: dict[str, np.ndarray],
-                 device: str = "auto", replicas: int = 1):
-        """`replicas` > 1 trains data-parallel: every replica gets an equal slice of each global batch."""
+                 device: str = "auto", replicas: int = 1, decode: DecodeConfig | None = None):
+        """`replicas` > 1 trains data-parallel: every replica gets an equal slice of each global batch;
+        `decode` says how generation runs (DecodeConfig: compiled or not), apart from training."""
         self.config = config
         self.train_config = train
+        self.decode_config = decode or DecodeConfig()
         self.replicas = replicas
         check_replica_split(train.batch_size, replicas)
         self.device = self.resolve_device(device)
@@ -358,11 +338,11 @@ class Backend(ABC):
             check_sampling(prompt, max_new_tokens, self.config.vocab_size, temperature, top_k, top_p)
         if max_new_tokens == 0:
             return [[] for _ in prompts]
-        top_k = None if top_k is None or top_k >= self.config.vocab_size else int(top_k)
-        top_p = None if top_p is None or top_p >= 1.0 else float(top_p)  # None: that filter is off
-        new = self._generate(np.asarray(prompts, dtype=np.int32), int(max_new_tokens), float(temperature), top_k,
-                             top_p, np.asarray(seeds, dtype=np.uint32), use_cache)
-        return np.asarray(new).tolist()
+        plan = decode_plan(len(prompts[0]), int(max_new_tokens), self.config.block_size, self.config.vocab_size,
+                           float(temperature), top_k, top_p, use_cache)
+        new = self._generate(self._token_buffer(np.asarray(prompts, dtype=np.int32), plan),
+                             np.asarray(seeds, dtype=np.uint32), plan)
+        return np.asarray(new)[:, plan.prompt_len:plan.prompt_len + plan.max_new_tokens].tolist()
 
     def generate_chunks(self, prompts: list[list[int]], max_new_tokens: int, chunk_tokens: int = 32, **options):
         """`generate_batch` in pieces of chunk_tokens, each call continuing from the last, yielding each
@@ -375,18 +355,35 @@ class Backend(ABC):
             yield new
 
     @abstractmethod
-    def _generate(self, prompts: np.ndarray, max_new_tokens: int, temperature: float, top_k: int | None,
-                  top_p: float | None, seeds: np.ndarray, use_cache: bool) -> np.ndarray:
-        """(B, P) int32 prompts -> (B, max_new_tokens) new ids, for checked options, max_new_tokens >= 1,
-        filters that do nothing as None and one uint32 seed per row."""
+    def _generate(self, tokens: np.ndarray, seeds: np.ndarray, plan: DecodePlan):
+        """Fill the (B, plan.buffer_len) int32 token buffer after its prompts (tokens[:, :plan.prompt_len])
+        with plan.max_new_tokens new ids, as the plan says, row b from the stream of seeds[b] (uint32);
+        returns the buffer, in any array type numpy reads."""
 
-    def _token_buffer(self, prompts: np.ndarray, max_new_tokens: int) -> np.ndarray:
-        """A (B, S) int32 buffer holding the prompts, for a compiled loop to fill in place; S is
-        `token_buffer_length`, the only shape the loop compiles for (with the batch size)."""
-        batch, length = prompts.shape
-        tokens = np.zeros((batch, token_buffer_length(length, max_new_tokens, self.config.block_size)), dtype=np.int32)
-        tokens[:, :length] = prompts
+    @staticmethod
+    def _token_buffer(prompts: np.ndarray, plan: DecodePlan) -> np.ndarray:
+        """A (B, plan.buffer_len) int32 buffer holding the prompts, for a compiled loop to fill in place;
+        its length is the only one the loop compiles for (with the batch size)."""
+        tokens = np.zeros((len(prompts), plan.buffer_len), dtype=np.int32)
+        tokens[:, :plan.prompt_len] = prompts
         return tokens
+
+    # --- quantized inference ---------------------------------------------------------------
+    def quantize(self, mode: str) -> None:
+        """Quantize the model's weights in place with the framework's own tool, for inference: generate,
+        logits and eval_loss then compute with them, and export_params gives them dequantized. Weight-only
+        (common/quantize.py): activations stay in float. Once only; a quantized model does not train."""
+        check_quantize(mode)
+        if self.quantized:
+            raise UserError(f"the model is already quantized ({self.quantized}): build a new backend from "
+                            f"float weights to quantize it another way.")
+        if self.replicas > 1:
+            raise UserError("quantized inference runs on one device: use --replicas 1.")
+        self._quantize(mode)
+        self.quantized = mode
+
+    def _quantize(self, mode: str) -> None:
+        raise UserError(f"{self.runtime} cannot quantize its model yet: leave --quantize out.")
 
     # --- environment -------------------------------------------------------------------------
     @abstractmethod

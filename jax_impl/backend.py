@@ -7,8 +7,7 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
-from common.backend import XLA_DECODE_OPTIONS, Backend as BaseBackend, micro_batches, prefill_length
-from common.sampling import top_k_bound
+from common.backend import XLA_DECODE_OPTIONS, Backend as BaseBackend, micro_batches
 from jax_impl import parallel
 from jax_impl.generate import generate
 from jax_impl.model import GPT, from_canonical_like, load_canonical, to_canonical
@@ -102,7 +101,11 @@ class Backend(BaseBackend):
 
     def export_params(self):
         model, _ = self._merged()
-        return to_canonical(nnx.state(model, nnx.Param))
+        params = to_canonical(nnx.state(model, nnx.Param))
+        if self.quantized:
+            from jax_impl.quantize import dequantized_kernels
+            params.update(dequantized_kernels(model))
+        return params
 
     def _adam_moments(self):
         _, optimizer = self._merged()
@@ -121,21 +124,17 @@ class Backend(BaseBackend):
         self._split(model, optimizer)
 
     # --- generation --------------------------------------------------------------------------
-    def _generate(self, prompts, max_new_tokens, temperature, top_k, top_p, seeds, use_cache):
-        greedy = temperature == 0
-        sampling = {} if greedy else {
-            "temperature": np.float32(temperature),
-            "top_k": None if top_k is None else np.int32(top_k),
-            "top_p": None if top_p is None else np.float32(top_p)}
-        k_bound = None if greedy or top_k is None else top_k_bound(top_k, self.config.vocab_size)
-        P = prompts.shape[1]
-        use_cache = use_cache and P <= self.config.block_size
-        window = prefill_length(P, self.config.block_size) if use_cache else None
-        out = self._run(lambda *args: generate(*args, greedy=greedy, use_cache=use_cache, k_bound=k_bound,
-                                               prefill_len=window),
-                        self.eval_graph, self.leaves, self._ids(self._token_buffer(prompts, max_new_tokens)),
-                        np.int32(P), np.int32(max_new_tokens), seeds, *sampling.values())
-        return np.asarray(out)[:, P:P + max_new_tokens]
+    def _quantize(self, mode):
+        from jax_impl.quantize import quantize
+        model, optimizer = self.train_graph.merge(self.leaves)
+        quantize(model, mode)
+        self._split(model, optimizer)  # a new graph: every jitted function compiles for it afresh
+
+    def _generate(self, tokens, seeds, plan):
+        values = [] if plan.greedy else [np.float32(plan.temperature), None if plan.top_k is None else
+                                         np.int32(plan.top_k), None if plan.top_p is None else np.float32(plan.top_p)]
+        return self._run(functools.partial(generate, program=plan.program), self.eval_graph, self.leaves,
+                         self._ids(tokens), np.int32(plan.prompt_len), np.int32(plan.max_new_tokens), seeds, *values)
 
     # --- environment -------------------------------------------------------------------------
     def device_info(self):

@@ -4,7 +4,8 @@ import functools
 import jax
 import jax.numpy as jnp
 
-from common.backend import XLA_DECODE_OPTIONS, cache_windows
+from common.backend import XLA_DECODE_OPTIONS
+from common.decode import DecodeProgram, LoopOps, decode_loop
 from common.sampling import top_k_bound
 from jax_impl.model import KVCache
 from jax_impl.train import StaticGraph
@@ -43,28 +44,23 @@ def sample_next(logits, temperature, top_k, top_p, keys, greedy: bool, k_bound: 
     return jax.vmap(lambda key, row: jax.random.categorical(key, row))(keys, filtered)
 
 
-@functools.partial(jax.jit, static_argnums=0, static_argnames=("use_cache", "greedy", "k_bound", "prefill_len"),
-                   donate_argnums=2, compiler_options=XLA_DECODE_OPTIONS)
-def generate(graph: StaticGraph, leaves: list, tokens, prompt_len, max_new_tokens, seeds, temperature=1.0, top_k=None,
-             top_p=None, *, use_cache: bool = True, greedy: bool = False, k_bound: int | None = None,
-             prefill_len: int | None = None):
-    """Fill tokens[:, prompt_len:prompt_len + max_new_tokens] after the prompts in tokens[:, :prompt_len].
+@functools.partial(jax.jit, static_argnums=0, static_argnames=("program",), donate_argnums=2,
+                   compiler_options=XLA_DECODE_OPTIONS)
+def generate(graph: StaticGraph, leaves: list, tokens, prompt_len, max_new_tokens, seeds, temperature=None, top_k=None,
+             top_p=None, *, program: DecodeProgram):
+    """Fill tokens[:, prompt_len:prompt_len + max_new_tokens] after the prompts in tokens[:, :prompt_len],
+    as common.decode.decode_loop does, under the plan's `program` (static: its prefill window and
+    sampling form); the numbers and sampling values are traced, so they compile nothing new.
 
     The model comes split as the backend keeps it: `graph`, the static structure of its (model,
     optimizer) pair in eval mode, and `leaves`, their arrays. jax.jit rather than nnx.jit, which
-    walks the object graph in Python on every call: on the cpu-baby model that was half of the time
-    of 63 cached tokens, and its garbage made Python's collector run inside timed calls.
-    tokens is a fixed (B, S) buffer with S >= max(prompt_len + max_new_tokens, block_size), donated
-    and filled in place; only its shape is static, so every token count that fits in S shares one
-    compiled loop, as do the prompt lengths of one prefill window (prefill_len, a number; see
-    common.backend.prefill_length) and the sampling values (top-k's k_bound aside, a number; see
-    common.sampling.top_k_bound). Row b samples from the key of seeds[b] (uint32), folded with each
-    token's position, so chunks of a generation continue its stream. use_cache needs prompt_len <=
-    block_size. The cache holds at most block_size positions. Once the context is longer, each step
-    runs the model on the last block_size tokens, exactly as without a cache: with learned absolute
-    position embeddings, every token's position changes when the window slides.
+    walks the object graph in Python on every call, and whose garbage made Python's collector run
+    inside timed calls. tokens is a fixed (B, S) buffer, donated and filled in place. Row b samples
+    from the key of seeds[b] (uint32), folded with each token's position, so chunks of a generation
+    continue its stream.
     """
     model, _ = graph.merge(leaves)
+    sampling = program.sampling
 
     def new_cache(slots):
         return KVCache.empty(model.config, tokens.shape[0], model.wte.dtype, slots)
@@ -73,54 +69,15 @@ def generate(graph: StaticGraph, leaves: list, tokens, prompt_len, max_new_token
 
     def sample(logits, i):
         position_keys = jax.vmap(jax.random.fold_in, in_axes=(0, None))(keys, prompt_len + i)
-        return sample_next(logits, temperature, top_k, top_p, position_keys, greedy, k_bound)
+        return sample_next(logits, temperature, top_k, top_p, position_keys, sampling.greedy, sampling.k_bound)
 
-    return decode(model, new_cache, model.config.block_size, tokens, prompt_len, sample,
-                  max_new_tokens=max_new_tokens, use_cache=use_cache, prefill_len=prefill_len)
+    return decode_loop(LOOP_OPS, program, model, new_cache, tokens, prompt_len, max_new_tokens, sample)
 
 
-def decode(forward, new_cache, block_size: int, tokens, prompt_len, sample, *, max_new_tokens: int,
-           use_cache: bool, prefill_len: int | None):
-    """The loop of `generate` for any forward(ids, cache=None) -> (logits, cache) and KV cache; the
-    Keras GPT has the same loop in keras.ops (tensorflow_impl/generate.py). new_cache(slots) makes an
-    empty cache of `slots` positions; prefill_len (common.backend.prefill_length) is the window the
-    prompt is prefilled in and the cache's first length, None without a cache."""
-    B, S = tokens.shape
-    assert S >= block_size, "the token buffer must hold at least block_size positions"
-
-    def write(tokens, at, ids):
-        return jax.lax.dynamic_update_slice(tokens, ids[:, None].astype(tokens.dtype), (0, at))
-
-    def windowed_step(i, tokens):
-        # A full block_size window keeps the shape static; while the context is shorter, causality
-        # makes the columns after it irrelevant to the logits at its last position.
-        length = prompt_len + i
-        start = jnp.maximum(length - block_size, 0)
-        logits, _ = forward(jax.lax.dynamic_slice_in_dim(tokens, start, block_size, axis=1))  # (B, bs, V)
-        last = jax.lax.dynamic_index_in_dim(logits, length - 1 - start, axis=1, keepdims=False)  # (B, V)
-        return write(tokens, length, sample(last, i))
-
-    def cached_step(i, carry):
-        tokens, cache = carry
-        length = prompt_len + i
-        logits, cache = forward(jax.lax.dynamic_slice_in_dim(tokens, length - 1, 1, axis=1), cache=cache)
-        return write(tokens, length, sample(logits[:, -1], i)), cache
-
-    n_cached = 0
-    if use_cache:
-        # Prefill on the prompt padded to a fixed window; the padding's keys land in cache slots at
-        # positions >= prompt_len, which every later query masks until decoding overwrites them.
-        logits, cache = forward(tokens[:, :prefill_len], cache=new_cache(prefill_len))
-        cache = cache._replace(length=prompt_len)
-        last = jax.lax.dynamic_index_in_dim(logits, prompt_len - 1, axis=1, keepdims=False)  # (B, V)
-        tokens = write(tokens, prompt_len, sample(last, 0))
-        # Steps whose context (prompt_len + i tokens) still fits in block_size extend the cache.
-        n_cached = jnp.minimum(block_size - prompt_len + 1, max_new_tokens)
-        # The cache grows through cache_windows: step i stores position prompt_len + i - 1, so the
-        # steps before slots - prompt_len + 1 fit in `slots`, and attention reads no more than that.
-        done = 1
-        for slots in (w for w in cache_windows(block_size) if w >= prefill_len):
-            end = jnp.clip(slots - prompt_len + 1, done, n_cached)
-            tokens, cache = jax.lax.fori_loop(done, end, cached_step, (tokens, cache.grown(slots)))
-            done = end
-    return jax.lax.fori_loop(n_cached, max_new_tokens, windowed_step, tokens)
+# decode_loop's primitives in JAX.
+LOOP_OPS = LoopOps(
+    fori_loop=jax.lax.fori_loop, minimum=jnp.minimum, maximum=jnp.maximum, clip=jnp.clip,
+    columns=lambda tokens, start, length: jax.lax.dynamic_slice_in_dim(tokens, start, length, axis=1),
+    column=lambda logits, index: jax.lax.dynamic_index_in_dim(logits, index, axis=1, keepdims=False),
+    write=lambda tokens, at, ids: jax.lax.dynamic_update_slice(tokens, ids[:, None].astype(tokens.dtype), (0, at)),
+    holding=lambda cache, n: cache._replace(length=n))

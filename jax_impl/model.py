@@ -76,12 +76,12 @@ class CausalSelfAttention(nnx.Module):
         B, T, C = x.shape
         nh, hs = self.n_head, C // self.n_head
         # On (B, T, C) as it comes: the (B*T, C) rows that the Keras model needs for its projections
-        # changed nothing here (cpu-baby step 47-50 ms either way, 2-core CPU); only the MLP needs them.
+        # changed nothing here; only the MLP needs them.
         q, k, v = jnp.split(self.c_attn(x), 3, axis=-1)
         # (B, T, C) -> (B*nh, T, hs): the heads folded into the batch. XLA:CPU's dot takes one batch
         # dimension: given (B, nh) it reshapes the updated cache for the dot, and fusion then writes the
         # update twice, into that reshape and into the cache the next token gets, copying every layer's
-        # cache at every token (0.9 of 2.2 ms a token at shakespeare-char, batch 1).
+        # cache at every token.
         q, k, v = (t.reshape(B, T, nh, hs).transpose(0, 2, 1, 3).reshape(B * nh, T, hs) for t in (q, k, v))
         start = 0
         if cache is not None:
@@ -170,7 +170,9 @@ class GPT(nnx.Module):
         self.h = nnx.List([Block(config, i, dtype=dtype, rngs=rngs) for i in range(config.n_layer)])
         self.ln_f = nnx.LayerNorm(config.n_embd, epsilon=config.layer_norm_eps, use_bias=config.bias,
                                   dtype=dtype, rngs=rngs)
-        # No lm_head module: the output projection is wte itself (weight tying), see __call__.
+        # No lm_head module: the output projection is wte itself (weight tying), see __call__; a
+        # quantized model has its own (jax_impl/quantize.py).
+        self.lm_head = None
         # Weights come from common.params.init_params through load_canonical, not from here.
 
     def __call__(self, idx, cache: KVCache | None = None):
@@ -183,7 +185,8 @@ class GPT(nnx.Module):
         x = self.drop(embed_tokens(self.wte, idx) + self.wpe(start + jnp.arange(T)))  # (B, T, C)
         for block in self.h:
             x, cache = block(x, cache)
-        logits = self.wte.attend(self.ln_f(x))  # (B, T, vocab_size)
+        x = self.ln_f(x)
+        logits = self.wte.attend(x) if self.lm_head is None else self.lm_head(x)  # (B, T, vocab_size)
         return logits, None if cache is None else cache._replace(length=cache.length + T)
 
 
@@ -197,8 +200,8 @@ def embed_tokens(wte: nnx.Embed, idx):
 
     The gradient of a lookup adds every position's vector into its token's row. jnp.take's is a
     scatter-add, and on a GPU positions holding the same token serialise on atomic adds: on text,
-    where a few characters are most of the positions, the shakespeare-char step took 31 ms on an
-    H100 (10.6 ms on uniformly random ids). The one-hot form's gradient is a dense matmul: 9.3 ms.
+    where a few characters are most of the positions, that made the shakespeare-char step 3x slower
+    (results/gpu-shakespeare-char-bf16/NOTES.md). The one-hot form's gradient is a dense matmul.
     """
     if wte.num_embeddings > ONE_HOT_MAX_VOCAB:
         return wte(idx)

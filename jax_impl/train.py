@@ -136,8 +136,8 @@ def train_step(graph: StaticGraph, leaves: list, x, y, lr):
 
     x and y are one batch (B, T), or k micro-batches (k, B, T) whose mean gradient makes the update.
     Flax's functional training loop rather than nnx.jit on the objects: nnx.jit walks the object
-    graph in Python on every call, 14-18 ms a step on the cpu-baby model on 2 cores (a ~50 ms step),
-    against ~1.3 ms for this call, which walks the graph only while tracing.
+    graph in Python on every call (a third of a cpu-baby step on 2 cores; results/cpu-baby-xeon-amx/NOTES.md),
+    where this call walks it only while tracing.
     """
     model, optimizer = graph.merge(leaves)
     optimizer.opt_state.hyperparams["learning_rate"][...] = lr

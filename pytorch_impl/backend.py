@@ -2,9 +2,10 @@
 import numpy as np
 import torch
 
-from common.backend import Backend as BaseBackend, cache_windows, micro_batches
+from common.backend import Backend as BaseBackend, micro_batches
+from common.decode import SamplingForm, cache_windows
 from common.errors import UserError
-from pytorch_impl.generate import EAGER, Steps, compile_options, compiled_steps, generate, sampling_form
+from pytorch_impl.generate import EAGER, Steps, compile_options, compiled_steps, generate
 from pytorch_impl import parallel
 from pytorch_impl.model import GPT, KVCache, cross_entropy, from_canonical_like, load_canonical, to_canonical
 from pytorch_impl.train import autocast, configure_optimizer, train_step
@@ -31,7 +32,7 @@ class Backend(BaseBackend):
         self.amp = autocast(self.device.type, train.dtype)
         trained = parallel.wrap(self.model, self.device) if self.world_size > 1 else self.model
         self.forward = torch.compile(trained) if train.compile else trained
-        self.compiles_decode = train.compile
+        self.compiles_decode = self.decode_config.compile  # the harness may flip it to time a compiled decode
         # Evaluation runs on one process only, so it must not enter DDP's collectives.
         self.evaluated = self.model if self.world_size > 1 else self.forward
         self.kv_caches: dict[int, KVCache] = {}  # by batch size: compiled steps keep meeting the same tensors
@@ -94,17 +95,19 @@ class Backend(BaseBackend):
         for p in named.values():
             self.optimizer.state[p]["step"] = torch.tensor(float(count), dtype=torch.float32, device=step_device)
 
-    def _generate(self, prompts, max_new_tokens, temperature, top_k, top_p, seeds, use_cache):
-        self.model.eval()
-        P = prompts.shape[1]
-        cache = self._kv_cache(len(prompts)) if use_cache and P <= self.config.block_size else None
-        steps = self._decode_steps(len(prompts), sampling_form(temperature, top_k, top_p, self.config.vocab_size))
-        with self.amp:
-            out = generate(self.model, self._tensor(self._token_buffer(prompts, max_new_tokens)), P, max_new_tokens,
-                           temperature, top_k, top_p, seeds, cache, steps)
-        return out[:, P:P + max_new_tokens].cpu().numpy()
+    def _quantize(self, mode):
+        from pytorch_impl.quantize import quantize
+        quantize(self.model, mode)
+        self.decode_steps.clear()  # compiled for the float weights
 
-    def _decode_steps(self, batch_size: int, form: tuple) -> Steps:
+    def _generate(self, tokens, seeds, plan):
+        self.model.eval()
+        cache = self._kv_cache(len(tokens)) if plan.program.use_cache else None
+        with self.amp:
+            return generate(self.model, self._tensor(tokens), plan, seeds, cache,
+                            self._decode_steps(len(tokens), plan.program.sampling)).cpu().numpy()
+
+    def _decode_steps(self, batch_size: int, form: SamplingForm) -> Steps:
         if not self.compiles_decode:
             return EAGER
         if (batch_size, form) not in self.decode_steps:

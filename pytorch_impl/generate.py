@@ -7,7 +7,7 @@ import numpy as np
 import torch
 from torch.nn import functional as F
 
-from common.backend import cache_windows, prefill_length
+from common.decode import DecodePlan
 from common.sampling import stream_uniforms, top_k_bound
 from pytorch_impl.model import GPT, KVCache
 
@@ -46,7 +46,7 @@ def sample_next(logits, temperature, top_k, top_p, uniforms, k_bound: int | None
 
 
 def prefill(model: GPT, window, cache: KVCache):
-    """(B, W) ids, the prompt padded after its end to a window of common.backend.prefill_length ->
+    """(B, W) ids, the prompt padded after its end to a window of common.decode.prefill_length ->
     (B, W, V) logits, the cache's window of W slots filled. One shape for the prompt lengths of a
     window: the padding's keys land in slots after the prompt, which every later query masks until
     decoding overwrites them."""
@@ -77,31 +77,23 @@ class Steps(NamedTuple):
 EAGER = Steps(prefill, decode_one_token, window_logits)
 
 
-def sampling_form(temperature: float, top_k: int | None, top_p: float | None, vocab_size: int) -> tuple:
-    """What a compiled decode_one_token is specialised on, having no guards to notice a change: greedy
-    or not, which filters are on, and top-k's bound. The values reach it as tensors."""
-    if temperature == 0:
-        return ("greedy",)
-    return "sampled", None if top_k is None else top_k_bound(top_k, vocab_size), top_p is not None
-
-
 def compile_options(device_type: str) -> dict:
     """torch.compile's arguments for the decode steps of one model at one batch size on this device type."""
     if device_type == "cuda":
         # Each step recorded as a CUDA graph and replayed, which takes the per-kernel launch cost out of
         # every token.
         return {"mode": "reduce-overhead", "fullgraph": True, "dynamic": False}
-    # Each measured on 2 CPU cores at cpu-baby, batch 1, in ms a token (the Python loop included):
+    # Each option was kept because it made a token faster (timings: results/cpu-infer-cpu-baby-xeon-amx/NOTES.md):
     # - dynamic=False: one program per batch size, rather than a recompile into a shape-generic one.
-    # - cpp_wrapper: the code around the kernels in C++, not Python (0.54 against 0.61, eager 0.92).
+    # - cpp_wrapper: the code around the kernels in C++, not Python.
     # - decompose_mm_pass: at batch 1 each (1, C) @ (C, N) product becomes a reduction that Inductor
-    #   fuses with its neighbours, where a BLAS call costs 4-12 us at these sizes; with the attention
-    #   written out (model.py) the whole step is one kernel (0.290 against 0.312).
+    #   fuses with its neighbours, where a BLAS call has a fixed cost; with the attention written out
+    #   (model.py) the whole step is one kernel.
     # - No guards, each set of steps with programs of its own (isolate_recompiles): a set serves one
-    #   model at one batch size and sampling_form (Backend._decode_steps), so nothing a guard would
-    #   check changes between its calls; checking Dynamo's ~900 guards cost 0.04-0.05 a token.
-    # - Sampling inside decode_one_token (0.180 against 0.207 greedy, 0.207 against 0.280 sampled).
-    # - memory_planning: the step's ~70 intermediate buffers carved from one allocation (0.220 against 0.235).
+    #   model at one batch size and sampling form (Backend._decode_steps), so nothing a guard would
+    #   check changes between its calls, and checking Dynamo's ~900 guards costs every token.
+    # - Sampling inside decode_one_token.
+    # - memory_planning: the step's ~70 intermediate buffers carved from one allocation.
     return {"fullgraph": True, "dynamic": False, "isolate_recompiles": True,
             "options": {"cpp_wrapper": True, "post_grad_fusion_options": {"decompose_mm_pass": {}},
                         "memory_planning": True, "guard_filter_fn": torch.compiler.skip_all_guards_unsafe}}
@@ -109,7 +101,7 @@ def compile_options(device_type: str) -> dict:
 
 def compiled_steps(device_type: str, sharing: Steps | None = None) -> Steps:
     """The steps under torch.compile (compile_options), for one model at one batch size and one
-    sampling_form; each compiles on its first call. `sharing`: compiled steps of the same model and
+    sampling form (common.decode.SamplingForm); each compiles on its first call. `sharing`: compiled steps of the same model and
     batch size in another sampling form, whose prefill and window_logits these reuse."""
     if device_type != "cuda":
         def compiled(step):
@@ -144,31 +136,29 @@ def per_cache_window(step, compiled):
     return run
 
 
-# inference_mode rather than no_grad: the tensors each step makes carry no version counter or autograd
-# state (eager, cpu-baby, batch 1: 0.63 against 0.70 ms a token).
+# inference_mode rather than no_grad: the tensors each step makes carry no version counter or autograd state.
 @torch.inference_mode()
-def generate(model: GPT, tokens, prompt_len: int, max_new_tokens: int, temperature: float = 1.0, top_k=None,
-             top_p=None, seeds=(0,), cache: KVCache | None = None, steps: Steps = EAGER):
-    """Fill tokens[:, prompt_len:prompt_len + max_new_tokens] after the prompts; row b samples from the
-    stream of seeds[b]. The loop of jax_impl/generate.py, in Python around compiled steps.
+def generate(model: GPT, tokens, plan: DecodePlan, seeds=(0,), cache: KVCache | None = None, steps: Steps = EAGER):
+    """Fill tokens[:, prompt_len:prompt_len + max_new_tokens] after the prompts as the plan says; row b
+    samples from the stream of seeds[b]. The loop of common.decode.decode_loop, in Python around
+    compiled steps.
 
-    tokens is a (B, S) buffer with S >= max(prompt_len + max_new_tokens, block_size). `cache` (None: no
-    cache) holds at most block_size positions and needs prompt_len <= block_size. Once the context is
-    longer, each step runs the model on the last block_size tokens, exactly as the no-cache path does:
-    with learned absolute position embeddings, every token's position changes when the window slides.
+    tokens is a (B, plan.buffer_len) buffer. `cache` (used when the plan has one) holds at most
+    block_size positions. Once the context is longer, each step runs the model on the last block_size
+    tokens, exactly as the no-cache path does: with learned absolute position embeddings, every
+    token's position changes when the window slides.
     """
-    block_size = model.config.block_size
-    greedy = temperature == 0
-    # Tensors, which compiled steps read at every call; the steps are specialised on sampling_form.
-    options = [None if greedy or value is None else torch.tensor(value, device=tokens.device)
-               for value in (temperature, top_k, top_p)]
-    k_bound = None if greedy or top_k is None else top_k_bound(top_k, model.config.vocab_size)
-    if not greedy:  # (max_new_tokens, B): row i draws token prompt_len + i, keyed by (seed, position)
+    block_size, prompt_len, max_new_tokens = plan.program.block_size, plan.prompt_len, plan.max_new_tokens
+    k_bound = plan.program.sampling.k_bound
+    # Tensors, which compiled steps read at every call; the steps are specialised on the sampling form.
+    options = [None if value is None else torch.tensor(value, device=tokens.device)
+               for value in (plan.temperature, plan.top_k, plan.top_p)]
+    if not plan.greedy:  # (max_new_tokens, B): row i draws token prompt_len + i, keyed by (seed, position)
         positions = prompt_len + np.arange(max_new_tokens)
         uniforms = torch.from_numpy(stream_uniforms(seeds, positions[:, None])).to(tokens.device)
 
     def uniforms_at(i: int):  # (B,) the numbers that draw token prompt_len + i; None when greedy
-        return None if greedy else uniforms[i]
+        return None if plan.greedy else uniforms[i]
 
     def draw(logits, i):  # (B, V) -> (B, 1) the token at position prompt_len + i
         return sample_next(logits, *options, uniforms_at(i), k_bound)
@@ -178,22 +168,16 @@ def generate(model: GPT, tokens, prompt_len: int, max_new_tokens: int, temperatu
         return tokens[:, start:end].clone(memory_format=torch.contiguous_format)
 
     n_cached = 0
-    if cache is not None:
-        window = prefill_length(prompt_len, block_size)
+    if plan.program.use_cache:
+        window = plan.program.prefill_window
         logits = steps.prefill(model, ids(0, window), cache.window(window))
         cache.length.fill_(prompt_len)
         new = [draw(logits[:, prompt_len - 1], 0)]
-        # Steps whose context (prompt_len + i tokens) still fits in block_size extend the cache.
-        n_cached = min(block_size - prompt_len + 1, max_new_tokens)
-        # The cache's windows grow with it: step i stores position prompt_len + i - 1, so the steps
-        # before slots - prompt_len + 1 fit in `slots`, and attention reads no more than that.
-        done = 1
-        for slots in (w for w in cache_windows(block_size) if w >= window):
-            end = min(max(slots - prompt_len + 1, done), n_cached)
-            for i in range(done, end):
+        spans, n_cached = plan.schedule()
+        for slots, first, end in spans:
+            for i in range(first, end):
                 new.append(steps.decode_one_token(model, new[-1], cache.window(slots), uniforms_at(i), *options,
                                                   k_bound))
-            done = end
         tokens[:, prompt_len:prompt_len + n_cached] = torch.cat(new, dim=1)
     for i in range(n_cached, max_new_tokens):
         # A full block_size window keeps the shape fixed; while the context is shorter, causality

@@ -80,8 +80,8 @@ class CausalSelfAttention(nn.Module):
             y = F.dropout(self.att, dropout) @ v
         elif T == 1 and cache is not None and torch.compiler.is_compiling():
             # One query against the cache, compiled: written out, Inductor fuses the mask, the softmax and
-            # both products into the step's other kernels, where SDPA stays a library call of its own
-            # (2 CPU cores, cpu-baby, batch 1: 0.265 against 0.293 ms a step). Eager is faster with SDPA.
+            # both products into the step's other kernels, where SDPA stays a library call of its own.
+            # Eager is faster with SDPA (timings: results/cpu-infer-cpu-baby-xeon-amx/NOTES.md).
             y = attention_weights(q, k, mask) @ v
         else:
             y = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, dropout_p=dropout, is_causal=mask is None)
@@ -145,7 +145,9 @@ class GPT(nn.Module):
         self.drop = nn.Dropout(config.dropout)
         self.h = nn.ModuleList([Block(config, i) for i in range(config.n_layer)])
         self.ln_f = nn.LayerNorm(config.n_embd, eps=config.layer_norm_eps, bias=config.bias)
-        # No lm_head module: the output projection is wte itself (weight tying), see forward.
+        # No lm_head module: the output projection is wte itself (weight tying), see forward; a
+        # quantized model has its own (pytorch_impl/quantize.py).
+        self.lm_head: nn.Linear | None = None
         # Weights come from common.params.init_params through load_canonical, not from here.
 
     def forward(self, idx, cache: KVCache | None = None):
@@ -159,15 +161,16 @@ class GPT(nn.Module):
             pos = pos + cache.length
         # A plain lookup, unlike the JAX model's one-hot matmul (jax_impl.model.embed_tokens): torch's
         # embedding backward sorts the ids and sums each token's rows, so on a GPU the positions that
-        # share a character do not queue on atomic adds (an H100 shakespeare-char step took 11.5 ms
-        # eager, JAX's 31 ms with a lookup). nn.Linear already multiplies (B, T, C) as one (B*T, C)
-        # matrix, so the Keras and JAX models' reshapes would change nothing here.
+        # share a character do not queue on atomic adds (results/gpu-shakespeare-char-bf16/NOTES.md).
+        # nn.Linear already multiplies (B, T, C) as one (B*T, C) matrix, so the Keras and JAX models'
+        # reshapes would change nothing here.
         x = self.drop(self.wte(idx) + self.wpe(pos))  # (B, T, C)
         for block in self.h:
             x = block(x, cache)
         if cache is not None:
             cache.length += T  # in place: a compiled step sees the same tensor, now one position further
-        logits = F.linear(self.ln_f(x), self.wte.weight)  # (B, T, vocab_size)
+        x = self.ln_f(x)
+        logits = F.linear(x, self.wte.weight) if self.lm_head is None else self.lm_head(x)  # (B, T, vocab_size)
         return logits, cache
 
 
@@ -217,7 +220,10 @@ def to_canonical(model: GPT, tensors: dict[str, torch.Tensor] | None = None) -> 
     tensors = tensors if tensors is not None else dict(model.named_parameters())
     out = {}
     for name, _ in model.named_parameters():
-        t = tensors[name].detach().float().cpu()
+        if name.startswith("lm_head."):  # a quantized model's copy of wte, not a parameter of its own
+            continue
+        t = tensors[name]
+        t = (t.dequantize() if hasattr(t, "qdata") else t).detach().float().cpu()  # torchao's int8 weights
         # A copy, never a view: the live tensors keep changing as training goes on.
         out[_canonical_name(name)] = (t.T if _is_linear_kernel(name) else t).numpy().copy()
     return out

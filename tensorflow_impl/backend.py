@@ -2,19 +2,16 @@
 import contextlib
 import os
 
-os.environ.setdefault("KERAS_BACKEND", "tensorflow")
+import keras
+import numpy as np
+import tensorflow as tf
 
-import keras  # noqa: E402
-import numpy as np  # noqa: E402
-import tensorflow as tf  # noqa: E402
-
-from common.backend import Backend as BaseBackend, micro_batches, prefill_length  # noqa: E402
-from common.errors import UserError  # noqa: E402
-from common.sampling import top_k_bound  # noqa: E402
-from tensorflow_impl import parallel  # noqa: E402
-from tensorflow_impl.generate import compiled_generate  # noqa: E402
-from tensorflow_impl.model import GPT, cross_entropy, load_canonical  # noqa: E402
-from tensorflow_impl.train import KerasModelState, compile_model, train_step  # noqa: E402
+from common.backend import Backend as BaseBackend, micro_batches
+from common.errors import UserError
+from tensorflow_impl import parallel
+from tensorflow_impl.generate import compiled_generate
+from tensorflow_impl.model import GPT, cross_entropy, load_canonical
+from tensorflow_impl.train import KerasModelState, compile_model, train_step
 
 
 class Backend(KerasModelState, BaseBackend):
@@ -92,22 +89,23 @@ class Backend(KerasModelState, BaseBackend):
                 loss, grads = self._loss_and_grads(x, y)
         return float(loss), self.canonical_grads(grads)
 
-    def _generate(self, prompts, max_new_tokens, temperature, top_k, top_p, seeds, use_cache):
-        greedy = temperature == 0
-        top_k, top_p = (None, None) if greedy else (top_k, top_p)
-        P = prompts.shape[1]
-        use_cache = use_cache and P <= self.config.block_size
-        window = prefill_length(P, self.config.block_size) if use_cache else None
+    def _quantize(self, mode):
+        from tensorflow_impl.quantize import quantize
+        with self._placed():
+            quantize(self.model, mode)
+        # The traced functions hold the float variables, which quantize replaced.
+        self._compiled_generate = compiled_generate(self.model)
+        self._logits = tf.function(lambda x: self.model(x, training=False)[0], jit_compile=True)
+
+    def _generate(self, tokens, seeds, plan):
         seeds = seeds.astype(np.int64)
         with self._placed():
-            out = self._compiled_generate(
-                tf.constant(self._token_buffer(prompts, max_new_tokens)), tf.constant(P, tf.int32),
-                tf.constant(max_new_tokens, tf.int32), tf.constant(temperature, tf.float32),
-                None if top_k is None else tf.constant(top_k, tf.int32),
-                None if top_p is None else tf.constant(top_p, tf.float32),
-                tf.constant(np.stack([seeds & 0x7FFFFFFF, seeds >> 31], axis=1).astype(np.int32)),
-                use_cache, greedy, None if top_k is None else top_k_bound(top_k, self.config.vocab_size), window)
-        return out.numpy()[:, P:P + max_new_tokens]
+            return self._compiled_generate(
+                tf.constant(tokens), tf.constant(plan.prompt_len, tf.int32), tf.constant(plan.max_new_tokens, tf.int32),
+                None if plan.greedy else tf.constant(plan.temperature, tf.float32),
+                None if plan.top_k is None else tf.constant(plan.top_k, tf.int32),
+                None if plan.top_p is None else tf.constant(plan.top_p, tf.float32),
+                tf.constant(np.stack([seeds & 0x7FFFFFFF, seeds >> 31], axis=1).astype(np.int32)), plan.program)
 
     def device_info(self):
         threads = tf.config.threading.get_intra_op_parallelism_threads() or os.cpu_count()

@@ -4,15 +4,11 @@ TensorFlow compiles the whole loop as one XLA computation (`compiled_generate`, 
 compiles the same loop with jax.jit (tensorflow_impl/keras_jax.py). Only the random draw differs:
 each backend has its own stateless random numbers.
 """
-import os
+from keras import ops
 
-os.environ.setdefault("KERAS_BACKEND", "tensorflow")
-
-from keras import ops  # noqa: E402
-
-from common.backend import cache_windows  # noqa: E402
-from common.sampling import top_k_bound  # noqa: E402
-from tensorflow_impl.model import GPT, KVCache  # noqa: E402
+from common.decode import DecodeProgram, LoopOps, decode_loop
+from common.sampling import top_k_bound
+from tensorflow_impl.model import GPT, KVCache
 
 
 def filter_logits(logits, temperature, top_k=None, top_p=None, k_bound: int | None = None):
@@ -39,56 +35,13 @@ def filter_logits(logits, temperature, top_k=None, top_p=None, k_bound: int | No
     return scaled
 
 
-def decode(forward, new_cache, block_size: int, tokens, prompt_len, sample, *, max_new_tokens: int,
-           use_cache: bool, prefill_len: int | None):
-    """Fill tokens[:, prompt_len:prompt_len + max_new_tokens] after the prompt in tokens[:, :prompt_len].
-
-    forward(ids, cache=None) -> (logits, cache) is the model; new_cache(slots) makes an empty cache
-    of `slots` positions; sample(logits, i) -> (B,) ids draws the i-th new token. tokens is a fixed
-    (B, S) buffer with S >= max(prompt_len + max_new_tokens, block_size); only its shape is static,
-    so every token count that fits in S shares one compiled loop, as do the prompt lengths of one
-    prefill window: prefill_len (common.backend.prefill_length), the cache's first length, None
-    without a cache. use_cache needs prompt_len <= block_size. The cache holds at most block_size
-    positions. Once the context is longer, each step runs the model on the last block_size tokens,
-    exactly as without a cache: with learned absolute position embeddings, every token's position
-    changes when the window slides. The loop of jax_impl/generate.py, in keras.ops.
-    """
-    B = ops.shape(tokens)[0]
-
-    def write(tokens, at, ids):
-        return ops.slice_update(tokens, (0, at), ops.cast(ids[:, None], tokens.dtype))
-
-    def windowed_step(i, tokens):
-        # A full block_size window keeps the shape static; while the context is shorter, causality
-        # makes the columns after it irrelevant to the logits at its last position.
-        length = prompt_len + i
-        start = ops.maximum(length - block_size, 0)
-        logits, _ = forward(ops.slice(tokens, (0, start), (B, block_size)))  # (B, bs, V)
-        return write(tokens, length, sample(ops.take(logits, length - 1 - start, axis=1), i))  # (B, V)
-
-    def cached_step(i, carry):
-        tokens, cache = carry
-        length = prompt_len + i
-        logits, cache = forward(ops.slice(tokens, (0, length - 1), (B, 1)), cache=cache)
-        return write(tokens, length, sample(logits[:, -1], i)), cache
-
-    n_cached = 0
-    if use_cache:
-        # Prefill on the prompt padded to a fixed window; the padding's keys land in cache slots at
-        # positions >= prompt_len, which every later query masks until decoding overwrites them.
-        logits, cache = forward(tokens[:, :prefill_len], cache=new_cache(prefill_len))
-        cache = cache._replace(length=ops.convert_to_tensor(prompt_len, "int32"))
-        tokens = write(tokens, prompt_len, sample(ops.take(logits, prompt_len - 1, axis=1), 0))  # (B, V)
-        # Steps whose context (prompt_len + i tokens) still fits in block_size extend the cache.
-        n_cached = ops.minimum(block_size - prompt_len + 1, max_new_tokens)
-        # The cache grows through cache_windows: step i stores position prompt_len + i - 1, so the
-        # steps before slots - prompt_len + 1 fit in `slots`, and attention reads no more than that.
-        done = 1
-        for slots in (w for w in cache_windows(block_size) if w >= prefill_len):
-            end = ops.clip(slots - prompt_len + 1, done, n_cached)
-            tokens, cache = ops.fori_loop(done, end, cached_step, (tokens, cache.grown(slots)))
-            done = end
-    return ops.fori_loop(n_cached, max_new_tokens, windowed_step, tokens)
+# decode_loop's primitives in keras.ops, for both Keras backends.
+LOOP_OPS = LoopOps(
+    fori_loop=ops.fori_loop, minimum=ops.minimum, maximum=ops.maximum, clip=ops.clip,
+    columns=lambda tokens, start, length: ops.slice(tokens, (0, start), (ops.shape(tokens)[0], length)),
+    column=lambda logits, index: ops.take(logits, index, axis=1),
+    write=lambda tokens, at, ids: ops.slice_update(tokens, (0, at), ops.cast(ids[:, None], tokens.dtype)),
+    holding=lambda cache, n: cache._replace(length=ops.convert_to_tensor(n, "int32")))
 
 
 def sample_next(logits, temperature, top_k, top_p, seeds, greedy: bool, k_bound: int | None = None):
@@ -104,15 +57,15 @@ def sample_next(logits, temperature, top_k, top_p, seeds, greedy: bool, k_bound:
 
 
 def compiled_generate(model: GPT):
-    """`decode` around this model as one XLA function on TensorFlow. The prompts' length, the token
-    count and the sampling values are tensors; a new buffer shape retraces it, and so do a new
-    prefill window and sampling form (greedy, which filters are on: None or a tensor, top-k's
-    k_bound), as in JAX."""
+    """common.decode.decode_loop around this model as one XLA function on TensorFlow. The prompts'
+    length, the token count and the sampling values are tensors; a new buffer shape retraces it, and
+    so does a new decode program (prefill window, sampling form), as in JAX."""
     import tensorflow as tf
 
     @tf.function(jit_compile=True)
-    def run(tokens, prompt_len, max_new_tokens, temperature, top_k, top_p, seeds, use_cache, greedy, k_bound,
-            prefill_len):
+    def run(tokens, prompt_len, max_new_tokens, temperature, top_k, top_p, seeds, program: DecodeProgram):
+        sampling = program.sampling
+
         def forward(ids, cache=None):
             return model(ids, cache=cache, training=False)
 
@@ -123,8 +76,7 @@ def compiled_generate(model: GPT):
             # Stateless: row b's token at a position depends on (seeds[b], position) only, cache or not.
             position_seeds = tf.map_fn(lambda seed: tf.random.experimental.stateless_fold_in(seed, prompt_len + i),
                                        seeds)
-            return sample_next(logits, temperature, top_k, top_p, position_seeds, greedy, k_bound)
+            return sample_next(logits, temperature, top_k, top_p, position_seeds, sampling.greedy, sampling.k_bound)
 
-        return decode(forward, new_cache, model.config.block_size, tokens, prompt_len, sample,
-                      max_new_tokens=max_new_tokens, use_cache=use_cache, prefill_len=prefill_len)
+        return decode_loop(LOOP_OPS, program, forward, new_cache, tokens, prompt_len, max_new_tokens, sample)
     return run

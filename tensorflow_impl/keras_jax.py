@@ -7,32 +7,30 @@ common.backend.load_backend sets KERAS_BACKEND=jax before this module imports Ke
 """
 import contextlib
 import functools
-import os
 
-os.environ.setdefault("KERAS_BACKEND", "jax")
+import jax
+import jax.numpy as jnp
+import keras
+import numpy as np
 
-import jax  # noqa: E402
-import jax.numpy as jnp  # noqa: E402
-import keras  # noqa: E402
-import numpy as np  # noqa: E402
-
-from common.backend import XLA_DECODE_OPTIONS, Backend as BaseBackend, micro_batches, prefill_length  # noqa: E402
-from common.errors import UserError  # noqa: E402
-from common.sampling import top_k_bound  # noqa: E402
-from tensorflow_impl.generate import decode, filter_logits  # noqa: E402
-from tensorflow_impl.model import GPT, KVCache, cross_entropy, load_canonical  # noqa: E402
-from tensorflow_impl.train import KerasModelState, compile_model, train_step  # noqa: E402
+from common.backend import XLA_DECODE_OPTIONS, Backend as BaseBackend, micro_batches
+from common.decode import DecodeProgram, decode_loop
+from common.errors import UserError
+from tensorflow_impl.generate import LOOP_OPS, filter_logits
+from tensorflow_impl.model import GPT, KVCache, cross_entropy, load_canonical
+from tensorflow_impl.train import KerasModelState, compile_model, train_step
 
 
-@functools.partial(jax.jit, static_argnums=0, static_argnames=("use_cache", "greedy", "k_bound", "prefill_len"),
-                   donate_argnums=2, compiler_options=XLA_DECODE_OPTIONS)
+@functools.partial(jax.jit, static_argnums=0, static_argnames=("program",), donate_argnums=2,
+                   compiler_options=XLA_DECODE_OPTIONS)
 def _generate(model: GPT, variables, tokens, prompt_len, max_new_tokens, seeds, temperature, top_k, top_p, *,
-              use_cache: bool, greedy: bool, k_bound: int | None, prefill_len: int | None):
-    """The Keras decode loop (tensorflow_impl/generate.py) under jax.jit, the model's variables
-    passed in as arrays and the token buffer donated, filled in place; JAX's own keys draw the
-    tokens, one per row (from its uint32 seed) folded with the position."""
+              program: DecodeProgram):
+    """The Keras decode loop (common.decode.decode_loop in keras.ops) under jax.jit, the model's
+    variables passed in as arrays and the token buffer donated, filled in place; JAX's own keys draw
+    the tokens, one per row (from its uint32 seed) folded with the position."""
     trainable, non_trainable = variables
     keys = jax.vmap(jax.random.key)(seeds)
+    sampling = program.sampling
 
     def forward(ids, cache=None):
         out, _ = model.stateless_call(trainable, non_trainable, ids, cache=cache, training=False)
@@ -42,14 +40,13 @@ def _generate(model: GPT, variables, tokens, prompt_len, max_new_tokens, seeds, 
         return KVCache.empty(model.config, tokens.shape[0], model.compute_dtype, slots)
 
     def sample(logits, i):
-        if greedy:
+        if sampling.greedy:
             return jnp.argmax(logits, axis=-1)
-        filtered = filter_logits(logits, temperature, top_k, top_p, k_bound)
+        filtered = filter_logits(logits, temperature, top_k, top_p, sampling.k_bound)
         draw = lambda key, row: jax.random.categorical(jax.random.fold_in(key, prompt_len + i), row)  # noqa: E731
         return jax.vmap(draw)(keys, filtered)
 
-    return decode(forward, new_cache, model.config.block_size, tokens, prompt_len, sample,
-                  max_new_tokens=max_new_tokens, use_cache=use_cache, prefill_len=prefill_len)
+    return decode_loop(LOOP_OPS, program, forward, new_cache, tokens, prompt_len, max_new_tokens, sample)
 
 
 @functools.partial(jax.jit, static_argnums=0)
@@ -110,20 +107,18 @@ class Backend(KerasModelState, BaseBackend):
                                            np.asarray(y, np.int32))
         return float(value), self.canonical_grads(grads)
 
-    def _generate(self, prompts, max_new_tokens, temperature, top_k, top_p, seeds, use_cache):
-        greedy = temperature == 0
-        P = prompts.shape[1]
-        use_cache = use_cache and P <= self.config.block_size
-        window = prefill_length(P, self.config.block_size) if use_cache else None
+    def _quantize(self, mode):
+        from tensorflow_impl.quantize import quantize
         with self._placed():
-            tokens = jax.device_put(self._token_buffer(prompts, max_new_tokens), self.device)
-            out = _generate(self.model, self._variables(), tokens, np.int32(P), np.int32(max_new_tokens),
-                            seeds, None if greedy else np.float32(temperature),
-                            None if greedy or top_k is None else np.int32(top_k),
-                            None if greedy or top_p is None else np.float32(top_p),
-                            use_cache=use_cache, greedy=greedy, prefill_len=window,
-                            k_bound=None if greedy or top_k is None else top_k_bound(top_k, self.config.vocab_size))
-        return np.asarray(out)[:, P:P + max_new_tokens]
+            quantize(self.model, mode)  # the jitted functions take the variables as arguments: they retrace
+
+    def _generate(self, tokens, seeds, plan):
+        with self._placed():
+            return _generate(self.model, self._variables(), jax.device_put(tokens, self.device),
+                             np.int32(plan.prompt_len), np.int32(plan.max_new_tokens), seeds,
+                             None if plan.greedy else np.float32(plan.temperature),
+                             None if plan.top_k is None else np.int32(plan.top_k),
+                             None if plan.top_p is None else np.float32(plan.top_p), program=plan.program)
 
     def device_info(self):
         kind = {"cuda": "gpu", "rocm": "gpu"}.get(self.device.platform, self.device.platform)

@@ -3,20 +3,16 @@
 Only keras.layers and keras.ops appear here, so the model runs on any Keras backend; train.py and
 generate.py compile it with TensorFlow's XLA, or with JAX's for keras-jax (keras_jax.py).
 """
-import os
+import dataclasses
+import math
+from typing import Any, NamedTuple
 
-os.environ.setdefault("KERAS_BACKEND", "tensorflow")
+import keras
+import numpy as np
+from keras import layers, ops
 
-import dataclasses  # noqa: E402
-import math  # noqa: E402
-from typing import Any, NamedTuple  # noqa: E402
-
-import keras  # noqa: E402
-import numpy as np  # noqa: E402
-from keras import layers, ops  # noqa: E402
-
-from common.config import GPTConfig  # noqa: E402
-from common.spec import LOSS_IGNORE_INDEX, MLP_RATIO  # noqa: E402
+from common.config import GPTConfig
+from common.spec import LOSS_IGNORE_INDEX, MLP_RATIO
 
 PACKAGE = "nanogpt_compare"
 
@@ -88,7 +84,7 @@ class CausalSelfAttention(layers.Layer):
         hs = C // self.n_head
         # Both projections on tokens as rows of one (B*T, C) matrix, as the MLP: on (B, T, C), under
         # Keras' JAX backend, XLA:CPU fed their weight gradients transposed copies of the residual
-        # stream's gradient, ~4 ms of a 60 ms cpu-baby step.
+        # stream's gradient.
         qkv = ops.reshape(self.c_attn(ops.reshape(x, (B * T, C))), (B, T, 3 * C))
         q, k, v = ops.split(qkv, 3, axis=-1)
         # (B, T, C) -> (B*nh, T, hs): the heads folded into the batch, as in the JAX model, whose
@@ -226,8 +222,8 @@ class GPT(keras.Model):
         start = 0 if cache is None else cache.length
         pos = ops.arange(T) + start
         # A plain lookup, not the JAX model's one-hot matmul (jax_impl.model.embed_tokens): that one
-        # pays on GPUs, where it was measured for JAX only, and on the 2-core CPU it slowed keras-jax's
-        # cpu-baby step from 48 to 56 ms (TensorFlow's was level, 36-38 ms either way).
+        # pays on GPUs, where it was measured for JAX only, and on CPU it slowed keras-jax's step
+        # (results/cpu-baby-xeon-amx/NOTES.md).
         x = self.drop(self.wte(idx) + self.wpe(pos), training=training)  # (B, T, C)
         for block in self.h:
             x, cache = block(x, cache=cache, training=training)

@@ -1,15 +1,11 @@
 """AdamW and one training step in Keras 3, compiled with XLA (on TensorFlow, or on JAX for keras-jax)."""
-import os
+import keras
+import numpy as np
+from keras import ops
 
-os.environ.setdefault("KERAS_BACKEND", "tensorflow")
-
-import keras  # noqa: E402
-import numpy as np  # noqa: E402
-from keras import ops  # noqa: E402
-
-from common.config import TrainConfig  # noqa: E402
-from common.params import decays  # noqa: E402
-from tensorflow_impl.model import GPT, PACKAGE, canonical_variables, to_canonical  # noqa: E402
+from common.config import TrainConfig
+from common.params import decays
+from tensorflow_impl.model import GPT, PACKAGE, canonical_variables, to_canonical
 
 
 @keras.saving.register_keras_serializable(package=PACKAGE)
@@ -102,7 +98,11 @@ class KerasModelState:
         return to_canonical(self.model, {v.path: g for v, g in zip(self.model.trainable_variables, grads)})
 
     def export_params(self) -> dict[str, np.ndarray]:
-        return to_canonical(self.model)
+        params = to_canonical(self.model)
+        if self.quantized:  # the int8 weights are no longer trainable variables
+            from tensorflow_impl.quantize import dequantized_weights
+            params.update(dequantized_weights(self.model))
+        return params
 
     def _adam_moments(self) -> tuple[dict, dict, int]:
         variables = canonical_variables(self.model)

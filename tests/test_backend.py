@@ -12,6 +12,7 @@ import numpy as np
 import pytest
 
 from common.backend import SEED_LIMIT, check_batch, check_sampling, has_accelerator, load_backend
+from common.decode import DecodeConfig
 from common.errors import UserError
 from common.params import init_params
 from common.schedule import learning_rate
@@ -279,7 +280,7 @@ def test_settings_name_the_tuning_variables_set_and_the_decode_compilation(frame
         framework, {"decode_compiler_options": XLA_DECODE_OPTIONS})  # jax and keras-jax
     assert shared_backend(framework).settings() == {"XLA_FLAGS": "--xla_cpu_use_fusion_emitters=false", **own}
     if framework == "pytorch":  # a compiled decode names torch.compile's arguments
-        compiled = make_backend("pytorch", train=dataclasses.replace(SMALL_TRAIN, compile=True))
+        compiled = make_backend("pytorch", decode=DecodeConfig(compile=True))
         inductor = {"cpp_wrapper": True, "post_grad_fusion_options": {"decompose_mm_pass": {}}, "memory_planning": True,
                     "guard_filter_fn": "skip_all_guards_unsafe"}  # the filter by its name: env.json is JSON
         assert compiled.settings()["decode_compile"] == {"fullgraph": True, "dynamic": False,

@@ -205,3 +205,16 @@ def test_common_imports_no_framework():
             "print(sorted(m for m in ('torch', 'jax', 'tensorflow', 'keras', 'flax') if m in sys.modules))")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "[]"
+
+
+def test_no_model_package_module_chooses_the_keras_backend():
+    """Keras reads KERAS_BACKEND once per process, so only entry points choose it (keras-hub's rule):
+    common.backend.load_backend for the harness, tests/conftest.py for the tests."""
+    import re
+    from pathlib import Path
+    sets_backend = re.compile(r"""environ\s*(\[\s*|\.setdefault\(\s*|\.update\(.*)["']KERAS_BACKEND|putenv\(\s*["']KERAS_BACKEND""")
+    assert sets_backend.search('os.environ.setdefault("KERAS_BACKEND", "jax")')  # the form it once had
+    root = Path(__file__).resolve().parents[1]
+    offenders = [str(path.relative_to(root)) for package in ("pytorch_impl", "tensorflow_impl", "jax_impl")
+                 for path in sorted((root / package).glob("*.py")) if sets_backend.search(path.read_text())]
+    assert offenders == []

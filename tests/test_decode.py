@@ -11,20 +11,20 @@ import functools
 import numpy as np
 import pytest
 
-from common.backend import cache_windows, prefill_length, token_buffer_length
-from tests.conftest import KERAS_ROW, SMALL_CONFIG, SMALL_TRAIN, decisive_params, framework_param, make_backend
+from common.decode import DecodeConfig, cache_windows, prefill_length, token_buffer_length
+from tests.conftest import KERAS_ROW, SMALL_CONFIG, decisive_params, framework_param, make_backend
 
 # A model of its own: compiled programs are cached per process by shape (JAX's jit, torch.compile's
 # code objects), so one another test had compiled first would make the first count here 0.
 CONFIG = dataclasses.replace(SMALL_CONFIG, n_layer=1)
-# PyTorch decodes eagerly unless TrainConfig.compile; its compiled decode is the one that compiles.
-COMPILED = dataclasses.replace(SMALL_TRAIN, compile=True)
+# PyTorch decodes eagerly unless DecodeConfig.compile; its compiled decode is the one that compiles.
+COMPILED = DecodeConfig(compile=True)
 PAST_WINDOW = CONFIG.block_size + 4  # new tokens: prefill, cached steps, then the sliding window
 
 
 @functools.cache
 def compiled_backend(framework: str):
-    return make_backend(framework, CONFIG, COMPILED, params=decisive_params(CONFIG))
+    return make_backend(framework, CONFIG, params=decisive_params(CONFIG), decode=COMPILED)
 
 
 @contextlib.contextmanager
@@ -104,10 +104,43 @@ def test_compiled_loop_grows_its_cache_through_every_window(framework, monkeypat
         return update(cache, layer, k, v)
     monkeypatch.setattr(module.KVCache, "update", spy)
     config = dataclasses.replace(CONFIG, block_size=16)  # a shape no other test compiles
-    backend = make_backend(framework, config, COMPILED, params=decisive_params(config))
+    backend = make_backend(framework, config, params=decisive_params(config), decode=COMPILED)
     assert len(backend.generate([7], config.block_size - 1, temperature=0.0)) == config.block_size - 1
     assert cache_windows(config.block_size) == [2, 4, 8, 16]
     assert seen == {(2, 2), (1, 2), (1, 4), (1, 8), (1, 16)}
+
+
+def test_window_schedule_known_answers():
+    """Token 0 comes from the prefill; token i (stored at position prompt_len + i - 1) is decoded in
+    the smallest cache window that holds it; past block_size the tokens go uncached."""
+    from common.decode import window_schedule
+    # A one-token prompt at block 64: windows 8, 16, 32, 64 each take the tokens that fit, then 36 uncached.
+    assert window_schedule(1, 100, 64, 8) == ([(8, 1, 8), (16, 8, 16), (32, 16, 32), (64, 32, 64)], 64)
+    # 10 tokens of prompt in the 16 window; 5 new tokens all fit in it, the larger windows take none.
+    assert window_schedule(10, 5, 64, 16) == ([(16, 1, 5), (32, 5, 5), (64, 5, 5)], 5)
+    # A full prompt: one cached token (the prefill's), every later one uncached.
+    assert window_schedule(64, 10, 64, 64) == ([(64, 1, 1)], 1)
+    # 33 tokens of prompt: window 64 holds tokens 1..31 (positions 33..63).
+    assert window_schedule(33, 40, 64, 64) == ([(64, 1, 32)], 32)
+    # block 4 has no block_size / 8 window: windows 1, 2, 4.
+    assert window_schedule(1, 3, 4, 1) == ([(1, 1, 1), (2, 1, 2), (4, 2, 3)], 3)
+
+
+def test_decode_plan_is_made_once_from_the_options():
+    from common.decode import DecodeProgram, SamplingForm, decode_plan
+    greedy = decode_plan(3, 20, 64, 65, 0.0, top_k=10, top_p=0.5, use_cache=True)
+    assert greedy.program == DecodeProgram(64, 8, SamplingForm(greedy=True))  # greedy: no sampling values
+    assert (greedy.temperature, greedy.top_k, greedy.top_p, greedy.buffer_len) == (None, None, None, 128)
+    sampled = decode_plan(3, 20, 64, 65, 0.8, top_k=10, top_p=0.9, use_cache=True)
+    assert sampled.program.sampling == SamplingForm(greedy=False, k_bound=64, top_p=True)
+    assert (sampled.temperature, sampled.top_k, sampled.top_p) == (0.8, 10, 0.9)
+    # Filters that keep every token are off; a prompt longer than block_size decodes without a cache.
+    wide = decode_plan(70, 5, 64, 65, 1.0, top_k=65, top_p=1.0, use_cache=True)
+    assert wide.program == DecodeProgram(64, None, SamplingForm(greedy=False)) and not wide.program.use_cache
+    assert (wide.top_k, wide.top_p) == (None, None)
+    assert hash(sampled.program) == hash(decode_plan(5, 90, 64, 65, 0.3, 7, 0.5, True).program)  # one program
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        sampled.prompt_len = 4
 
 
 def test_token_buffers_come_in_few_lengths():
@@ -159,7 +192,7 @@ def test_compiled_pytorch_steps_serve_their_own_model_and_batch_size():
     of another vocabulary, decoding between the first model's calls at the same batch size, never
     runs the first one's programs (nor they its)."""
     other_config = dataclasses.replace(CONFIG, vocab_size=CONFIG.vocab_size + 7)
-    other = make_backend("pytorch", other_config, COMPILED, params=decisive_params(other_config))
+    other = make_backend("pytorch", other_config, params=decisive_params(other_config), decode=COMPILED)
     other_eager = make_backend("pytorch", other_config, params=decisive_params(other_config))
     first, first_eager = compiled_backend("pytorch"), make_backend("pytorch", CONFIG, params=decisive_params(CONFIG))
     for prompts in ([[1, 2, 3]], [[4, 5], [6, 7]], [[1, 2, 3]]):
@@ -172,7 +205,7 @@ def test_compiled_pytorch_steps_serve_their_own_model_and_batch_size():
 def test_compiled_pytorch_steps_decode_with_the_weights_of_the_moment():
     """With no guards, compiled steps still read the model's weights at every call: after a
     training step the compiled decode gives what an eager model with the same weights gives."""
-    compiled = make_backend("pytorch", CONFIG, COMPILED, params=decisive_params(CONFIG))
+    compiled = make_backend("pytorch", CONFIG, params=decisive_params(CONFIG), decode=COMPILED)
     eager = make_backend("pytorch", CONFIG, params=decisive_params(CONFIG))
     before = compiled.generate_batch([[1, 2, 3]], PAST_WINDOW, temperature=0.0)
     x = np.random.default_rng(0).integers(0, CONFIG.vocab_size, (4, CONFIG.block_size)).astype(np.int32)

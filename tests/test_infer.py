@@ -161,6 +161,8 @@ def test_a_gpu_is_measured_against_its_datasheet_and_the_host_copy_is_timed():
     (["--temperature", "nan"], "temperature must be 0 (greedy) or a finite positive number"),
     (["--temperature", "0.8", "--top-k", "0"], "top_k must be a positive integer"),
     (["--temperature", "0.8", "--top-p", "1.5"], "top_p must be above 0 and at most 1"),
+    (["--quantize", "int3"], "argument --quantize: invalid choice: 'int3'"),
+    (["--quality-rows", "0"], "--quality-batches must be 0 or more and --quality-rows at least 1"),
 ])
 def test_bad_input_is_one_line_and_exit_2(tmp_path, capsys, args, message):
     (tmp_path / "file").write_text("")
@@ -196,3 +198,51 @@ def test_a_sampled_set_samples_every_timed_call_and_says_so(tmp_path):
             "--out", str(tmp_path / "set")]
     _, spec, _, _ = infer.plan(infer.parse_args(args), args)
     assert (spec["options"]["temperature"], spec["options"]["top_k"]) == (0.0, None)  # greedy: no filter
+
+
+def test_int8_rows_stand_beside_their_float_twins_and_read_a_quarter_of_the_kernel_bytes():
+    assert infer.rows_of("jax,pytorch-compiled", "int8") == [infer.COMPILED, f"{infer.COMPILED}-int8", "jax", "jax-int8"]
+    assert infer.rows_of("all") == list(infer.FLOAT_ROWS)
+    assert (infer.framework_of(f"{infer.COMPILED}-int8"), infer.quantization_of("keras-jax-int8")) == ("pytorch", "int8")
+    assert infer.unquantized("keras-jax-int8") == "keras-jax" and infer.quantization_of("keras-jax") is None
+    # SMALL: kernels 2 × (48 + 16 + 64 + 64) = 384 and the head's 40 in one byte each; their scales,
+    # 2 × (12 + 4 + 16 + 4) + 10 = 82, and the other 476 - 384 - 40 = 52 parameters in four.
+    assert infer.weight_bytes(SMALL, "int8") == 384 + 40 + 4 * (82 + 52)
+    assert infer.decode_bytes_per_step(SMALL, 3, 1, 5, quantize="int8") == 960 + 2 * 2 * 4 * 4 * 3 * 3
+
+
+def test_the_quality_table_holds_each_int8_row_against_its_float_twin():
+    assert infer.greedy_agreement([[1, 2, 3], [4, 5, 6]], [[1, 2, 3], [4, 9, 6]]) == (5, 6, 1)
+    assert infer.greedy_agreement([[1, 2]], [[1, 2]]) == (2, 2, 2)
+
+    def row(name, loss, tokens, speed):
+        return {"row": name, "quantize": infer.quantization_of(name), "decode": [{"batch_size": 1, "tokens_per_s": speed}],
+                "quality": {"val_loss": loss, "bits_per_byte": loss / np.log(2), "greedy_tokens": tokens}}
+    rows = [row("jax", 1.5, [[1, 2, 3, 4]], 100.0), row("jax-int8", 1.5125, [[1, 2, 7, 4]], 180.0)]
+    header, lines = infer.quality_table({"options": {"batch_sizes": [1]}}, rows)
+    assert header[2] == "Δ val loss vs float32" and header[-1] == "decode speed vs float32 @1"
+    assert lines[0][:5] == ["jax", "1.5000", "–", "2.1640", "–"]
+    assert lines[1] == ["jax-int8", "1.5125", "+0.0125", "2.1821", "3 of 4", "token 2", "1.8×"]
+
+
+@pytest.mark.jax
+def test_a_quantized_set_measures_int8_rows_and_their_quality_on_a_checkpoints_validation_split(tmp_path):
+    """A char model's checkpoint: its tokenizer's validation windows give every row a loss and bits per
+    byte, and the int8 row keeps near its float twin."""
+    from common.data import prepare
+    config = get_preset("tiny")[0]
+    tokenizer = prepare("tinyshakespeare", "char").tokenizer
+    save_checkpoint(tmp_path / "model.safetensors", init_params(config, 0), config, step=0,
+                    tokenizer_json=tokenizer.to_json(), framework="jax")
+    out = tmp_path / "set"
+    assert infer.main(["--framework", "jax", "--checkpoint", str(tmp_path), "--quantize", "int8", "--batch-sizes", "1",
+                       "--prompt-lengths", "4", "--new-tokens", "4", "--repeat", "1", "--calls", "1",
+                       "--quality-batches", "2", "--quality-rows", "2", "--out", str(out)]) == 0
+    spec, rows = infer.load_set(out)
+    assert [r["row"] for r in rows] == ["jax", "jax-int8"] and spec["quality"]["bytes"] == 2 * 2 * config.block_size
+    float32, int8 = (r["quality"] for r in rows)
+    assert abs(int8["val_loss"] - float32["val_loss"]) < 0.02 and float32["val_loss"] > 3  # random weights
+    assert float32["bits_per_byte"] == pytest.approx(float32["val_loss"] / np.log(2))  # one byte a character
+    assert rows[1]["decode"][0]["bytes_per_step"] < rows[0]["decode"][0]["bytes_per_step"]
+    report = (out / "report.md").read_text()
+    assert "## Quality" in report and "| jax-int8 | " in report.split("## Quality")[1]

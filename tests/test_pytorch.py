@@ -55,7 +55,7 @@ def test_kv_cache_matches_full_forward_at_every_position():
 def test_decoding_reads_the_smallest_cache_window_that_holds_each_step(monkeypatch):
     """A one-token prompt is prefilled in the smallest window, and each step attends to the smallest
     window that holds its position, through every window in turn: no step reads empty slots past it."""
-    from common.backend import cache_windows, prefill_length
+    from common.decode import cache_windows, prefill_length
     from pytorch_impl.model import KVCache
     from tests.conftest import make_backend
     seen, update = [], KVCache.update
