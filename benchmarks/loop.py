@@ -32,9 +32,9 @@ from benchmarks.summary import WARMUP_STEPS, Generation, StepTimes, Summary
 from benchmarks.tensorboard import ScalarWriter
 from common.allocator import retain_freed_memory
 from common.backend import load_backend
-from common.decode import DecodeConfig
 from common.checkpoint import load_training_state, save_checkpoint, save_training_state
 from common.data import Prepared, eval_batches, get_batch, prepare, split_batches
+from common.decode import DecodeConfig
 from common.errors import UserError, one_line
 from common.flops import accelerator_peak, cpu_peak_flops, flops_per_token
 from common.hf_gpt2 import HFModel, load_gpt2
