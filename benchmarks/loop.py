@@ -62,7 +62,7 @@ def train(run_dir: Path) -> Summary | None:
     del pretrained  # its weights are in params now, or the checkpoint's replace them
     with native_logs_filtered():  # the framework is imported here
         backend = load_backend(config.framework)(config.model, config.train, params, device=config.device,
-                                                 replicas=config.replicas,
+                                                 replicas=config.replicas, shard=config.shard,
                                                  decode=DecodeConfig(compile=config.train.compile))
     if state:
         backend.load_optimizer_state(state.optimizer)
@@ -121,11 +121,15 @@ def step_batch(tokens: np.ndarray, train: TrainConfig, block_size: int, step: in
 
 
 def follow(backend: Backend, config: RunConfig, data: Prepared, start_step: int) -> None:
-    """Another data-parallel process: the same batches, its slice of them; rank 0 does the rest."""
+    """Another data-parallel process: the same batches, its slice of them; rank 0 does the rest.
+    A sharded one holds part of every weight, so it makes each of rank 0's calls beside it."""
     model, train = config.model, config.train
-    for step in range(start_step, train.max_iters):
-        x, y = step_batch(data.train, train, model.block_size, step)
-        backend.train_step(x, y, learning_rate(step, train))
+    if config.shard > 1:
+        backend.serve()
+    else:
+        for step in range(start_step, train.max_iters):
+            x, y = step_batch(data.train, train, model.block_size, step)
+            backend.train_step(x, y, learning_rate(step, train))
     backend.close()
 
 
@@ -346,14 +350,15 @@ def summarize(t: Training, env: dict, whole_val: float, whole_val_s: float, gene
         t.config.cpu_peak_flops or cpu_peak_flops()
     flops = flops_per_token(model)
     peak_memory = backend.peak_memory_bytes()
+    params = int(sum(v.size for v in backend.export_params().values()))
+    state = backend.state_bytes()
     loop_wall = t.clock.loop_wall()
     overhead = loop_wall - sum(t.clock.spent.values())
     return Summary(
         framework=t.config.framework, device=env["device"], device_name=env["device_name"],
         framework_version=env["framework_version"], preset=t.config.preset, dtype=train.dtype,
         compile=train.compile, seed=train.seed, round=t.config.round,
-        replicas=backend.world_size * (backend.replicas if backend.world_size == 1 else 1),
-        max_iters=train.max_iters, params=int(sum(v.size for v in backend.export_params().values())),
+        replicas=t.config.replicas, shard=t.config.shard, max_iters=train.max_iters, params=params,
         final_val_loss=final["val_loss"], best_val_loss=min(r["val_loss"] for r in t.evals),
         final_train_loss=final["train_loss"], final_val_bpc=final["val_bpc"], whole_val_loss=whole_val,
         whole_val_bpc=bits_per_char(whole_val, len(t.data.val), t.data.val_chars), whole_val_s=whole_val_s,
@@ -365,7 +370,8 @@ def summarize(t: Training, env: dict, whole_val: float, whole_val_s: float, gene
         train_wall_s=sum(step_times), eval_wall_s=t.clock.spent["eval"],
         checkpoint_wall_s=t.clock.spent["checkpoint"], harness_overhead_s=overhead,
         harness_overhead_frac=overhead / loop_wall if loop_wall else None, loop_wall_s=loop_wall,
-        noise=noise.as_dict() if noise else None, **asdict(generation))
+        noise=noise.as_dict() if noise else None, state_bytes=state,
+        state_share=sum(state.values()) / (16 * params) if state else None, **asdict(generation))
 
 
 def evaluate_split(backend: Backend, batches) -> float:
@@ -399,7 +405,7 @@ def sample(backend: Backend, data: Prepared, config: RunConfig) -> tuple[Generat
     texts = [generated[n, True]] + [backend.generate(prompt_ids, n, seed=i + 1, **options)
                                     for i in range(1, config.num_samples)]
     compiled = (compiled_decode_speed(backend, prompt_ids, timed, options)
-                if config.compiled_decode and not backend.compiles_decode else {})
+                if config.compiled_decode and not backend.compiles_decode and config.shard == 1 else {})
     samples = [config.prompt + cut_at_stop(data.tokenizer.decode(ids), config.stop)[0]
                for ids in texts[:config.num_samples]]
     quality = sample_quality("\n".join(samples), data.train_text, data.val_text) if samples else {}

@@ -39,12 +39,14 @@ class Group:
     replicas: int = 1
     compiled: bool = False  # torch.compile; JAX and Keras always compile, so only PyTorch sets it
     busy_cores: int = 0     # cores other processes kept busy on purpose (--busy-cores)
+    shard: int = 1          # devices the training state was split over (--shard)
     runs: list[Run] = field(default_factory=list)
 
     @property
     def name(self) -> str:
         name = f"{self.framework} compiled" if self.compiled else self.framework
         name = name if self.replicas == 1 else f"{name} ×{self.replicas}"
+        name = name if self.shard == 1 else f"{name} sharded ×{self.shard}"
         return name if not self.busy_cores else f"{name}, {self.busy_cores} core{'s' * (self.busy_cores > 1)} busy"
 
     @property
@@ -119,16 +121,18 @@ def group_runs(runs: list[Run]) -> list[Group]:
     for run in runs:
         s = run.summary
         key = (s["framework"], s["device_name"], s["dtype"], s.get("replicas", 1),
-               bool(s.get("compile")) and s["framework"] == "pytorch", run.config.get("busy_cores", 0))
+               bool(s.get("compile")) and s["framework"] == "pytorch", run.config.get("busy_cores", 0),
+               s.get("shard", 1))
         groups.setdefault(key, Group(*key)).runs.append(run)
     return sorted(groups.values(), key=lambda g: (g.device_name, g.dtype, g.busy_cores,
-                                                  FRAMEWORK_ORDER.get(g.framework, 9), g.compiled, g.replicas))
+                                                  FRAMEWORK_ORDER.get(g.framework, 9), g.compiled, g.replicas,
+                                                  g.shard))
 
 
 def baseline_group(groups: list[Group]) -> Group:
     """What every speed is a ratio to: eager PyTorch on one process where it ran, else the first row."""
     return next((g for g in groups if g.framework == "pytorch" and not g.compiled and g.replicas == 1
-                 and not g.busy_cores), groups[0])
+                 and g.shard == 1 and not g.busy_cores), groups[0])
 
 
 def _pairing_key(run: Run, across_commands: bool = False) -> tuple:
@@ -190,7 +194,7 @@ def ratio_text(group: Group, baseline: Group, ratio: Ratio | None) -> str:
 def scaling_rows(groups: list[Group]) -> tuple[list[str], list[list[str]]]:
     """Data-parallel scaling: tokens/s on N replicas against N times the one-replica figure."""
     single = {(g.framework, g.device_name, g.dtype, g.compiled): g.mean("tokens_per_s")
-              for g in groups if g.replicas == 1 and not g.busy_cores}
+              for g in groups if g.replicas == 1 and g.shard == 1 and not g.busy_cores}
     header = ["framework", "device", "replicas", "tokens/s", "speed-up", "scaling efficiency"]
     rows = []
     for g in groups:
@@ -199,6 +203,21 @@ def scaling_rows(groups: list[Group]) -> tuple[list[str], list[list[str]]]:
             tps = g.mean("tokens_per_s")
             rows.append([g.framework, g.device_name, str(g.replicas), _fmt(tps, 0), _fmt(tps / base, 2) + "×",
                          _fmt(tps / (base * g.replicas), 1, percent=True)])
+    return header, rows
+
+
+def shard_rows(groups: list[Group]) -> tuple[list[str], list[list[str]]]:
+    """What one device held of the training state, measured from its arrays, against the whole state."""
+    header = ["framework", "devices", "parameters", "gradients", "Adam moments", "per device", "share of whole",
+              "val loss"]
+    rows = []
+    for g in groups:
+        state = g.runs[0].summary.get("state_bytes")
+        if g.shard > 1 and state:
+            mib = {k: _fmt(v / 2**20, 2) + " MiB" for k, v in state.items()}
+            rows.append([g.framework, str(g.shard), mib["params"], mib["grads"], mib["adam"],
+                         _fmt(sum(state.values()) / 2**20, 2) + " MiB", _fmt(g.mean("state_share"), 3),
+                         _fmt(g.mean("final_val_loss"), 6)])
     return header, rows
 
 
@@ -420,6 +439,9 @@ def write_report(run_dirs: list[Path], out: Path, problems: list[str] | None = N
     scaling = scaling_rows(groups)
     if scaling[1]:
         tables["Data-parallel scaling"] = scaling
+    sharded = shard_rows(groups)
+    if sharded[1]:
+        tables["Sharded training state"] = sharded
     contention = contention_rows(groups)
     if contention[1]:
         tables["On a shared machine"] = contention

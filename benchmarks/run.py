@@ -30,14 +30,14 @@ import psutil
 from benchmarks.harness import REPO, busy_processes, run_child
 from benchmarks.quiet import native_logs_filtered, quiet_third_party
 from benchmarks.run_config import RunConfig
-from common.backend import (FRAMEWORKS, canonical_framework, has_accelerator, is_installed, load_backend,
-                            missing_modules)
-from common.config import (PRESET_NAMES, GPTConfig, TrainConfig, apply_overrides, check_fits_memory,
-                           get_preset)
+from common.backend import (FRAMEWORKS, canonical_framework, check_replica_split, check_shard, device_memory_bytes,
+                            has_accelerator, is_installed, load_backend, missing_modules)
+from common.config import PRESET_NAMES, GPTConfig, TrainConfig, apply_overrides, get_preset
 from common.data import Prepared, prepare
 from common.errors import OneLineParser, UserError, one_line
 from common.flops import cpu_peak_flops
-from common.hf_gpt2 import PRETRAINED, HFModel, load_gpt2
+from common.hf_gpt2 import PRETRAINED, PRETRAINED_SHAPES, HFModel, load_gpt2
+from common.memory import GiB, MemoryPlan, check_fits
 
 RUN_FILES = ("metrics.jsonl", "summary.json", "samples.txt", "model.safetensors", "env.json")
 # What --set may change in a model started from pretrained weights; the rest of its shape is theirs.
@@ -58,6 +58,13 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--seed", type=int, default=None, help="seed for the initial weights and batches")
     p.add_argument("--replicas", type=int, default=1, help="data-parallel replicas (torchrun processes for "
                    "PyTorch, devices of a mesh for JAX, MirroredStrategy devices for Keras)")
+    p.add_argument("--shard", type=int, default=1, metavar="N", help="fully sharded data parallel over N devices: "
+                   "parameters, gradients and Adam moments split N ways (FSDP2 under torchrun for PyTorch, "
+                   "an fsdp mesh axis for JAX, ModelParallel for keras-jax)")
+    p.add_argument("--device-memory", type=float, metavar="GIB", help="plan for devices of this many GiB "
+                   "each (default: what the device reports; on a CPU, the host's available memory)")
+    p.add_argument("--plan", action="store_true", help="print each run's memory plan and stop, before any "
+                   "weights are read")
     p.add_argument("--repeat", type=int, default=1, help="runs per framework, seeds seed..seed+N-1, taken in turns")
     p.add_argument("--rounds", type=int, default=1, help="interleaved rounds: each round runs every framework "
                    "once on the same seed; the report gives each speed ratio with a 95%% interval over them")
@@ -93,8 +100,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         raise UserError("name a framework: --framework pytorch|tensorflow|jax|keras-jax|all (or --resume RUN_DIR).")
     if args.checkpoint_every is not None and args.checkpoint_every < 1:
         raise UserError("--checkpoint-every must be at least 1.")
-    if args.replicas < 1:
-        raise UserError("--replicas must be at least 1.")
+    if args.replicas < 1 or args.shard < 1:
+        raise UserError("--replicas and --shard must be at least 1.")
+    if args.device_memory is not None and not args.device_memory > 0:
+        raise UserError("--device-memory is a size in GiB above 0, e.g. --device-memory 24.")
     if args.busy_cores < 0:
         raise UserError("--busy-cores must be 0 or more.")
     if args.repeat < 1 or args.rounds < 1 or args.num_samples < 0 or args.sample_tokens < 1:
@@ -131,6 +140,8 @@ def main(argv: list[str] | None = None) -> int:
             RunConfig.load(Path(args.resume))  # one line if it is not a run folder, before anything else
             return run_folder(Path(args.resume), args.verbose)
         out, jobs, missing = plan(args, " ".join(["python -m benchmarks.run", *argv]))
+        if args.plan:
+            return 0
         if len(jobs) == 1 and not missing and not args.busy_cores:
             run_dir, config = jobs[0]
             start_folder(run_dir, config)
@@ -151,23 +162,33 @@ def plan(args, command: str) -> tuple[Path, list[tuple[Path, RunConfig]], list[s
     that are not installed; one bad value fails the whole command at once, not each subprocess in
     turn.
     """
-    _host_devices_for_jax(args.framework, args.replicas, args.device)  # before `auto` may import jax
+    _host_devices_for_jax(args.framework, max(args.replicas, args.shard), args.device)  # before `auto` may import jax
     names = FRAMEWORKS if args.framework.strip().lower() == "all" else (canonical_framework(args.framework),)
     if args.preset not in PRESET_NAMES:
         raise UserError(f"unknown preset {args.preset!r}: choose one of {', '.join(PRESET_NAMES)}.")
+    for framework in names:
+        check_shard(framework, args.shard, args.replicas)
     if len(names) == 1 and not is_installed(names[0]):
         load_backend(names[0])  # raises the one-line "not installed" error
     missing = [fw for fw in names if not is_installed(fw)]
-    stamp = dt.datetime.now().strftime("%Y%m%d-%H%M%S")
-    out = Path(args.out or REPO / "runs" / f"{stamp}-{args.preset}")
-    if out.exists() and not out.is_dir():
-        raise UserError(f"--out {out} is a file: name a folder (it is made if it does not exist).")
+    if args.init_from in PRETRAINED_SHAPES and not Path(args.init_from).is_dir():  # its memory is known before its weights are fetched and read
+        for framework in names:
+            model, train = _pretrained_configs(PRETRAINED_SHAPES[args.init_from], args.init_from,
+                                               *get_preset(args.preset), _overrides(args))
+            check_memory(args, framework, model, train)
+        if args.plan:
+            return out_folder(args), [], missing
+    out = out_folder(args)
     pretrained = load_gpt2(args.init_from) if args.init_from else None
     if pretrained and (args.tokenizer or args.vocab_size):
         raise UserError("--init-from trains with the model's own tokenizer: drop --tokenizer and --vocab-size.")
     data = prepare(args.dataset, pretrained.tokenizer if pretrained else (args.tokenizer or "char"), args.vocab_size)
     if not data.tokenizer.encode(args.prompt):
         raise UserError("the prompt is empty after tokenization: pass a non-empty --prompt.")
+    if args.plan:
+        for framework in (fw for fw in names if fw not in missing):
+            resolve(args, framework, 0, data, command, pretrained)  # prints the plan
+        return out, [], missing
     base_seed = apply_overrides(*get_preset(args.preset), _overrides(args))[1].seed  # --seed or --set seed=N
     configs = {(fw, seed): resolve(args, fw, seed, data, command, pretrained)
                for fw in names if fw not in missing for seed in range(base_seed, base_seed + args.repeat)}
@@ -179,6 +200,31 @@ def plan(args, command: str) -> tuple[Path, list[tuple[Path, RunConfig]], list[s
         jobs.append((run_dir, replace(configs[framework, seed], round=round_number, compiled_decode=len(names) > 1,
                                       busy_cores=args.busy_cores)))
     return out, jobs, missing
+
+
+def out_folder(args) -> Path:
+    stamp = dt.datetime.now().strftime("%Y%m%d-%H%M%S")
+    out = Path(args.out or REPO / "runs" / f"{stamp}-{args.preset}")
+    if out.exists() and not out.is_dir():
+        raise UserError(f"--out {out} is a file: name a folder (it is made if it does not exist).")
+    return out
+
+
+def check_memory(args, framework: str, model: GPTConfig, train: TrainConfig) -> MemoryPlan:
+    """The run's memory plan against its devices (common/memory.py); one line and no run if it does
+    not fit. --plan prints it."""
+    if args.device_memory:
+        device_bytes, host = int(args.device_memory * GiB), False
+    else:
+        with native_logs_filtered():  # asks the framework, which imports it here
+            device_bytes = device_memory_bytes(framework, args.device)
+        host = device_bytes is None  # a CPU: every shard lives in the host's memory
+        device_bytes = device_bytes or psutil.virtual_memory().available
+    plan = check_fits(model, train, framework, args.shard, device_bytes, host)
+    if args.plan:
+        print(f"[{framework}] {model.n_layer} layers of {model.n_embd}, {args.shard} device(s): {plan.describe()}; "
+              f"{device_bytes / GiB:,.1f} GiB {'on the host' if host else 'a device'}", file=sys.stderr)
+    return plan
 
 
 def interleaved(rounds: int, seeds, frameworks: list[str]) -> list[tuple[int, int, str]]:
@@ -201,41 +247,42 @@ def resolve(args, framework: str, seed: int, data: Prepared, command: str,
         accelerator = args.preset == "auto" and has_accelerator(framework, args.device)
     overrides = {**_overrides(args), "seed": str(seed)}
     if pretrained:
-        model, train = _pretrained_configs(pretrained, *get_preset(args.preset, accelerator), overrides)
+        model, train = _pretrained_configs(pretrained.config.model, pretrained.folder,
+                                           *get_preset(args.preset, accelerator), overrides)
     else:
         overrides["vocab_size"] = str(data.tokenizer.vocab_size)
         model, train = apply_overrides(*get_preset(args.preset, accelerator), overrides)
     if model.block_size >= min(len(data.train), len(data.val)):
         raise UserError(f"block_size {model.block_size} is larger than the data "
                         f"({len(data.val)} validation tokens): lower it with --set block_size=N.")
-    check_fits_memory(model, train, psutil.virtual_memory().available)
+    check_replica_split(train.batch_size, max(args.replicas, args.shard))
+    check_memory(args, framework, model, train)
     return RunConfig(framework=framework, preset=args.preset, dataset=args.dataset, corpus=data.corpus_name,
                      tokenizer=data.tokenizer.kind, vocab_size=args.vocab_size, device=args.device,
-                     replicas=args.replicas, model=model, train=train, command=command,
+                     replicas=args.replicas, shard=args.shard, model=model, train=train, command=command,
                      checkpoint_every=args.checkpoint_every, profile=args.profile, prompt=args.prompt,
                      num_samples=args.num_samples, sample_tokens=args.sample_tokens,
                      temperature=args.temperature, top_k=args.top_k, top_p=args.top_p, stop=args.stop,
                      init_from=str(pretrained.folder.resolve()) if pretrained else None)
 
 
-def _pretrained_configs(pretrained: HFModel, preset: GPTConfig, train: TrainConfig,
+def _pretrained_configs(given: GPTConfig, source, preset: GPTConfig, train: TrainConfig,
                         overrides: dict[str, str]) -> tuple[GPTConfig, TrainConfig]:
     """The folder's model and the preset's training settings, both as --set changes them: dropout,
     a block_size cropped below the model's n_positions (as nanoGPT's crop_block_size) and any
     training field; the rest of the model is its weights' shape and arithmetic. The preset's
     block_size is part of its training settings (finetune-shakespeare-cpu trains 256-token rows),
     so a model with more positions is cropped to it unless --set says otherwise."""
-    given = pretrained.config.model
     cropped = replace(given, block_size=min(preset.block_size, given.block_size))
     model, train = apply_overrides(cropped, train, overrides)
     fixed = [f.name for f in fields(GPTConfig)
              if f.name not in PRETRAINED_TUNABLE and getattr(model, f.name) != getattr(given, f.name)]
     if fixed:
-        raise UserError(f"--set {fixed[0]} cannot change a model started from {pretrained.folder}, whose weights "
+        raise UserError(f"--set {fixed[0]} cannot change a model started from {source}, whose weights "
                         f"fix it: with --init-from, --set changes dropout, block_size and training fields only.")
     if model.block_size > given.block_size:
         raise UserError(f"block_size {model.block_size} is longer than the {given.block_size} positions of "
-                        f"{pretrained.folder}: use --set block_size=N with N at most {given.block_size}.")
+                        f"{source}: use --set block_size=N with N at most {given.block_size}.")
     return model, train
 
 
@@ -263,8 +310,8 @@ def start_folder(run_dir: Path, config: RunConfig) -> None:
 def run_folder(run_dir: Path, verbose: bool) -> int:
     """Train the run run_dir's config.json describes; under torchrun where it needs a process per replica."""
     config = RunConfig.load(run_dir)
-    _host_devices_for_jax(config.framework, config.replicas, config.device)
-    if config.framework == "pytorch" and config.replicas > 1 and "WORLD_SIZE" not in os.environ:
+    _host_devices_for_jax(config.framework, max(config.replicas, config.shard), config.device)
+    if config.framework == "pytorch" and max(config.replicas, config.shard) > 1 and "WORLD_SIZE" not in os.environ:
         return _torchrun(run_dir, config, verbose)
     from benchmarks.loop import train  # imports the framework: after XLA_FLAGS and the log settings
     train(run_dir)
@@ -306,7 +353,8 @@ def _run_many(args, out: Path, jobs: list[tuple[Path, RunConfig]], missing: list
 
 
 def _host_devices_for_jax(framework: str, replicas: int, device: str) -> None:
-    """JAX sees one CPU device unless XLA is told, before jax is first imported, to make one per replica.
+    """JAX sees one CPU device unless XLA is told, before jax is first imported, to make one per replica
+    (or per shard; keras-jax too).
 
     Each host device then runs its own program, so the devices already keep the cores busy; XLA's
     concurrency-optimised scheduler, which orders each program to run independent ops side by side,
@@ -314,7 +362,7 @@ def _host_devices_for_jax(framework: str, replicas: int, device: str) -> None:
     37.5-45.4 ms with it, 35.9-39.1 ms without (one replica: no difference, so it stays on there).
     """
     flags = os.environ.get("XLA_FLAGS", "")
-    if (replicas > 1 and framework.strip().lower() in ("jax", "flax", "all") and device in ("cpu", "auto")
+    if (replicas > 1 and framework.strip().lower() in ("jax", "flax", "keras-jax", "all") and device in ("cpu", "auto")
             and "xla_force_host_platform_device_count" not in flags):
         extra = f"--xla_force_host_platform_device_count={replicas}"
         if "xla_cpu_enable_concurrency_optimized_scheduler" not in flags:
@@ -323,15 +371,16 @@ def _host_devices_for_jax(framework: str, replicas: int, device: str) -> None:
 
 
 def _torchrun(run_dir: Path, config: RunConfig, verbose: bool) -> int:
-    """Start this run once per replica under torchrun (DDP needs a process each)."""
+    """Start this run once per replica or shard under torchrun (DDP and FSDP need a process each)."""
+    processes = max(config.replicas, config.shard)
     if config.cpu_peak_flops is None and not has_accelerator("pytorch", config.device):
         # The peak of the whole CPU, measured here: each process has only its share of the threads.
         config.cpu_peak_flops = cpu_peak_flops()
         config.save(run_dir)
     command = [sys.executable, "-m", "torch.distributed.run", "--standalone",
-               f"--nproc_per_node={config.replicas}", "-m", "benchmarks.run", "--run-dir", str(run_dir),
+               f"--nproc_per_node={processes}", "-m", "benchmarks.run", "--run-dir", str(run_dir),
                *(["--verbose"] if verbose else [])]
-    threads = os.environ.get("OMP_NUM_THREADS", str(max(1, (os.cpu_count() or 1) // config.replicas)))
+    threads = os.environ.get("OMP_NUM_THREADS", str(max(1, (os.cpu_count() or 1) // processes)))
     return subprocess.run(command, cwd=REPO, env={**os.environ, "OMP_NUM_THREADS": threads}).returncode
 
 

@@ -7,6 +7,7 @@ on command lines or in environment variables.
 from __future__ import annotations
 
 import json
+import os
 from dataclasses import asdict, dataclass, fields
 from pathlib import Path
 
@@ -43,9 +44,14 @@ class RunConfig:
     round: int = 1                 # which of the comparison's interleaved rounds this run is (--rounds)
     compiled_decode: bool = False  # in a comparison, an eager decode is timed compiled too (like with like)
     busy_cores: int = 0            # processes keeping a core busy beside the run (--busy-cores)
+    shard: int = 1                 # devices the parameters, gradients and Adam moments are split over
 
     def save(self, run_dir: Path) -> None:
-        (run_dir / CONFIG_FILE).write_text(json.dumps(asdict(self), indent=2))
+        # Whole or not at all: under a torchrun of several nodes every process writes it, and another
+        # may be reading it already.
+        tmp = run_dir / f"{CONFIG_FILE}.{os.getpid()}.tmp"
+        tmp.write_text(json.dumps(asdict(self), indent=2))
+        os.replace(tmp, run_dir / CONFIG_FILE)
 
     @classmethod
     def load(cls, run_dir: Path) -> "RunConfig":

@@ -94,6 +94,11 @@ class Summary:
     quality: dict
     generation_compiled_tokens_per_s: float | None
     generation_compile_s: float | None
+    shard: int = 1                         # devices the training state is split over (--shard)
+    # One device's parameters, gradients and Adam moments in bytes, measured from its arrays (its
+    # shards), and their share of the whole state (16 bytes a parameter: four float32 copies).
+    state_bytes: dict | None = None
+    state_share: float | None = None
 
     def write(self, run_dir: Path) -> None:
         (run_dir / "summary.json").write_text(json.dumps(asdict(self), indent=2))

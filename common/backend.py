@@ -120,6 +120,22 @@ def _jax_devices(kind: str) -> list:
         return []
 
 
+def device_memory_bytes(framework: str, device: str = "auto") -> int | None:
+    """The memory of the first GPU or TPU that `--device device` gives the framework; None on a CPU,
+    whose devices share the host's memory, and where the runtime does not say (TensorFlow)."""
+    kinds = ACCELERATORS if device == "auto" else (device,) if device in ACCELERATORS else ()
+    found = next((d for kind in kinds for d in visible_devices(framework, kind)), None)
+    if found is None:
+        return None
+    framework = canonical_framework(framework)
+    if framework == "pytorch" and found.type == "cuda":
+        import torch
+        return torch.cuda.get_device_properties(found).total_memory
+    if framework in ("jax", "keras-jax"):
+        return (found.memory_stats() or {}).get("bytes_limit")
+    return None
+
+
 def has_accelerator(framework: str, device: str = "auto") -> bool:
     """Whether `--device device` puts this framework on a GPU or TPU (presets differ on one)."""
     if device != "auto":
@@ -187,6 +203,23 @@ def check_batch(prompts: list[list[int]], seeds: list[int]) -> None:
         raise UserError(f"seed {outside[0]} is out of range: use a whole number from 0 to {SEED_LIMIT - 1}.")
 
 
+# What shards parameters, gradients and Adam's moments over devices (--shard), in each framework.
+SHARDING_ENGINES = {"pytorch": "FSDP2 (fully_shard)", "jax": "jax.sharding (NamedSharding over an fsdp axis)",
+                    "keras-jax": "keras.distribution.ModelParallel"}
+
+
+def check_shard(framework: str, shard: int, replicas: int = 1) -> None:
+    """Refuse a --shard the framework's engine cannot run, in one line, before anything starts."""
+    if shard < 1:
+        raise UserError(f"--shard must be at least 1, got {shard}.")
+    if shard > 1 and framework not in SHARDING_ENGINES:
+        raise UserError(f"{framework} cannot shard a model: Keras 3 on TensorFlow has no parameter sharding "
+                        f"(MirroredStrategy copies the model to every device), so use --replicas there, or "
+                        f"--shard with pytorch, jax or keras-jax (the same Keras model).")
+    if shard > 1 and replicas > 1:
+        raise UserError(f"--shard {shard} already trains data-parallel over its {shard} devices: drop --replicas.")
+
+
 def check_replica_split(batch_size: int, replicas: int) -> None:
     if batch_size % replicas:
         raise UserError(f"batch_size {batch_size} does not split over {replicas} replicas: "
@@ -218,14 +251,17 @@ class Backend(ABC):
     quantized: str | None = None  # the weights' quantization (common/quantize.py); None: float32
 
     def __init__(self, config: GPTConfig, train: TrainConfig, params: dict[str, np.ndarray],
-                 device: str = "auto", replicas: int = 1, decode: DecodeConfig | None = None):
+                 device: str = "auto", replicas: int = 1, shard: int = 1, decode: DecodeConfig | None = None):
         """`replicas` > 1 trains data-parallel: every replica gets an equal slice of each global batch;
+        `shard` > 1 does too, and splits the parameters, gradients and Adam moments over those devices;
         `decode` says how generation runs (DecodeConfig: compiled or not), apart from training."""
         self.config = config
         self.train_config = train
         self.decode_config = decode or DecodeConfig()
         self.replicas = replicas
-        check_replica_split(train.batch_size, replicas)
+        self.shard = shard
+        check_shard(self.name, shard, replicas)
+        check_replica_split(train.batch_size, max(replicas, shard))
         self.device = self.resolve_device(device)
         self._build(params)
 
@@ -377,13 +413,22 @@ class Backend(ABC):
         if self.quantized:
             raise UserError(f"the model is already quantized ({self.quantized}): build a new backend from "
                             f"float weights to quantize it another way.")
-        if self.replicas > 1:
-            raise UserError("quantized inference runs on one device: use --replicas 1.")
+        if self.replicas > 1 or self.shard > 1:
+            raise UserError("quantized inference runs on one device: use --replicas 1 and --shard 1.")
         self._quantize(mode)
         self.quantized = mode
 
     def _quantize(self, mode: str) -> None:
         raise UserError(f"{self.runtime} cannot quantize its model yet: leave --quantize out.")
+
+    def state_bytes(self) -> dict[str, int] | None:
+        """What one device holds of the training state, measured from its arrays (its shards, when
+        sharded): {"params", "grads", "adam"} in bytes; None where a backend does not measure it."""
+        return None
+
+    def serve(self) -> None:
+        """Another process of a sharded model: make rank 0's calls with it until it closes."""
+        raise NotImplementedError(f"{self.runtime} shards within one process.")
 
     # --- environment -------------------------------------------------------------------------
     @abstractmethod

@@ -99,28 +99,6 @@ def _check_finite(config) -> None:
                             f"{f.name}={getattr(type(config)(), f.name)}.")
 
 
-def training_bytes(model: GPTConfig, train: TrainConfig) -> int:
-    """A lower bound on the memory a training run takes: what its tensors need at the least.
-
-    Parameters, gradients and AdamW's two moments are four float32 copies of the weights; one step
-    keeps at least eight (B, T, C) activations a layer (attention weights left out: fused attention
-    never holds them) and the logits with their gradient; the evaluation batches stay for the run.
-    """
-    C, T, B, L = model.n_embd, model.block_size, train.batch_size, model.n_layer
-    params = (model.vocab_size + T) * C + L * 12 * C * C
-    activations = B * T * (L * 8 * C + 2 * model.vocab_size)
-    eval_tokens = 2 * train.eval_iters * B * (T + 1) * 2  # train and val batches, x and y
-    return 4 * (4 * params + activations + eval_tokens)
-
-
-def check_fits_memory(model: GPTConfig, train: TrainConfig, available_bytes: int) -> None:
-    need = training_bytes(model, train)
-    if need > available_bytes:
-        raise UserError(f"this config needs at least {need / 2**30:,.1f} GiB to train and "
-                        f"{available_bytes / 2**30:,.1f} GiB are available: lower block_size, n_embd, "
-                        f"n_layer, batch_size or eval_iters with --set.")
-
-
 def _cpu_baby() -> tuple[GPTConfig, TrainConfig]:
     # nanoGPT README's CPU settings (its train.py defaults bias to False).
     return (GPTConfig(block_size=64, n_layer=4, n_head=4, n_embd=128, dropout=0.0, bias=False),

@@ -25,6 +25,12 @@ from common.spec import INIT_STD, MLP_RATIO
 from common.tokenizers import EOT, AnyTokenizer, GPT2Tokenizer
 
 PRETRAINED = ("gpt2", "gpt2-medium", "gpt2-large", "gpt2-xl")
+# Their shapes (the Hub's config.json of each), so that a run's memory can be planned before its
+# weights are fetched: gpt2-xl's are 6.2 GB.
+PRETRAINED_SHAPES = {name: GPTConfig(vocab_size=50257, block_size=1024, n_layer=layers, n_head=heads, n_embd=width,
+                                     dropout=0.0, bias=True, gelu_approximate=True)
+                     for name, layers, heads, width in (("gpt2", 12, 12, 768), ("gpt2-medium", 24, 16, 1024),
+                                                        ("gpt2-large", 36, 20, 1280), ("gpt2-xl", 48, 25, 1600))}
 CONFIG_FILE, WEIGHTS_FILE, TOKENIZER_FILE = "config.json", "model.safetensors", "tokenizer.json"
 SHARD_INDEX_FILE = "model.safetensors.index.json"  # large models may be saved in several files
 # What a Hub download fetches: the model in safetensors (whole or sharded), its config and tokenizer.

@@ -42,11 +42,13 @@ class Backend(BaseBackend):
 
     def _build(self, params):
         config, train, replicas = self.config, self.train_config, self.replicas
-        # Data-parallel: state replicated over a mesh, batches split along it (jax_impl/parallel.py).
+        # Data-parallel: state replicated over a mesh, or split over it (--shard), batches split
+        # along it (jax_impl/parallel.py).
         self.mesh = None
         if replicas > 1:
             self.mesh = parallel.data_mesh(jax.devices(self.device.platform), replicas)
-        self.placement = parallel.replicated(self.mesh) if self.mesh else self.device
+        elif self.shard > 1:
+            self.mesh = parallel.data_mesh(jax.devices(self.device.platform), self.shard, axis="fsdp")
         # Parameters stay float32; bfloat16 is the compute dtype of every layer.
         dtype = jnp.bfloat16 if train.dtype == "bfloat16" else jnp.float32
         # float32 means float32: on GPUs and TPUs JAX's default matmul precision rounds the inputs
@@ -58,14 +60,19 @@ class Backend(BaseBackend):
         optimizer = configure_optimizer(model, train)
         # The pair lives split: a static graph per mode (they differ only in Dropout's
         # `deterministic`) and one list of arrays, committed to the device (or copied to every device
-        # of the mesh) so every call runs there.
+        # of the mesh, or split over them) so every call runs there.
         model.train()
         self._split(model, optimizer)
 
     def _split(self, model: GPT, optimizer) -> None:
         self.train_graph, leaves = StaticGraph.split((model, optimizer))
         self.eval_graph, _ = StaticGraph.split((nnx.view(model, deterministic=True), optimizer))
-        self.leaves = jax.device_put(leaves, self.placement)
+        self.leaves = jax.device_put(leaves, [self._placement(a.shape) for a in leaves])
+
+    def _placement(self, shape):
+        if self.shard > 1:
+            return parallel.fsdp_sharding(self.mesh, shape)
+        return parallel.replicated(self.mesh) if self.mesh else self.device
 
     def _merged(self):
         """The (model, optimizer) pair as objects, the model in eval mode."""
@@ -136,6 +143,18 @@ class Backend(BaseBackend):
         return self._run(functools.partial(generate, program=plan.program), self.eval_graph, self.leaves,
                          self._ids(tokens), np.int32(plan.prompt_len), np.int32(plan.max_new_tokens), seeds, *values)
 
+    def state_bytes(self):
+        model, optimizer = self._merged()
+        adam = adam_state(optimizer)
+        first = self.mesh.devices.flat[0] if self.mesh else self.device
+        # The gradient lives inside the compiled step; one is made here, laid out as XLA lays it out there.
+        rows = max(self.replicas, self.shard)
+        ids = self._ids(np.zeros((rows, 1), np.int32))
+        _, grads = self._run(_loss_and_grads, self.eval_graph, self.leaves, ids, ids)
+        return {"params": parallel.bytes_on(first, nnx.state(model, nnx.Param)),
+                "grads": parallel.bytes_on(first, grads),
+                "adam": parallel.bytes_on(first, (adam.mu, adam.nu))}
+
     # --- environment -------------------------------------------------------------------------
     def device_info(self):
         platform = _PLATFORMS.get(self.device.platform, self.device.platform)
@@ -161,4 +180,4 @@ class Backend(BaseBackend):
     def _inspect(self, ids):
         from jax_impl.model import inspect
         model, _ = self._merged()
-        return self._run(inspect, model, jax.device_put(ids, self.placement))
+        return self._run(inspect, model, self._ids(ids))

@@ -20,20 +20,29 @@ class Backend(BaseBackend):
         config, train, replicas = self.config, self.train_config, self.replicas
         if parallel.launched_by_torchrun():
             self.rank, self.world_size, self.device = parallel.init_process_group(self.device)
-        elif replicas > 1:
-            raise UserError("PyTorch data parallelism runs one process per replica: start it with torchrun "
-                            "(benchmarks.run --replicas N does).")
+            if self.world_size != max(replicas, self.shard):
+                raise UserError(f"torchrun started {self.world_size} processes for a run of --replicas {replicas} "
+                                f"--shard {self.shard}: start one process per device (--nproc_per_node, --nnodes).")
+        elif replicas > 1 or self.shard > 1:
+            raise UserError("PyTorch data parallelism runs one process per device: start it with torchrun "
+                            "(benchmarks.run --replicas N or --shard N does).")
         # float32 means float32: no TF32 matmuls, so the GPU agrees with the CPU and the others.
         torch.backends.cuda.matmul.allow_tf32 = False
         torch.backends.cudnn.allow_tf32 = False
         self.model = GPT(config).to(self.device)
         load_canonical(self.model, params)
+        if self.shard > 1:  # every process loaded the whole model; each keeps its shards
+            parallel.shard_fully(self.model)
         self.optimizer = configure_optimizer(self.model, train)
+        self.gradient_bytes = 0
+        self.optimizer.register_step_pre_hook(self._measure_gradients)
         self.amp = autocast(self.device.type, train.dtype)
-        trained = parallel.wrap(self.model, self.device) if self.world_size > 1 else self.model
+        ddp = self.world_size > 1 and self.shard == 1
+        trained = parallel.wrap(self.model, self.device) if ddp else self.model
         self.forward = torch.compile(trained) if train.compile else trained
-        self.compiles_decode = self.decode_config.compile  # the harness may flip it to time a compiled decode
-        # Evaluation runs on one process only, so it must not enter DDP's collectives.
+        # The harness may flip it to time a compiled decode; a sharded model decodes eagerly.
+        self.compiles_decode = self.decode_config.compile and self.shard == 1
+        # Under DDP evaluation runs on one process only, so it must not enter DDP's collectives.
         self.evaluated = self.model if self.world_size > 1 else self.forward
         self.kv_caches: dict[int, KVCache] = {}  # by batch size: compiled steps keep meeting the same tensors
         self.decode_steps: dict[tuple, Steps] = {}  # by batch size and sampling form, when compiled
@@ -41,6 +50,7 @@ class Backend(BaseBackend):
     def _tensor(self, a: np.ndarray) -> torch.Tensor:
         return torch.from_numpy(np.asarray(a, dtype=np.int64)).to(self.device, non_blocking=True)
 
+    @parallel.collective
     def train_step(self, x, y, lr):
         batches = micro_batches(x, y, self.train_config.grad_accum)
         if self.world_size > 1:
@@ -50,6 +60,7 @@ class Backend(BaseBackend):
                           self.train_config.grad_clip, self.amp)
         return (parallel.mean_over_replicas(loss) if self.world_size > 1 else loss).item()
 
+    @parallel.collective
     @torch.no_grad()
     def eval_loss(self, x, y):
         self.evaluated.eval()
@@ -57,6 +68,7 @@ class Backend(BaseBackend):
             logits, _ = self.evaluated(self._tensor(x))
             return cross_entropy(logits, self._tensor(y)).item()
 
+    @parallel.collective
     @torch.no_grad()
     def logits(self, x):
         self.model.eval()
@@ -64,23 +76,26 @@ class Backend(BaseBackend):
             logits, _ = self.model(self._tensor(x))
         return logits.float().cpu().numpy()
 
+    @parallel.collective
     def loss_and_grads(self, x, y):
         self.model.eval()
         self.model.zero_grad(set_to_none=True)
         logits, _ = self.model(self._tensor(x))
         loss = cross_entropy(logits, self._tensor(y))
         loss.backward()
-        grads = {n: p.grad for n, p in self.model.named_parameters()}
+        grads = {n: parallel.whole(p.grad) for n, p in self.model.named_parameters()}
         result = loss.item(), to_canonical(self.model, grads)
         self.model.zero_grad(set_to_none=True)
         return result
 
+    @parallel.collective
     def export_params(self):
-        return to_canonical(self.model)
+        return to_canonical(self.model, {n: parallel.whole(p) for n, p in self.model.named_parameters()})
 
+    @parallel.collective
     def _adam_moments(self):
         named = dict(self.model.named_parameters())
-        m, v = ({n: self.optimizer.state[p][key] if p in self.optimizer.state else torch.zeros_like(p)
+        m, v = ({n: parallel.whole(self.optimizer.state[p][key] if p in self.optimizer.state else torch.zeros_like(p))
                  for n, p in named.items()} for key in ("exp_avg", "exp_avg_sq"))
         steps = [int(s["step"]) for s in self.optimizer.state.values() if "step" in s]
         return to_canonical(self.model, m), to_canonical(self.model, v), steps[0] if steps else 0
@@ -89,7 +104,7 @@ class Backend(BaseBackend):
         named = dict(self.model.named_parameters())
         for key, arrays in (("exp_avg", m), ("exp_avg_sq", v)):
             for name, value in from_canonical_like(self.model, arrays).items():
-                self.optimizer.state[named[name]][key] = value.to(named[name].dtype)
+                self.optimizer.state[named[name]][key] = parallel.sharded_like(value.to(named[name].dtype), named[name])
         # The fused AdamW keeps its step count on the parameters' device.
         step_device = self.device if self.device.type == "cuda" else "cpu"
         for p in named.values():
@@ -100,10 +115,13 @@ class Backend(BaseBackend):
         quantize(self.model, mode)
         self.decode_steps.clear()  # compiled for the float weights
 
+    @parallel.collective
     def _generate(self, tokens, seeds, plan):
         self.model.eval()
         cache = self._kv_cache(len(tokens)) if plan.program.use_cache else None
-        with self.amp:
+        # inference_mode: the tensors each step makes carry no version counter or autograd state. Not
+        # under FSDP, whose weights gathered in it would stay inference tensors, which training cannot update.
+        with torch.no_grad() if self.shard > 1 else torch.inference_mode(), self.amp:
             return generate(self.model, self._tensor(tokens), plan, seeds, cache,
                             self._decode_steps(len(tokens), plan.program.sampling)).cpu().numpy()
 
@@ -126,8 +144,22 @@ class Backend(BaseBackend):
             self.kv_caches[batch_size] = cache
         return self.kv_caches[batch_size]
 
+    def serve(self):
+        parallel.serve(self)
+
     def close(self):
+        if self.shard > 1 and self.rank == 0:
+            parallel.stop_serving()
         parallel.shutdown()
+
+    def state_bytes(self):
+        params = list(self.model.parameters())
+        moments = [t for p in params for key, t in self.optimizer.state.get(p, {}).items() if key != "step"]
+        return {"params": _local_bytes(params), "grads": self.gradient_bytes, "adam": _local_bytes(moments)}
+
+    def _measure_gradients(self, optimizer, args, kwargs) -> None:
+        # Before each update, while the step's gradients exist (FSDP has reduce-scattered them to shards).
+        self.gradient_bytes = _local_bytes([p.grad for p in self.model.parameters() if p.grad is not None])
 
     def device_info(self):
         info = {"framework_version": torch.__version__, "device": "cpu", "device_name": "cpu",
@@ -160,9 +192,14 @@ class Backend(BaseBackend):
                                       on_trace_ready=torch.profiler.tensorboard_trace_handler(log_dir))
 
     # --- looking inside ------------------------------------------------------------------------
+    @parallel.collective
     @torch.no_grad()
     def _inspect(self, ids):
         from pytorch_impl.model import inspect
         self.model.eval()
         with self.amp:
             return [t.float().cpu().numpy() for t in inspect(self.model, self._tensor(ids))]
+
+
+def _local_bytes(tensors) -> int:
+    return sum(parallel.local(t).nbytes for t in tensors)

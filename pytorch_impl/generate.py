@@ -136,12 +136,10 @@ def per_cache_window(step, compiled):
     return run
 
 
-# inference_mode rather than no_grad: the tensors each step makes carry no version counter or autograd state.
-@torch.inference_mode()
 def generate(model: GPT, tokens, plan: DecodePlan, seeds=(0,), cache: KVCache | None = None, steps: Steps = EAGER):
     """Fill tokens[:, prompt_len:prompt_len + max_new_tokens] after the prompts as the plan says; row b
     samples from the stream of seeds[b]. The loop of common.decode.decode_loop, in Python around
-    compiled steps.
+    compiled steps; the caller turns gradients off.
 
     tokens is a (B, plan.buffer_len) buffer. `cache` (used when the plan has one) holds at most
     block_size positions. Once the context is longer, each step runs the model on the last block_size

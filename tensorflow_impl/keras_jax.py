@@ -12,12 +12,16 @@ import jax
 import jax.numpy as jnp
 import keras
 import numpy as np
+from jax.sharding import NamedSharding, PartitionSpec as P
 
 from common.backend import XLA_DECODE_OPTIONS, Backend as BaseBackend, micro_batches
 from common.decode import DecodeProgram, decode_loop
 from common.errors import UserError
+from common.memory import shard_axis
+from common.params import param_shapes
 from tensorflow_impl.generate import LOOP_OPS, filter_logits
-from tensorflow_impl.model import GPT, KVCache, cross_entropy, load_canonical
+from jax_impl.parallel import bytes_on
+from tensorflow_impl.model import GPT, KVCache, canonical_variables, cross_entropy, load_canonical, variable_pattern
 from tensorflow_impl.train import KerasModelState, compile_model, train_step
 
 
@@ -49,6 +53,22 @@ def _generate(model: GPT, variables, tokens, prompt_len, max_new_tokens, seeds, 
     return decode_loop(LOOP_OPS, program, forward, new_cache, tokens, prompt_len, max_new_tokens, sample)
 
 
+def fully_sharded(config, devices: list, shard: int) -> keras.distribution.ModelParallel:
+    """FSDP in Keras: every weight split over an "fsdp" axis of `shard` devices, along the axis
+    common.memory.shard_axis picks (Adam's moments take their weight's layout), and each batch's
+    rows split over the same axis; XLA gathers the weights where the step needs them whole."""
+    if len(devices) < shard:
+        raise UserError(f"--shard {shard} needs {shard} devices and JAX sees {len(devices)}: set XLA_FLAGS="
+                        f"--xla_force_host_platform_device_count={shard} on a CPU (benchmarks.run does), or use "
+                        f"--shard {len(devices)}.")
+    mesh = keras.distribution.DeviceMesh((shard,), ["fsdp"], devices[:shard])
+    layout_map = keras.distribution.LayoutMap(mesh)
+    for name, shape in param_shapes(config).items():
+        axis = shard_axis(shape, shard)
+        layout_map[variable_pattern(name)] = tuple("fsdp" if i == axis else None for i in range(len(shape)))
+    return keras.distribution.ModelParallel(layout_map=layout_map, batch_dim_name="fsdp")
+
+
 @functools.partial(jax.jit, static_argnums=0)
 def _loss_and_grads(model: GPT, trainable, non_trainable, x, y):
     """The loss and its gradients with respect to the trainable variables, compiled once per model."""
@@ -66,13 +86,14 @@ class Backend(KerasModelState, BaseBackend):
     def _build(self, params):
         config, train, replicas = self.config, self.train_config, self.replicas
         if replicas > 1:
-            raise UserError("keras-jax runs on one device: use --replicas 1 (data parallelism is in the "
-                            "tensorflow and jax rows).")
+            raise UserError("keras-jax trains data-parallel only sharded: use --shard N, or --replicas with the "
+                            "tensorflow and jax rows.")
         if keras.backend.backend() != "jax":
             raise UserError(f"Keras runs on {keras.backend.backend()} in this process: run keras-jax in a "
                             "process of its own (benchmarks.run does), or with KERAS_BACKEND=jax.")
         # float32 means float32, as in jax_impl: no reduced-precision matmul passes on accelerators.
         self.precision = "highest" if train.dtype == "float32" else "default"
+        self.distribution = fully_sharded(config, jax.devices(self.device.platform), self.shard) if self.shard > 1 else None
         with self._placed():
             self.model = GPT(config, dtype="mixed_bfloat16" if train.dtype == "bfloat16" else "float32")
             load_canonical(self.model, params)
@@ -80,8 +101,16 @@ class Backend(KerasModelState, BaseBackend):
 
     @contextlib.contextmanager
     def _placed(self):
-        with jax.default_device(self.device), jax.default_matmul_precision(self.precision):
+        # Sharded, the distribution places every variable Keras makes and splits each batch it is given.
+        where = self.distribution.scope() if self.distribution else jax.default_device(self.device)
+        with where, jax.default_matmul_precision(self.precision):
             yield
+
+    def _replicated(self, a):
+        """An array on the device, or whole on every device of the mesh."""
+        if not self.distribution:
+            return jax.device_put(a, self.device)
+        return jax.device_put(a, NamedSharding(self.distribution.device_mesh.backend_mesh, P()))
 
     def train_step(self, x, y, lr):
         with self._placed():
@@ -114,11 +143,22 @@ class Backend(KerasModelState, BaseBackend):
 
     def _generate(self, tokens, seeds, plan):
         with self._placed():
-            return _generate(self.model, self._variables(), jax.device_put(tokens, self.device),
+            return _generate(self.model, self._variables(), self._replicated(tokens),
                              np.int32(plan.prompt_len), np.int32(plan.max_new_tokens), seeds,
                              None if plan.greedy else np.float32(plan.temperature),
                              None if plan.top_k is None else np.int32(plan.top_k),
                              None if plan.top_p is None else np.float32(plan.top_p), program=plan.program)
+
+    def state_bytes(self):
+        first = self.distribution.device_mesh.devices.flat[0] if self.distribution else self.device
+        variables = list(canonical_variables(self.model).values())
+        moments = [m.value for v in variables for m in self.model.optimizer.moments(v)]
+        # The gradient lives inside Keras' compiled step; one is made here, laid out as XLA lays it out there.
+        ids = self._replicated(np.zeros((self.shard, 1), np.int32))
+        with self._placed():
+            _, grads = _loss_and_grads(self.model, *self._variables(), ids, ids)
+        return {"params": bytes_on(first, [v.value for v in variables]), "grads": bytes_on(first, grads),
+                "adam": bytes_on(first, moments)}
 
     def device_info(self):
         kind = {"cuda": "gpu", "rocm": "gpu"}.get(self.device.platform, self.device.platform)

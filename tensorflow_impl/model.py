@@ -5,6 +5,7 @@ generate.py compile it with TensorFlow's XLA, or with JAX's for keras-jax (keras
 """
 import dataclasses
 import math
+import re
 from typing import Any, NamedTuple
 
 import keras
@@ -277,6 +278,15 @@ def _canonical_name(model: GPT, path: str) -> str:
     """'gpt/h.0/attn/c_attn/kernel' -> 'h.0.attn.c_attn.weight'; 'gpt/wte/embeddings' -> 'wte'."""
     *layer_names, variable = path.removeprefix(f"{model.path}/").split("/")
     return ".".join(layer_names) + _VARIABLE_NAMES[variable]
+
+
+def variable_pattern(name: str) -> str:
+    """The inverse of _canonical_name, as a regex of variable paths for a keras.distribution.LayoutMap:
+    'h.0.attn.c_attn.weight' matches 'gpt/h.0/attn/c_attn/kernel' (a dot in a canonical name is one
+    of Keras' separators, or a dot of its layer's own name, as in h.0)."""
+    layers, kind = name.rsplit(".", 1) if name.endswith((".weight", ".bias")) else (name, "")
+    variables = [v for v, suffix in _VARIABLE_NAMES.items() if suffix == (f".{kind}" if kind else "")]
+    return ".*/" + re.escape(layers).replace(r"\.", "[./]") + f"/({'|'.join(variables)})"
 
 
 def canonical_variables(model: GPT) -> dict[str, keras.Variable]:

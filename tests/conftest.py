@@ -88,7 +88,8 @@ def _pin_to_own_cores(worker: int, workers: int):
         return
     cores = sorted(os.sched_getaffinity(0))
     if 1 < workers <= len(cores):
-        os.sched_setaffinity(0, cores[worker::workers])
+        # A worker that replaces a crashed one counts on (gw2 of two): it takes the crashed one's cores.
+        os.sched_setaffinity(0, cores[worker % workers::workers])
 
 
 def pytest_collection_modifyitems(config, items):

@@ -1,7 +1,7 @@
 """Config validation, presets and command-line overrides."""
 import pytest
 
-from common.config import GPTConfig, TrainConfig, apply_overrides, check_fits_memory, get_preset, training_bytes
+from common.config import GPTConfig, TrainConfig, apply_overrides, get_preset
 from common.errors import UserError
 
 
@@ -123,19 +123,3 @@ def test_gelu_form_and_epsilon_default_to_the_spec_and_old_configs_still_load():
 def test_out_of_range_integers_are_one_line_errors(overrides, words):
     with pytest.raises(UserError, match=words):
         apply_overrides(*get_preset("tiny"), overrides)
-
-
-def test_training_bytes_counts_weights_four_times_and_the_activations():
-    model, train = GPTConfig(vocab_size=10, block_size=4, n_layer=1, n_head=1, n_embd=2), TrainConfig(batch_size=3, eval_iters=5)
-    params = (10 + 4) * 2 + 12 * 2 * 2                # 76
-    activations = 3 * 4 * (8 * 2 + 2 * 10)            # 432
-    eval_tokens = 2 * 5 * 3 * 5 * 2                   # 300
-    assert training_bytes(model, train) == 4 * (4 * params + activations + eval_tokens)
-
-
-def test_configs_that_cannot_fit_are_refused_with_the_fix():
-    model, train = get_preset("cpu-baby")
-    check_fits_memory(model, train, available_bytes=2**30)  # 25 MiB of 1 GiB: fine
-    huge = apply_overrides(model, train, {"n_embd": "65536", "n_head": "1"})  # 4 * 12 * 65536² weights, 16 bytes each
-    with pytest.raises(UserError, match=r"needs at least 3,078.1 GiB to train and 1.0 GiB are available: lower "):
-        check_fits_memory(*huge, available_bytes=2**30)

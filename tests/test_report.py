@@ -3,8 +3,8 @@ from pathlib import Path
 
 import numpy as np
 
-from benchmarks.report import (Group, Run, contention_rows, group_runs, round_rows, scaling_rows, summary_rows,
-                               write_report)
+from benchmarks.report import (Group, Run, baseline_group, contention_rows, group_runs, round_rows, scaling_rows,
+                               shard_rows, summary_rows, write_report)
 
 
 TOKENS_PER_STEP = 768
@@ -31,6 +31,16 @@ def test_scaling_efficiency_against_the_one_replica_run():
               Group("jax", "cpu", "float32", 2, runs=[_run("jax", 2, 1500.0)])]
     _, rows = scaling_rows(groups)
     assert rows == [["jax", "cpu", "2", "1500", "1.50×", "75.0%"]]
+
+
+def test_a_sharded_run_is_its_own_row_with_what_a_device_held():
+    one, sharded = _run("jax", 1, 1000.0), _run("jax", 1, 900.0)
+    sharded.summary.update(shard=2, state_bytes={"params": 2**20, "grads": 2**20, "adam": 2**21}, state_share=0.5)
+    groups = group_runs([one, sharded])
+    assert [g.name for g in groups] == ["jax", "jax sharded ×2"] and baseline_group(groups).shard == 1
+    header, rows = shard_rows(groups)
+    assert rows == [["jax", "2", "1.00 MiB", "1.00 MiB", "2.00 MiB", "4.00 MiB", "0.500", "1.950000"]]
+    assert scaling_rows(groups)[1] == []  # not a replica count
 
 
 def test_cpu_runs_share_the_highest_measured_peak():
