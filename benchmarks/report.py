@@ -535,12 +535,14 @@ class RunSet:
 
     @property
     def compares_frameworks(self) -> bool:
-        """Eager PyTorch and another row, each trained for its preset's whole schedule: a set made for
-        something else (generation speed after 20 steps, one framework's seeds) heads no table."""
+        """Eager PyTorch and another row, each trained for its preset's whole schedule, unsharded: a
+        set made for something else (generation speed after 20 steps, one framework's seeds,
+        sharding's memory) heads no table."""
         from common.config import get_preset
         full = all(run.config["train"]["max_iters"] == get_preset(run.config["preset"])[1].max_iters
                    for g in self.groups for run in g.runs)
-        return full and self.eager_pytorch is not None and len(self.groups) > 1
+        unsharded = all(g.shard == 1 for g in self.groups)
+        return full and unsharded and self.eager_pytorch is not None and len(self.groups) > 1
 
 
 def load_run_sets(results: Path) -> list[RunSet]:

@@ -14,7 +14,7 @@ STEPS = 200  # the tiny preset's whole schedule, so a set of these runs heads a 
 
 
 def make_run(folder: Path, framework="pytorch", seed=1337, tokens_per_s=1000.0, max_iters=STEPS,
-             cpu_isa="AVX2", date="2026-12-01T10:00:00+00:00", val=1.95, round_number=None) -> Path:
+             cpu_isa="AVX2", date="2026-12-01T10:00:00+00:00", val=1.95, round_number=None, shard=1) -> Path:
     """A finished harness run folder, written by hand with the files and fields the harness writes; every
     step takes the same time, 12.5 tokens at tokens_per_s. With round_number, made in interleaved rounds."""
     folder.mkdir(parents=True)
@@ -29,7 +29,7 @@ def make_run(folder: Path, framework="pytorch", seed=1337, tokens_per_s=1000.0, 
            "settings": {"XLA_FLAGS": "--xla_cpu_use_fusion_emitters=false"} if framework == "jax" else {},
            "command": f"python -m benchmarks.run --framework {framework} --seed {seed}"}
     summary = {"framework": framework, "device": "cpu", "device_name": "cpu", "dtype": "float32", "compile": False,
-               "seed": seed, "replicas": 1, "params": 29_000, "tokens_per_s": tokens_per_s, "final_val_loss": val,
+               "seed": seed, "replicas": 1, "shard": shard, "params": 29_000, "tokens_per_s": tokens_per_s, "final_val_loss": val,
                "best_val_loss": val, "whole_val_loss": val + 0.01, "median_step_ms": 1e3 * step_time,
                "p10_step_ms": 1e3 * step_time, "p90_step_ms": 1e3 * step_time, "mfu": 0.2, "peak_flops": 1e11, "flops_per_token": 2e7,
                "peak_memory_bytes": None, "peak_rss_bytes": 300 * 2**20, "kv_cache_speedup": 6.0,
@@ -114,14 +114,17 @@ def test_packing_into_a_set_replaces_a_run_of_the_same_name_and_keeps_the_others
 
 
 def test_headline_takes_the_newest_set_comparing_frameworks_per_machine(tmp_path):
-    def run_set(name, date, frameworks=("pytorch", "jax"), max_iters=STEPS, cpu_isa="AVX2", jax_speed=1500.0):
+    def run_set(name, date, frameworks=("pytorch", "jax"), max_iters=STEPS, cpu_isa="AVX2", jax_speed=1500.0,
+                shard=1):
         folders = [make_run(tmp_path / name / f, f, tokens_per_s=1000.0 if f == "pytorch" else jax_speed,
-                            max_iters=max_iters, cpu_isa=cpu_isa, date=date) for f in frameworks]
+                            max_iters=max_iters, cpu_isa=cpu_isa, date=date, shard=shard if f == "jax" else 1)
+                   for f in frameworks]
         pack(folders, tmp_path / "results" / name)
     run_set("old", "2026-11-01T00:00:00+00:00")
     run_set("new", "2026-12-01T00:00:00+00:00", jax_speed=1200.0)
     run_set("newest-but-20-steps", "2026-12-02T00:00:00+00:00", max_iters=20)
     run_set("newest-but-pytorch-alone", "2026-12-03T00:00:00+00:00", frameworks=("pytorch",))
+    run_set("newest-but-sharded", "2026-12-04T00:00:00+00:00", shard=2)
     run_set("other-cpu", "2026-10-01T00:00:00+00:00", cpu_isa="AVX-512 + AMX")
     page = benchmarks_page(tmp_path / "results")
     chosen = [s.name for s in headline_sets([RunSet(p.parent.name, group_runs(load_run_set(p.parent)))
