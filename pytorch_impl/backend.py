@@ -34,7 +34,7 @@ class Backend(BaseBackend):
         if self.shard > 1:  # every process loaded the whole model; each keeps its shards
             parallel.shard_fully(self.model)
         self.optimizer = configure_optimizer(self.model, train)
-        self.gradient_bytes = 0
+        self.gradient_bytes: int | None = None  # measured at each update
         self.optimizer.register_step_pre_hook(self._measure_gradients)
         self.amp = autocast(self.device.type, train.dtype)
         ddp = self.world_size > 1 and self.shard == 1
@@ -153,6 +153,8 @@ class Backend(BaseBackend):
         parallel.shutdown()
 
     def state_bytes(self):
+        if self.gradient_bytes is None:  # no update in this process (a run resumed after its last step)
+            return None
         params = list(self.model.parameters())
         moments = [t for p in params for key, t in self.optimizer.state.get(p, {}).items() if key != "step"]
         return {"params": _local_bytes(params), "grads": self.gradient_bytes, "adam": _local_bytes(moments)}
