@@ -130,3 +130,33 @@ def test_int4_refuses_a_width_of_partial_groups(framework):
     needs_tool(framework)
     with pytest.raises(UserError, match="groups of 32 inputs, and n_embd 16 is not a multiple of 32: use --quantize int8"):
         make_backend(framework).quantize("int4")
+
+
+@pytest.mark.pytorch
+def test_compiled_pytorch_int8_sums_one_row_over_the_int8_bytes():
+    """Compiled, an int8 Linear multiplies one row as a sum over its int8 bytes, many rows as torchao
+    does: both give the dequantized weight's product, and a compiled int8 decode eager int8's tokens."""
+    import torch
+    from common.decode import DecodeConfig
+    from pytorch_impl.quantize import Int8Linear
+    needs_tool("pytorch")
+    backend = quantized_backend("pytorch")
+    linear = backend.model.h[0].mlp.c_fc
+    assert isinstance(linear, Int8Linear) and isinstance(backend.model.lm_head, Int8Linear)
+    weight = torch.from_numpy(backend.export_params()["h.0.mlp.c_fc.weight"]).T  # dequantized, (N, K)
+    for rows in ((1, 1), (2, 3)):
+        x, graphs = torch.randn(*rows, SMALL_CONFIG.n_embd), []
+        with torch.no_grad():
+            expected = torch.nn.functional.linear(x, weight, linear.bias)
+            torch.testing.assert_close(torch.compile(linear)(x), expected, rtol=1e-5, atol=1e-6)
+            torch.compile(linear, backend=lambda gm, _: graphs.append(str(gm.graph)) or gm.forward)(x)
+        assert ("linear" in graphs[0]) == (rows != (1, 1)), graphs[0]
+    params = decisive_params(SMALL_CONFIG)
+    eager, compiled = make_backend("pytorch", params=params), make_backend("pytorch", params=params,
+                                                                           decode=DecodeConfig(compile=True))
+    eager.quantize("int8")
+    compiled.quantize("int8")
+    prompts, n = [[1, 2, 3], [4, 5, 6]], SMALL_CONFIG.block_size + 4  # past the window too
+    assert compiled.generate_batch(prompts[:1], n, temperature=0.0) == eager.generate_batch(prompts[:1], n,
+                                                                                            temperature=0.0)
+    assert compiled.generate_batch(prompts, n, temperature=0.0) == eager.generate_batch(prompts, n, temperature=0.0)
