@@ -332,8 +332,8 @@ SECTIONS: tuple[Section, ...] = (
             "Keras and JAX write into a preallocated token buffer so the loop has one shape to compile.",
             "Temperature, top-k and top-p follow the numpy reference `common.sampling.filter_logits` in each "
             "framework: Keras and JAX share `common.decode:filter_logits` (over `FILTER_OPS`), PyTorch filters "
-            "inside its own `sample_next`; stop strings are applied to decoded text afterwards (`cut_at_stop`), outside the "
-            "compiled loop.",
+            "inside its own `sample_next`; stop strings are applied to decoded text afterwards (`cut_at_stop`), "
+            "outside the compiled loop.",
             "What is the same in every framework is written once, in `common.backend:Backend.generate_batch`: "
             "the options are checked there with one message each, and a frozen `DecodePlan` made there (prompt "
             "length, token buffer, prefill window, sampling form) is passed down; each framework fills only "

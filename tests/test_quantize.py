@@ -128,7 +128,8 @@ def test_quantize_refuses_unknown_modes_and_a_second_pass(framework):
 @pytest.mark.parametrize("framework", BACKENDS)
 def test_int4_refuses_a_width_of_partial_groups(framework):
     needs_tool(framework)
-    with pytest.raises(UserError, match="groups of 32 inputs, and n_embd 16 is not a multiple of 32: use --quantize int8"):
+    message = "groups of 32 inputs, and n_embd 16 is not a multiple of 32: use --quantize int8"
+    with pytest.raises(UserError, match=message):
         make_backend(framework).quantize("int4")
 
 

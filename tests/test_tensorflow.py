@@ -119,7 +119,8 @@ def test_tensor_top_k_past_its_bound_matches_the_common_rules(top_k):
     from tensorflow_impl.generate import FILTER_OPS
     logits = np.random.default_rng(1).normal(0, 3, size=(2, 300)).astype(np.float32)
     expected = filter_logits(logits, 1.0, top_k, None)
-    run = tf.function(lambda x, k: compiled_filter_logits(FILTER_OPS, x, 1.0, k, None, top_k_bound(top_k, 300)), jit_compile=True)
+    run = tf.function(lambda x, k: compiled_filter_logits(FILTER_OPS, x, 1.0, k, None, top_k_bound(top_k, 300)),
+                      jit_compile=True)
     assert np.array_equal(np.isinf(run(tf.constant(logits), tf.constant(top_k)).numpy()), np.isinf(expected))
     assert np.isfinite(expected).sum(axis=-1).tolist() == [min(top_k, 300)] * 2
 
