@@ -51,12 +51,12 @@ from common.backend import canonical_framework, check_sampling, is_installed, lo
 from common.decode import DecodeConfig
 from common.config import PRESETS, GPTConfig, TrainConfig, get_preset, to_dict
 from common.errors import OneLineParser, UserError, command_line
-from common.quantize import QUANTIZE_MODES
+from common.quantize import INT4_GROUP, QUANTIZE_MODES, check_quantize
 from common.params import init_params, num_params
 
 COMPILED = "pytorch-compiled"  # PyTorch with DecodeConfig.compile: torch.compile'd decode
 FLOAT_ROWS = ("pytorch", COMPILED, "tensorflow", "jax", "keras-jax")  # `all`, in report order
-# With --quantize int8 each row runs again with int8 weights (Backend.quantize), beside its float twin.
+# With --quantize int8 (or int4) each row runs again with quantized weights (Backend.quantize), beside its float twin.
 ROWS = tuple(name for row in FLOAT_ROWS for name in (row, *(f"{row}-{mode}" for mode in QUANTIZE_MODES)))
 SET_FILE = "inference.json"
 PLOT_FILE = "decode_tokens_per_s.png"
@@ -92,14 +92,19 @@ def device_bandwidth(device_name: str) -> float | None:
 
 
 def weight_bytes(config: GPTConfig, quantize: str | None = None) -> int:
-    """Bytes of the weights a decode step reads: float32 each; with int8, the blocks' kernels and
-    the head (wte) one byte each, plus a float32 scale per output channel (common/quantize.py)."""
+    """Bytes of the weights a decode step reads at the least: float32 each; quantized, the blocks'
+    kernels and the head (wte) one byte each (int8), plus a float32 scale per output channel, or half
+    a byte (int4, packed as Keras packs it; torchao and the JAX layer hold each in a byte), plus a
+    float32 scale and an int8 zero point per group of INT4_GROUP inputs (common/quantize.py)."""
     if quantize is None:
         return 4 * num_params(config)
     C, V = config.n_embd, config.vocab_size
-    kernels = config.n_layer * 12 * C * C  # c_attn 3C², attn.c_proj C², c_fc 4C², mlp.c_proj 4C²
-    scales = config.n_layer * 9 * C + V  # one per output channel: 3C + C + 4C + C, and the head's V
-    return kernels + V * C + 4 * (num_params(config) - kernels - V * C + scales)
+    kernels = config.n_layer * 12 * C * C + V * C  # c_attn 3C², attn.c_proj C², c_fc 4C², mlp.c_proj 4C²; the head
+    if quantize == "int8":
+        stored = kernels + 4 * (config.n_layer * 9 * C + V)  # output channels: 3C + C + 4C + C, and the head's V
+    else:
+        stored = kernels // 2 + 5 * kernels // INT4_GROUP
+    return stored + 4 * (num_params(config) - kernels)
 
 
 def decode_bytes_per_step(config: GPTConfig, batch_size: int, prompt_tokens: int, new_tokens: int,
@@ -468,8 +473,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--top-p", type=float, help="sample from the smallest set of tokens holding this mass")
     p.add_argument("--device", default="auto", choices=["auto", "cpu", "gpu", "tpu"])
     p.add_argument("--dtype", default="float32", choices=["float32", "bfloat16"], help="compute dtype")
-    p.add_argument("--quantize", choices=QUANTIZE_MODES, help="also run every row with int8 weights (one scale "
-                   "per output channel, activations float), quantized by the framework's own tool")
+    p.add_argument("--quantize", choices=QUANTIZE_MODES, help="also run every row with quantized weights, int8 (one "
+                   f"scale per output channel) or int4 (groups of {INT4_GROUP} inputs), activations float, quantized "
+                   "by the framework's own tool")
     p.add_argument("--quality-batches", type=int, default=4, help="batches of --quality-rows windows whose "
                    "validation loss every row measures (0: none); of the validation split when the weights "
                    "come with a tokenizer, else of random tokens")
@@ -590,6 +596,7 @@ def plan(args, argv: list[str]) -> tuple[Path, dict, list[str], list[str]]:
     source = {"checkpoint": args.checkpoint and str(Path(args.checkpoint).resolve()),
               "init_from": args.init_from, "preset": args.preset, "seed": args.seed}
     config, params, described = load_weights(source)
+    check_quantize(args.quantize, config.n_embd)
     block = config.block_size
     lengths = (_numbers(args.prompt_lengths, "--prompt-lengths", block) if args.prompt_lengths else
                sorted({max(1, block // 8), max(1, block // 4), max(1, block // 2), block}))

@@ -300,15 +300,15 @@ SECTIONS: tuple[Section, ...] = (
     Section(
         "generation", "KV-cache generation and sampling",
         shared=("common.sampling:filter_logits", "common.sampling:cut_at_stop", "common.backend:Backend.generate_batch",
-                "common.decode:DecodePlan", "common.decode:window_schedule", "common.decode:decode_loop"),
+                "common.decode:DecodePlan", "common.decode:window_schedule", "common.decode:decode_loop",
+                "common.decode:filter_logits"),
         pytorch=("pytorch_impl.model:KVCache", "pytorch_impl.generate:sample_next", "pytorch_impl.generate:prefill",
                  "pytorch_impl.generate:decode_one_token", "pytorch_impl.generate:compile_options",
                  "pytorch_impl.generate:compiled_steps",
                  "pytorch_impl.generate:generate", "pytorch_impl.backend:Backend._generate"),
-        tensorflow=("tensorflow_impl.model:KVCache", "tensorflow_impl.generate:filter_logits",
-                    "tensorflow_impl.generate:sample_next",
+        tensorflow=("tensorflow_impl.model:KVCache", "tensorflow_impl.generate:sample_next",
                     "tensorflow_impl.generate:compiled_generate", "tensorflow_impl.backend:Backend._generate"),
-        jax=("jax_impl.model:KVCache", "jax_impl.generate:filter_logits", "jax_impl.generate:sample_next",
+        jax=("jax_impl.model:KVCache", "jax_impl.generate:sample_next",
              "jax_impl.generate:generate", "jax_impl.backend:Backend._generate"),
         focus=r"\bseed\b|\bkey\b|Generator|stateless|fold_in|multinomial|categorical",
         focus_on="where randomness enters",
@@ -331,8 +331,9 @@ SECTIONS: tuple[Section, ...] = (
             "PyTorch's loop is plain Python, one eager model call per token, appending with `torch.cat`; "
             "Keras and JAX write into a preallocated token buffer so the loop has one shape to compile.",
             "Temperature, top-k and top-p follow the numpy reference `common.sampling.filter_logits` in each "
-            "framework; stop strings are applied to decoded text afterwards (`cut_at_stop`), outside the "
-            "compiled loop.",
+            "framework: Keras and JAX share `common.decode:filter_logits` (over `FILTER_OPS`), PyTorch filters "
+            "inside its own `sample_next`; stop strings are applied to decoded text afterwards (`cut_at_stop`), "
+            "outside the compiled loop.",
             "What is the same in every framework is written once, in `common.backend:Backend.generate_batch`: "
             "the options are checked there with one message each, and a frozen `DecodePlan` made there (prompt "
             "length, token buffer, prefill window, sampling form) is passed down; each framework fills only "

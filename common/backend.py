@@ -409,7 +409,7 @@ class Backend(ABC):
         """Quantize the model's weights in place with the framework's own tool, for inference: generate,
         logits and eval_loss then compute with them, and export_params gives them dequantized. Weight-only
         (common/quantize.py): activations stay in float. Once only; a quantized model does not train."""
-        check_quantize(mode)
+        check_quantize(mode, self.config.n_embd)
         if self.quantized:
             raise UserError(f"the model is already quantized ({self.quantized}): build a new backend from "
                             f"float weights to quantize it another way.")

@@ -2,9 +2,9 @@
 generation needs to know beyond its model, and the window schedule its cache follows.
 
 The compiled loop of JAX and of the Keras model (on TensorFlow and on JAX) is written here once,
-over a few array primitives each framework hands in (LoopOps): the loops were the same line for
-line. PyTorch runs the same schedule in Python around compiled steps (pytorch_impl/generate.py).
-Nothing here imports a framework.
+over a few array primitives each framework hands in (LoopOps), and so is its sampling filter
+(FilterOps): both were the same line for line. PyTorch runs the same schedule in Python around
+compiled steps (pytorch_impl/generate.py). Nothing here imports a framework.
 """
 from __future__ import annotations
 
@@ -176,3 +176,42 @@ def decode_loop(ops: LoopOps, program: DecodeProgram, forward, new_cache, tokens
         for slots, first, end in spans:
             tokens, cache = ops.fori_loop(first, end, cached_step, (tokens, cache.grown(slots)))
     return ops.fori_loop(n_cached, max_new_tokens, windowed_step, tokens)
+
+
+class FilterOps(NamedTuple):
+    """The array primitives filter_logits needs, under keras.ops' names and signatures: keras.ops
+    serves as it is, and JAX's jax.numpy, jax.lax.top_k and jax.nn.softmax take the same arguments."""
+    cast: Callable             # (x, dtype)
+    top_k: Callable            # (x, k) -> (values, indices) of the k largest, descending, ties by index
+    take: Callable             # (x, index, axis)
+    minimum: Callable
+    where: Callable
+    softmax: Callable          # (x, axis)
+    cumsum: Callable           # (x, axis)
+    take_along_axis: Callable  # (x, indices, axis)
+    argsort: Callable          # (x, axis)
+
+
+def filter_logits(ops: FilterOps, logits, temperature, top_k=None, top_p=None, k_bound: int | None = None):
+    """(B, V) logits -> (B, V) scaled logits, -inf outside top-k and then outside the top-p nucleus.
+
+    The rules of common.sampling.filter_logits. None switches a filter off; the values may be traced,
+    so new values compile nothing. A traced top_k needs its k_bound (common.sampling.top_k_bound), a
+    number; a number top_k has it by default.
+    """
+    scaled = ops.cast(logits, "float32") / temperature
+    if top_k is not None:
+        k_bound = k_bound or top_k_bound(top_k, scaled.shape[-1])
+        largest, _ = ops.top_k(scaled, k_bound)  # (B, k_bound), in descending order
+        kth = ops.take(largest, ops.minimum(top_k, k_bound) - 1, axis=1)[:, None]  # (B, 1)
+        scaled = ops.where(scaled < kth, float("-inf"), scaled)
+    if top_p is not None:
+        # top_k over the whole vocabulary is a stable descending sort: ties keep vocabulary order, as
+        # numpy's stable argsort does.
+        sorted_logits, order = ops.top_k(scaled, scaled.shape[-1])
+        probs = ops.softmax(sorted_logits, axis=-1)
+        mass_before = ops.cumsum(probs, axis=-1) - probs
+        # At top_p 1 rounding may put mass_before at 1 for the last tokens: no filter, as the rules say.
+        sorted_logits = ops.where((mass_before >= top_p) & (top_p < 1.0), float("-inf"), sorted_logits)
+        scaled = ops.take_along_axis(sorted_logits, ops.argsort(order, axis=-1), axis=-1)  # back to vocab order
+    return scaled

@@ -1,9 +1,11 @@
-"""Weight-only quantization, the numpy reference: what each framework's int8 weights must hold.
+"""Weight-only quantization, the numpy reference: what each framework's quantized weights must hold.
 
-Weights are stored in int8, one scale per output channel, and dequantized as the matmul reads them;
-activations stay in float. A decode step at batch 1 reads every weight once, so its time follows the
-bytes: a quarter of float32's. The tools that do it (torchao, Keras' quantize, jax_impl/quantize.py)
-each round their own way; the error bound here holds for all of them.
+int8: one scale per output channel. int4: 16 steps, in groups of INT4_GROUP consecutive inputs of an
+output channel, each group with its own scale and zero point (asymmetric, as Keras' int4 and gpt-fast's
+are). Weights are dequantized as the matmul reads them; activations stay in float. A decode step at
+batch 1 reads every weight once, so its time follows the bytes: a quarter of float32's for int8, an
+eighth for packed int4. The tools that do it (torchao, Keras' quantize, jax_impl/quantize.py) each
+round their own way; the error bounds here hold for all of them.
 """
 from __future__ import annotations
 
@@ -11,14 +13,19 @@ import numpy as np
 
 from common.errors import UserError
 
-QUANTIZE_MODES = ("int8",)  # weight-only, per output channel
+QUANTIZE_MODES = ("int8", "int4")  # weight-only: int8 per output channel, int4 in groups of inputs
 INT8_MAX = 127  # symmetric: -127..127, so that zero is exact and w and -w quantize alike
+INT4_MIN, INT4_MAX = -8, 7
+INT4_GROUP = 32  # inputs sharing an int4 scale: gpt-fast's default; GPT-2's 768 and 3072 hold whole groups
 
 
-def check_quantize(mode: str | None) -> str | None:
+def check_quantize(mode: str | None, n_embd: int | None = None) -> str | None:
     if mode is not None and mode not in QUANTIZE_MODES:
         raise UserError(f"unknown quantization {mode!r}: use {' or '.join(QUANTIZE_MODES)}, or leave it out "
                         f"for float weights.")
+    if mode == "int4" and n_embd is not None and n_embd % INT4_GROUP:
+        raise UserError(f"int4 weights come in groups of {INT4_GROUP} inputs, and n_embd {n_embd} is not a "
+                        f"multiple of {INT4_GROUP}: use --quantize int8.")
     return mode
 
 
@@ -39,3 +46,31 @@ def int8_error_bound(kernel: np.ndarray) -> np.ndarray:
     """The largest error rounding to the nearest step allows in each output channel: half a step
     (largest |w| / 127 / 2), and a little more for float32 arithmetic, as a [out] array."""
     return np.abs(np.asarray(kernel, np.float32)).max(axis=0) / INT8_MAX * (0.5 + 1e-3) + 1e-8
+
+
+def quantize_int4(kernel: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """A canonical [in, out] kernel -> (q [in, out] in -8..7, as int8; float32 scales and int8 zero
+    points, [in / INT4_GROUP, out]), kernel ≈ (q - zero) * scale group by group. A group's 16 steps
+    span its values and 0, so that zero is a step; a group of zeros gets scale 1."""
+    kernel = np.asarray(kernel, dtype=np.float32)
+    groups = kernel.reshape(-1, INT4_GROUP, kernel.shape[-1])  # (in / G, G, out)
+    low, high = np.minimum(groups.min(axis=1), 0), np.maximum(groups.max(axis=1), 0)
+    scale = np.where(high > low, (high - low) / (INT4_MAX - INT4_MIN), 1.0).astype(np.float32)
+    zero = np.clip(np.rint(-low / scale) + INT4_MIN, INT4_MIN, INT4_MAX)
+    q = np.clip(np.rint(groups / scale[:, None]) + zero[:, None], INT4_MIN, INT4_MAX)
+    return q.reshape(kernel.shape).astype(np.int8), scale, zero.astype(np.int8)
+
+
+def dequantize_int4(q: np.ndarray, scale: np.ndarray, zero: np.ndarray) -> np.ndarray:
+    groups = q.reshape(scale.shape[0], -1, q.shape[-1]).astype(np.float32)
+    return ((groups - zero[:, None]) * scale[:, None]).reshape(q.shape)
+
+
+def int4_error_bound(kernel: np.ndarray) -> np.ndarray:
+    """The largest error rounding to the nearest of a group's 16 steps allows: half a step, the span
+    of the group's values and 0 over 15, and a little more for float32 arithmetic, as an [in, out]
+    array. Keras spans the values alone, a step no larger."""
+    groups = np.asarray(kernel, np.float32).reshape(-1, INT4_GROUP, kernel.shape[-1])
+    span = np.maximum(groups.max(axis=1), 0) - np.minimum(groups.min(axis=1), 0)
+    bound = span / (INT4_MAX - INT4_MIN) * (0.5 + 1e-3) + 1e-8
+    return np.repeat(bound, INT4_GROUP, axis=0)

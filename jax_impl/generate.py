@@ -5,34 +5,9 @@ import jax
 import jax.numpy as jnp
 
 from common.backend import XLA_DECODE_OPTIONS
-from common.decode import DecodeProgram, LoopOps, decode_loop
-from common.sampling import top_k_bound
+from common.decode import DecodeProgram, FilterOps, LoopOps, decode_loop, filter_logits
 from jax_impl.model import KVCache
 from jax_impl.train import StaticGraph
-
-
-def filter_logits(logits, temperature, top_k=None, top_p=None, k_bound: int | None = None):
-    """(B, V) logits -> scaled logits outside top-k, then outside the top-p nucleus, at -inf.
-
-    The rules of common.sampling.filter_logits. None switches a filter off; the values may be traced,
-    so changing them does not recompile. A traced top_k needs its k_bound (common.sampling.top_k_bound),
-    a number; a number top_k has it by default.
-    """
-    logits = logits.astype(jnp.float32) / temperature
-    if top_k is not None:
-        k_bound = k_bound or top_k_bound(top_k, logits.shape[-1])
-        largest = jax.lax.top_k(logits, k_bound)[0]  # (B, k_bound), in descending order
-        kth = jnp.take(largest, jnp.minimum(top_k, k_bound) - 1, axis=-1)
-        logits = jnp.where(logits < kth[..., None], -jnp.inf, logits)
-    if top_p is not None:
-        order = jnp.argsort(-logits, axis=-1, stable=True)  # most likely first, ties by index
-        sorted_logits = jnp.take_along_axis(logits, order, axis=-1)
-        probs = jax.nn.softmax(sorted_logits, axis=-1)
-        mass_before = jnp.cumsum(probs, axis=-1) - probs
-        sorted_logits = jnp.where(mass_before >= top_p, -jnp.inf, sorted_logits)
-        nucleus = jnp.take_along_axis(sorted_logits, jnp.argsort(order, axis=-1), axis=-1)  # unsort
-        logits = jnp.where(top_p < 1.0, nucleus, logits)
-    return logits
 
 
 def sample_next(logits, temperature, top_k, top_p, keys, greedy: bool, k_bound: int | None = None):
@@ -40,7 +15,7 @@ def sample_next(logits, temperature, top_k, top_p, keys, greedy: bool, k_bound: 
     depends on its own stream alone, not on the rows beside it."""
     if greedy:
         return jnp.argmax(logits, axis=-1)
-    filtered = filter_logits(logits, temperature, top_k, top_p, k_bound)
+    filtered = filter_logits(FILTER_OPS, logits, temperature, top_k, top_p, k_bound)
     return jax.vmap(lambda key, row: jax.random.categorical(key, row))(keys, filtered)
 
 
@@ -81,3 +56,10 @@ LOOP_OPS = LoopOps(
     column=lambda logits, index: jax.lax.dynamic_index_in_dim(logits, index, axis=1, keepdims=False),
     write=lambda tokens, at, ids: jax.lax.dynamic_update_slice(tokens, ids[:, None].astype(tokens.dtype), (0, at)),
     holding=lambda cache, n: cache._replace(length=n))
+
+
+# filter_logits' primitives in JAX.
+FILTER_OPS = FilterOps(
+    cast=lambda x, dtype: x.astype(dtype), top_k=jax.lax.top_k, take=jnp.take, minimum=jnp.minimum,
+    where=jnp.where, softmax=jax.nn.softmax, cumsum=jnp.cumsum, take_along_axis=jnp.take_along_axis,
+    argsort=jnp.argsort)

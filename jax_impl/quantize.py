@@ -1,4 +1,4 @@
-"""int8 weight-only quantization in JAX: a short int8 linear layer.
+"""Weight-only quantization in JAX: short int8 and int4 linear layers.
 
 qwix and AQT would quantize the weights as this does, then dequantize them into a float dot, which
 XLA fuses on GPUs and TPUs. XLA:CPU fuses neither the dequantize into its dot nor, fast, a product
@@ -9,7 +9,7 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
-from common.quantize import dequantize_int8, quantize_int8
+from common.quantize import dequantize_int4, dequantize_int8, quantize_int4, quantize_int8
 from jax_impl.model import GPT
 
 
@@ -38,21 +38,51 @@ class Int8Linear(nnx.Module):
         return dequantize_int8(np.asarray(self.kernel[...]), np.asarray(self.scale[...]))
 
 
+def int4_matmul(x, q, scale, zero):
+    """(..., K) float x (K, N) q in -8..7, in K / G groups of G rows with a scale and zero point each
+    -> (..., N) float."""
+    groups = q.reshape(scale.shape[0], -1, q.shape[-1])  # (K / G, G, N)
+    kernel = (groups - zero[:, None]).astype(x.dtype) * scale[:, None].astype(x.dtype)
+    return x @ kernel.reshape(q.shape)
+
+
+class Int4Linear(nnx.Module):
+    """nnx.Linear's y = x @ kernel + bias, with the kernel in 16 steps in groups of INT4_GROUP inputs
+    (common.quantize.quantize_int4), one value a byte, as torchao holds them: XLA:CPU dequantizes the
+    kernel into its dot either way (see above), so packing two a byte would save memory, not time."""
+
+    def __init__(self, kernel, bias=None):
+        q, scale, zero = quantize_int4(np.asarray(kernel))
+        self.kernel, self.scale, self.zero = (QuantizedWeight(jnp.asarray(a)) for a in (q, scale, zero))
+        self.bias = bias
+
+    def __call__(self, x):
+        y = int4_matmul(x, self.kernel[...], self.scale[...], self.zero[...])
+        return y if self.bias is None else y + self.bias[...].astype(y.dtype)
+
+    def dequantized(self) -> np.ndarray:
+        return dequantize_int4(np.asarray(self.kernel[...]), np.asarray(self.scale[...]), np.asarray(self.zero[...]))
+
+
+LINEARS = {"int8": Int8Linear, "int4": Int4Linear}
+
+
 def quantize(model: GPT, mode: str) -> None:
-    """Every Linear of the blocks as an Int8Linear, in place, and the head too: an Int8Linear of wte's
-    transpose, since the head is a third of GPT-2's weights and every step reads all of it, where the
-    token lookup reads one row of wte, which stays float."""
+    """Every Linear of the blocks as a quantized Linear of the mode, in place, and the head too, of
+    wte's transpose, since the head is a third of GPT-2's weights and every step reads all of it,
+    where the token lookup reads one row of wte, which stays float."""
+    linear_of = LINEARS[mode]
     for block in model.h:
         for layer, name in ((block.attn, "c_attn"), (block.attn, "c_proj"), (block.mlp, "c_fc"),
                             (block.mlp, "c_proj")):
             linear = getattr(layer, name)
-            setattr(layer, name, Int8Linear(linear.kernel[...], linear.bias))
-    model.lm_head = nnx.data(Int8Linear(jnp.asarray(model.wte.embedding[...]).T))  # was None: static
+            setattr(layer, name, linear_of(linear.kernel[...], linear.bias))
+    model.lm_head = nnx.data(linear_of(jnp.asarray(model.wte.embedding[...]).T))  # was None: static
 
 
 def dequantized_kernels(model: GPT) -> dict[str, np.ndarray]:
-    """The kernels an int8 model computes with, as float32 under canonical names (not the head: a
+    """The kernels a quantized model computes with, as float32 under canonical names (not the head: a
     copy of wte)."""
-    return {".".join(map(str, path)) + ".weight": module.dequantized()
-            for path, module in nnx.iter_graph(model) if isinstance(module, Int8Linear) and path[0] != "lm_head"}
+    return {".".join(map(str, path)) + ".weight": module.dequantized() for path, module in nnx.iter_graph(model)
+            if isinstance(module, tuple(LINEARS.values())) and path[0] != "lm_head"}
 

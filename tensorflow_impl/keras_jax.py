@@ -15,12 +15,12 @@ import numpy as np
 from jax.sharding import NamedSharding, PartitionSpec as P
 
 from common.backend import XLA_DECODE_OPTIONS, Backend as BaseBackend, micro_batches
-from common.decode import DecodeProgram, decode_loop
+from common.decode import DecodeProgram, decode_loop, filter_logits
 from common.errors import UserError
 from common.memory import shard_axis
 from common.params import param_shapes
-from tensorflow_impl.generate import LOOP_OPS, filter_logits
 from jax_impl.parallel import bytes_on
+from tensorflow_impl.generate import FILTER_OPS, LOOP_OPS
 from tensorflow_impl.model import GPT, KVCache, canonical_variables, cross_entropy, load_canonical, variable_pattern
 from tensorflow_impl.train import KerasModelState, compile_model, train_step
 
@@ -46,7 +46,7 @@ def _generate(model: GPT, variables, tokens, prompt_len, max_new_tokens, seeds, 
     def sample(logits, i):
         if sampling.greedy:
             return jnp.argmax(logits, axis=-1)
-        filtered = filter_logits(logits, temperature, top_k, top_p, sampling.k_bound)
+        filtered = filter_logits(FILTER_OPS, logits, temperature, top_k, top_p, sampling.k_bound)
         draw = lambda key, row: jax.random.categorical(jax.random.fold_in(key, prompt_len + i), row)  # noqa: E731
         return jax.vmap(draw)(keys, filtered)
 

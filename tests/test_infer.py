@@ -1,4 +1,5 @@
 """python -m benchmarks.infer: the inference benchmark's command, its arithmetic and its refusals."""
+import dataclasses
 import json
 import re
 import shutil
@@ -12,7 +13,7 @@ from benchmarks.results import pack
 from common.backend import is_installed
 from common.checkpoint import save_checkpoint
 from common.config import GPTConfig, get_preset
-from common.params import init_params
+from common.params import init_params, num_params
 from common.tokenizers import CharTokenizer
 from tests.test_results import make_run
 
@@ -209,6 +210,21 @@ def test_int8_rows_stand_beside_their_float_twins_and_read_a_quarter_of_the_kern
     # 2 × (12 + 4 + 16 + 4) + 10 = 82, and the other 476 - 384 - 40 = 52 parameters in four.
     assert infer.weight_bytes(SMALL, "int8") == 384 + 40 + 4 * (82 + 52)
     assert infer.decode_bytes_per_step(SMALL, 3, 1, 5, quantize="int8") == 960 + 2 * 2 * 4 * 4 * 3 * 3
+    # int4, one block of width 32: kernels 12 × 32² = 12,288 and the head's 320 at half a byte, a scale
+    # and a zero point (5 bytes) per 32 of them, and the other 12,944 + 256 + 12 × 32 - 12,608 in four.
+    wide = dataclasses.replace(SMALL, n_layer=1, n_embd=32)
+    assert infer.weight_bytes(wide, "int4") == 12608 // 2 + 5 * 12608 // 32 + 4 * (num_params(wide) - 12608)
+
+
+
+def test_int4_rows_are_refused_before_any_row_runs_for_a_width_of_partial_groups(tmp_path, capsys):
+    save_checkpoint(tmp_path / "model.safetensors", init_params(SMALL, 0), SMALL, step=0,
+                    tokenizer_json=CharTokenizer.train("abcdefghij").to_json(), framework="jax")
+    assert infer.main(["--framework", "jax", "--checkpoint", str(tmp_path), "--quantize", "int4", "--out",
+                       str(tmp_path / "set")]) == 2
+    assert capsys.readouterr().err == ("error: int4 weights come in groups of 32 inputs, and n_embd 4 is not a "
+                                       "multiple of 32: use --quantize int8.\n")
+    assert not (tmp_path / "set").exists()
 
 
 def test_the_quality_table_holds_each_int8_row_against_its_float_twin():

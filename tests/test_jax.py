@@ -1,6 +1,7 @@
 """What only the Flax NNX GPT has to show; the Backend contract is tests/test_backend.py's."""
 import contextlib
 import dataclasses
+import functools
 
 import numpy as np
 import pytest
@@ -11,11 +12,12 @@ jax = pytest.importorskip("jax")
 jnp = pytest.importorskip("jax.numpy")
 nnx = pytest.importorskip("flax.nnx")
 
+from common.decode import filter_logits  # noqa: E402
 from common.params import init_params  # noqa: E402
 from common.sampling import filter_logits as reference_filter_logits, top_k_bound  # noqa: E402
 from common.schedule import learning_rate  # noqa: E402
 from jax_impl.backend import Backend  # noqa: E402
-from jax_impl.generate import filter_logits  # noqa: E402
+from jax_impl.generate import FILTER_OPS  # noqa: E402
 from jax_impl.model import GPT, KVCache, load_canonical  # noqa: E402
 from jax_impl.train import train_step  # noqa: E402
 from tests.conftest import SMALL_CONFIG as CONFIG, SMALL_TRAIN as TRAIN, decisive_params, random_batch  # noqa: E402
@@ -104,7 +106,7 @@ def test_filter_logits_matches_the_common_rules(temperature, top_k, top_p):
     logits = np.random.default_rng(0).normal(0, 3, size=(4, 65)).astype(np.float32)
     logits[1, :3] = logits[1, 3]  # ties at the top-k boundary break by index, as in numpy
     expected = reference_filter_logits(logits, temperature, top_k, top_p)
-    actual = np.asarray(filter_logits(jnp.asarray(logits), temperature,
+    actual = np.asarray(filter_logits(FILTER_OPS, jnp.asarray(logits), temperature,
                                       None if top_k is None else jnp.int32(top_k),
                                       None if top_p is None else jnp.float32(top_p)))
     assert np.array_equal(np.isinf(actual), np.isinf(expected))
@@ -118,8 +120,8 @@ def test_traced_top_k_past_its_bound_matches_the_common_rules(top_k):
     and a k past the vocabulary, the filter keeps what numpy's keeps."""
     logits = np.random.default_rng(1).normal(0, 3, size=(2, 300)).astype(np.float32)
     expected = reference_filter_logits(logits, 1.0, top_k, None)
-    filtered = jax.jit(filter_logits, static_argnums=4)(jnp.asarray(logits), 1.0, jnp.int32(top_k), None,
-                                                        top_k_bound(top_k, 300))
+    run = jax.jit(functools.partial(filter_logits, FILTER_OPS), static_argnums=4)
+    filtered = run(jnp.asarray(logits), 1.0, jnp.int32(top_k), None, top_k_bound(top_k, 300))
     assert np.array_equal(np.isinf(np.asarray(filtered)), np.isinf(expected))
     assert np.isfinite(expected).sum(axis=-1).tolist() == [min(top_k, 300)] * 2
 

@@ -3,6 +3,7 @@ import numpy as np
 import pytest
 
 from common.config import TrainConfig
+from common.decode import filter_logits as compiled_filter_logits
 from common.params import init_params
 from common.sampling import filter_logits, top_k_bound
 from common.schedule import learning_rate
@@ -87,7 +88,7 @@ def test_kv_cache_matches_full_forward_at_every_position():
 
 def test_sampling_filter_matches_common_rules():
     import tensorflow as tf
-    from tensorflow_impl.generate import filter_logits as tf_filter_logits, sample_next
+    from tensorflow_impl.generate import FILTER_OPS, sample_next
     logits = np.random.default_rng(0).normal(size=(4, 65)).astype(np.float32) * 3
     V = logits.shape[-1]
     for temperature, top_k, top_p in [(1.0, None, None), (0.7, 5, None), (1.3, None, 0.8), (1.0, 10, 0.5),
@@ -96,7 +97,7 @@ def test_sampling_filter_matches_common_rules():
         options = (tf.constant(temperature), None if top_k is None else tf.constant(top_k),
                    None if top_p is None else tf.constant(top_p))
         k_bound = None if top_k is None else top_k_bound(top_k, V)
-        actual = tf_filter_logits(tf.constant(logits), *options, k_bound).numpy()
+        actual = compiled_filter_logits(FILTER_OPS, tf.constant(logits), *options, k_bound).numpy()
         np.testing.assert_array_equal(np.isfinite(actual), np.isfinite(expected))
         kept = np.isfinite(expected)
         np.testing.assert_allclose(actual[kept], expected[kept], rtol=1e-6)
@@ -115,10 +116,11 @@ def test_tensor_top_k_past_its_bound_matches_the_common_rules(top_k):
     """A tensor top_k is read from the top-k op's static k_bound: for 100 of 300 tokens (bound 128)
     and a k past the vocabulary, the filter keeps what numpy's keeps."""
     import tensorflow as tf
-    from tensorflow_impl.generate import filter_logits as tf_filter_logits
+    from tensorflow_impl.generate import FILTER_OPS
     logits = np.random.default_rng(1).normal(0, 3, size=(2, 300)).astype(np.float32)
     expected = filter_logits(logits, 1.0, top_k, None)
-    run = tf.function(lambda x, k: tf_filter_logits(x, 1.0, k, None, top_k_bound(top_k, 300)), jit_compile=True)
+    run = tf.function(lambda x, k: compiled_filter_logits(FILTER_OPS, x, 1.0, k, None, top_k_bound(top_k, 300)),
+                      jit_compile=True)
     assert np.array_equal(np.isinf(run(tf.constant(logits), tf.constant(top_k)).numpy()), np.isinf(expected))
     assert np.isfinite(expected).sum(axis=-1).tolist() == [min(top_k, 300)] * 2
 
