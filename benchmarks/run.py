@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import argparse
 import datetime as dt
+import math
 import os
 import shutil
 import subprocess
@@ -102,7 +103,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         raise UserError("--checkpoint-every must be at least 1.")
     if args.replicas < 1 or args.shard < 1:
         raise UserError("--replicas and --shard must be at least 1.")
-    if args.device_memory is not None and not args.device_memory > 0:
+    if args.device_memory is not None and not 0 < args.device_memory < math.inf:
         raise UserError("--device-memory is a size in GiB above 0, e.g. --device-memory 24.")
     if args.busy_cores < 0:
         raise UserError("--busy-cores must be 0 or more.")
@@ -172,9 +173,9 @@ def plan(args, command: str) -> tuple[Path, list[tuple[Path, RunConfig]], list[s
         load_backend(names[0])  # raises the one-line "not installed" error
     missing = [fw for fw in names if not is_installed(fw)]
     if args.init_from in PRETRAINED_SHAPES and not Path(args.init_from).is_dir():  # its memory is known before its weights are fetched and read
+        model, train = _pretrained_configs(PRETRAINED_SHAPES[args.init_from], args.init_from,
+                                           *get_preset(args.preset), _overrides(args))
         for framework in names:
-            model, train = _pretrained_configs(PRETRAINED_SHAPES[args.init_from], args.init_from,
-                                               *get_preset(args.preset), _overrides(args))
             check_memory(args, framework, model, train)
         if args.plan:
             return out_folder(args), [], missing

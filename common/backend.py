@@ -203,16 +203,16 @@ def check_batch(prompts: list[list[int]], seeds: list[int]) -> None:
         raise UserError(f"seed {outside[0]} is out of range: use a whole number from 0 to {SEED_LIMIT - 1}.")
 
 
-# What shards parameters, gradients and Adam's moments over devices (--shard), in each framework.
-SHARDING_ENGINES = {"pytorch": "FSDP2 (fully_shard)", "jax": "jax.sharding (NamedSharding over an fsdp axis)",
-                    "keras-jax": "keras.distribution.ModelParallel"}
+# The frameworks whose engine shards parameters, gradients and Adam's moments (--shard): FSDP2,
+# jax.sharding, keras.distribution.ModelParallel.
+SHARDING_FRAMEWORKS = ("pytorch", "jax", "keras-jax")
 
 
 def check_shard(framework: str, shard: int, replicas: int = 1) -> None:
     """Refuse a --shard the framework's engine cannot run, in one line, before anything starts."""
     if shard < 1:
         raise UserError(f"--shard must be at least 1, got {shard}.")
-    if shard > 1 and framework not in SHARDING_ENGINES:
+    if shard > 1 and framework not in SHARDING_FRAMEWORKS:
         raise UserError(f"{framework} cannot shard a model: Keras 3 on TensorFlow has no parameter sharding "
                         f"(MirroredStrategy copies the model to every device), so use --replicas there, or "
                         f"--shard with pytorch, jax or keras-jax (the same Keras model).")
@@ -222,7 +222,7 @@ def check_shard(framework: str, shard: int, replicas: int = 1) -> None:
 
 def check_replica_split(batch_size: int, replicas: int) -> None:
     if batch_size % replicas:
-        raise UserError(f"batch_size {batch_size} does not split over {replicas} replicas: "
+        raise UserError(f"batch_size {batch_size} does not split over {replicas} devices: "
                         f"use a multiple of {replicas}.")
 
 

@@ -158,7 +158,7 @@ def test_optimizer_state_round_trips_and_resumes_identically(framework):
 
 
 def test_batches_must_split_over_the_replicas(framework):
-    with pytest.raises(UserError, match="batch_size 3 does not split over 2 replicas: use a multiple of 2"):
+    with pytest.raises(UserError, match="batch_size 3 does not split over 2 devices: use a multiple of 2"):
         make_backend(framework, train=dataclasses.replace(SMALL_TRAIN, batch_size=3), replicas=2)
 
 

@@ -82,6 +82,12 @@ def test_shard_and_replicas_together_are_refused(tmp_path):
     assert result.returncode == 2 and "drop --replicas" in result.stderr and result.stderr.count("\n") == 1
 
 
+@pytest.mark.parametrize("value", ["0", "-1", "nan", "inf"])
+def test_device_memory_must_be_a_size(value, tmp_path):
+    result = _harness("--framework", "jax", "--preset", "tiny", "--device-memory", value, "--out", str(tmp_path))
+    assert result.returncode == 2 and result.stderr.count("\n") == 1 and "--device-memory is a size" in result.stderr
+
+
 def test_gpt2_xl_is_planned_before_its_weights_are_fetched(tmp_path):
     """nanoGPT's finetune_shakespeare from gpt2-xl on 24 GiB devices: refused on one, with the fix
     named, and planned on two, without a byte of its 6 GB of weights (this machine is offline)."""
