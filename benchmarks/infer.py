@@ -45,12 +45,14 @@ from types import SimpleNamespace
 
 import numpy as np
 
+from benchmarks.compare import Ratio, paired_ratio
 from benchmarks.harness import REPO, host_info, machine_name, peak_rss_bytes, run_child
 from benchmarks.quiet import native_logs_filtered, quiet_third_party
 from common.backend import canonical_framework, check_sampling, is_installed, load_backend, missing_modules
 from common.decode import DecodeConfig
 from common.config import PRESETS, GPTConfig, TrainConfig, get_preset, to_dict
 from common.errors import OneLineParser, UserError, command_line
+from common.hf_gpt2 import PRETRAINED, PRETRAINED_SHAPES
 from common.quantize import INT4_GROUP, QUANTIZE_MODES, check_quantize
 from common.params import init_params, num_params
 
@@ -129,6 +131,12 @@ def percentiles(values: list[float]) -> tuple[float, float]:
 
 # --- one row, one round: the child process --------------------------------------------------------
 
+def random_shape(name: str) -> GPTConfig:
+    """A preset's model, or a GPT-2 model's whole shape by its name, GPT-2's 50,257-token head
+    included (the presets at GPT-2's width keep the corpus's vocabulary)."""
+    return PRETRAINED_SHAPES[name] if name in PRETRAINED_SHAPES else get_preset(name)[0]
+
+
 def load_weights(source: dict) -> tuple[GPTConfig, dict[str, np.ndarray], str]:
     """The model and canonical parameters every row decodes, and where they came from, in words."""
     from benchmarks.sample import load_model, load_pretrained
@@ -137,7 +145,7 @@ def load_weights(source: dict) -> tuple[GPTConfig, dict[str, np.ndarray], str]:
     elif source.get("init_from"):
         model = load_pretrained(source["init_from"])
     else:
-        config = get_preset(source["preset"])[0]
+        config = random_shape(source["preset"])
         return config, init_params(config, source["seed"]), f"random weights at {source['preset']}, seed {source['seed']}"
     return model.config, model.params, model.source
 
@@ -345,9 +353,30 @@ def greedy_agreement(tokens: list[list[int]], reference: list[list[int]]) -> tup
     return int(equal.sum()), int(equal.size), int(differ[0]) if differ.size else a.shape[1]
 
 
+def speed_against_twin(row: dict, twin: dict, batch_size: int) -> Ratio | None:
+    """A quantized row's decode tokens/s over its float32 twin's at one batch size, paired by round
+    (benchmarks/compare.py): the rounds take the rows in turn, so round i of the two shared the
+    machine's minutes. None for a set that kept no rounds."""
+    twin_rounds = {r["round"]: r for r in twin.get("raw", [])}
+    pairs = [(twin_rounds[r["round"]], r) for r in row.get("raw", []) if r["round"] in twin_rounds]
+    if not pairs:
+        return None
+    return paired_ratio([t["decode_step_s"][str(batch_size)] for t, _ in pairs],
+                        [r["decode_step_s"][str(batch_size)] for _, r in pairs])
+
+
+def speed_text(row: dict, twin: dict, batch_size: int) -> str:
+    """The paired ratio with its 95% interval; one round gives none (its calls' spread says nothing
+    of how far the next process moves)."""
+    ratio = speed_against_twin(row, twin, batch_size)
+    if ratio is None:
+        return _num(decode_at(row, batch_size)["tokens_per_s"] / decode_at(twin, batch_size)["tokens_per_s"], "×")
+    return ratio.text() if ratio.rounds > 1 else f"{ratio.median:.2f}× (one round, no interval)"
+
+
 def quality_table(spec: dict, rows: list[dict]) -> tuple[list[str], list[list[str]]]:
     """Each row's validation loss and bits per byte, and for a quantized row what it costs against its
-    float32 twin: the loss, the greedy tokens, and the decode speed it buys."""
+    float32 twin: the loss, the greedy tokens, and the decode speed it buys (speed_text)."""
     float_rows = {row["row"]: row for row in rows if not row.get("quantize")}
     batches = spec["options"]["batch_sizes"]
     header = ["row", "val loss", "Δ val loss vs float32", "bits per byte", "greedy tokens = float32's",
@@ -365,8 +394,7 @@ def quality_table(spec: dict, rows: list[dict]) -> tuple[list[str], list[list[st
                       "–" if quality["bits_per_byte"] is None else f"{quality['bits_per_byte']:.4f}",
                       f"{agree[0]:,} of {agree[1]:,}" if agree else "–",
                       (f"token {agree[2]}" if agree[2] < len(quality["greedy_tokens"][0]) else "none") if agree else "–",
-                      *[_num(decode_at(row, b)["tokens_per_s"] / decode_at(twin, b)["tokens_per_s"], "×") if twin
-                        else "–" for b in batches]])
+                      *[speed_text(row, twin, b) if twin else "–" for b in batches]])
     return header, lines
 
 
@@ -437,7 +465,9 @@ def write_report(out: Path, problems: list[str]) -> Path:
     if spec.get("quality"):
         quality = spec["quality"]
         md += ["## Quality\n", f"Validation loss on {quality['described']}; greedy tokens: {quality['new_tokens']} "
-               f"after each of {len(quality['prompts'])} prompts of {len(quality['prompts'][0])} tokens.\n",
+               f"after each of {len(quality['prompts'])} prompts of {len(quality['prompts'][0])} tokens. A quantized "
+               f"row's decode speed is its tokens/s over its float32 twin's in the same round, the median over "
+               f"rounds, with a 95% bootstrap interval over rounds and calls (none from one round).\n",
                markdown_table(*quality_table(spec, rows)) + "\n"]
     md += ["## Decode by batch size\n", markdown_table(*decode_table(rows)) + "\n", f"Command: `{spec['command']}`\n"]
     (out / "report.md").write_text("\n".join(md), encoding="utf-8")
@@ -455,7 +485,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     source.add_argument("--checkpoint", metavar="RUN_DIR|FILE", help="a run folder or a .safetensors file a run wrote")
     source.add_argument("--init-from", metavar="NAME|DIR", help="a Hugging Face GPT-2 folder or name")
     p.add_argument("--preset", default="cpu-baby", help=f"random weights at this size, without --checkpoint or "
-                   f"--init-from: one of {', '.join(PRESETS)}")
+                   f"--init-from: one of {', '.join(PRESETS)}, or a GPT-2 name ({', '.join(PRETRAINED)}) for "
+                   "that model's shape, its 50,257-token vocabulary included")
     p.add_argument("--seed", type=int, default=1337, help="the random weights' seed")
     p.add_argument("--batch-sizes", default="1,8,32", help="decode batch sizes, joined by commas")
     p.add_argument("--prompt-lengths", help="prefill prompt lengths, joined by commas; None: block_size / 8, "
@@ -493,8 +524,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         raise UserError("--repeat and --calls must be at least 1.")
     if args.quality_batches < 0 or args.quality_rows < 1:
         raise UserError("--quality-batches must be 0 or more and --quality-rows at least 1.")
-    if args.preset not in PRESETS:
-        raise UserError(f"unknown preset {args.preset!r}: choose one of {', '.join(PRESETS)}.")
+    if args.preset not in (*PRESETS, *PRETRAINED):
+        raise UserError(f"unknown preset {args.preset!r}: choose one of {', '.join(PRESETS)}, or a GPT-2 shape: "
+                        f"{', '.join(PRETRAINED)}.")
     return args
 
 

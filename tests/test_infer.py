@@ -217,6 +217,16 @@ def test_int8_rows_stand_beside_their_float_twins_and_read_a_quarter_of_the_kern
 
 
 
+def test_a_gpt2_name_gives_random_weights_at_that_models_whole_shape_head_included():
+    """--preset gpt2: GPT-2 124M as published, its 50,257-token head one of the weights a decode step
+    reads; the preset at its width keeps the corpus's 65 characters."""
+    gpt2 = infer.random_shape("gpt2")
+    assert (gpt2.vocab_size, gpt2.n_layer, gpt2.n_embd, gpt2.block_size) == (50257, 12, 768, 1024)
+    assert num_params(gpt2) == 124_439_808  # GPT-2 small's count, the head tied to wte
+    assert infer.random_shape("finetune-shakespeare").vocab_size == 65
+    assert infer.parse_args(["--preset", "gpt2-medium"]).preset == "gpt2-medium"
+
+
 def test_int4_rows_are_refused_before_any_row_runs_for_a_width_of_partial_groups(tmp_path, capsys):
     save_checkpoint(tmp_path / "model.safetensors", init_params(SMALL, 0), SMALL, step=0,
                     tokenizer_json=CharTokenizer.train("abcdefghij").to_json(), framework="jax")
@@ -238,7 +248,25 @@ def test_the_quality_table_holds_each_int8_row_against_its_float_twin():
     header, lines = infer.quality_table({"options": {"batch_sizes": [1]}}, rows)
     assert header[2] == "Δ val loss vs float32" and header[-1] == "decode speed vs float32 @1"
     assert lines[0][:5] == ["jax", "1.5000", "–", "2.1640", "–"]
-    assert lines[1] == ["jax-int8", "1.5125", "+0.0125", "2.1821", "3 of 4", "token 2", "1.8×"]
+    assert lines[1] == ["jax-int8", "1.5125", "+0.0125", "2.1821", "3 of 4", "token 2", "1.8×"]  # a set without rounds
+
+
+def test_a_quantized_rows_speed_is_paired_with_its_twins_round_by_round():
+    """Round 1 ran on a slower machine for both rows: paired, the ratio stays 2×; pooled, the slow
+    round would widen it. One round gives a ratio without an interval."""
+    def row(name, step_s_by_round):
+        raw = [{"round": i, "decode_step_s": {"1": steps}} for i, steps in enumerate(step_s_by_round)]
+        return {"row": name, "raw": raw, "decode": [{"batch_size": 1, "tokens_per_s": 1 / np.median(raw[0]["decode_step_s"]["1"])}]}
+    twin = row("jax", [[0.020, 0.021, 0.019], [0.040, 0.042, 0.038], [0.022, 0.020, 0.021]])
+    int8 = row("jax-int8", [[0.010, 0.0105, 0.0095], [0.020, 0.021, 0.019], [0.011, 0.010, 0.0105]])
+    ratio = infer.speed_against_twin(int8, twin, 1)
+    # Within a round the calls' ratios run from 0.019 / 0.0105 = 1.81 to 0.021 / 0.0095 = 2.21; taken
+    # across rounds they would run from 0.019 / 0.021 = 0.9 to 0.042 / 0.0095 = 4.4.
+    assert (ratio.median, ratio.rounds) == (2.0, 3)
+    assert 0.019 / 0.0105 - 1e-9 <= ratio.low < 2.0 < ratio.high <= 0.021 / 0.0095 + 1e-9
+    assert infer.speed_text(int8, twin, 1) == ratio.text() and ratio.text().startswith("2.00× [")
+    one = {**int8, "raw": int8["raw"][:1]}
+    assert infer.speed_text(one, twin, 1) == "2.00× (one round, no interval)"
 
 
 @pytest.mark.jax
