@@ -19,10 +19,11 @@ What is measured, per row:
   compilation included, as a user of a fresh process waits for it;
 - prefill: one new token after prompts of several lengths, batch 1, warm; a prompt is prefilled in
   the smallest of block_size / 8, / 4, / 2 and block_size that holds it (the default lengths);
-- decode: the time of one step (one new token in every row of the batch) is a call's time over the
-  new_tokens it makes after a one-token prompt, whose prefill (block_size / 8 positions) counts; tokens/s
-  is the batch size over that time. Median and p90 over every timed call of every round; with and
-  without the KV cache at batch 1;
+- decode: the time of one step (one new token in every row of the batch) is the time of a call making
+  new_tokens after a one-token prompt less that of a call making one, over new_tokens - 1: the
+  prompt's prefill (block_size / 8 positions, a third of a step's weights' worth of work at GPT-2's
+  block) is in both, so it is left out; tokens/s is the batch size over that time. Median and p90
+  over every timed pair of calls of every round; with and without the KV cache at batch 1;
 - bandwidth utilisation: the bytes a decode step must read, every weight once and the K and V
   cached for the context so far in every layer and row, over the step time, against the host's
   memory bandwidth (measured once by the parent: see host_memory_bandwidth) or a GPU's datasheet.
@@ -53,12 +54,13 @@ from common.decode import DecodeConfig
 from common.config import PRESETS, GPTConfig, TrainConfig, get_preset, to_dict
 from common.errors import OneLineParser, UserError, command_line
 from common.hf_gpt2 import PRETRAINED, PRETRAINED_SHAPES
-from common.quantize import INT4_GROUP, QUANTIZE_MODES, check_quantize
+from common.quantize import INT4_GROUP, QUANTIZE_MODES, WEIGHT_BITS, check_quantize
 from common.params import init_params, num_params
 
 COMPILED = "pytorch-compiled"  # PyTorch with DecodeConfig.compile: torch.compile'd decode
 FLOAT_ROWS = ("pytorch", COMPILED, "tensorflow", "jax", "keras-jax")  # `all`, in report order
-# With --quantize int8 (or int4) each row runs again with quantized weights (Backend.quantize), beside its float twin.
+# With --quantize int8 (or int4, int8-dynamic, or several) each row runs again with quantized weights
+# (Backend.quantize), beside its float twin.
 ROWS = tuple(name for row in FLOAT_ROWS for name in (row, *(f"{row}-{mode}" for mode in QUANTIZE_MODES)))
 SET_FILE = "inference.json"
 PLOT_FILE = "decode_tokens_per_s.png"
@@ -95,14 +97,14 @@ def device_bandwidth(device_name: str) -> float | None:
 
 def weight_bytes(config: GPTConfig, quantize: str | None = None) -> int:
     """Bytes of the weights a decode step reads at the least: float32 each; quantized, the blocks'
-    kernels and the head (wte) one byte each (int8), plus a float32 scale per output channel, or half
+    kernels and the head (wte) one byte each (int8, int8-dynamic), plus a float32 scale per output channel, or half
     a byte (int4, packed as Keras packs it; torchao and the JAX layer hold each in a byte), plus a
     float32 scale and an int8 zero point per group of INT4_GROUP inputs (common/quantize.py)."""
     if quantize is None:
         return 4 * num_params(config)
     C, V = config.n_embd, config.vocab_size
     kernels = config.n_layer * 12 * C * C + V * C  # c_attn 3C², attn.c_proj C², c_fc 4C², mlp.c_proj 4C²; the head
-    if quantize == "int8":
+    if WEIGHT_BITS[quantize] == 8:
         stored = kernels + 4 * (config.n_layer * 9 * C + V)  # output channels: 3C + C + 4C + C, and the head's V
     else:
         stored = kernels // 2 + 5 * kernels // INT4_GROUP
@@ -115,11 +117,12 @@ def decode_bytes_per_step(config: GPTConfig, batch_size: int, prompt_tokens: int
     (weight_bytes), and the keys and values of every earlier position, in every layer, for every row
     of the batch.
 
-    Step k (1 .. new_tokens) attends to prompt_tokens + k - 1 positions, the last one its own:
-    prompt_tokens + (new_tokens - 1) / 2 on average.
+    Step k attends to prompt_tokens + k - 1 positions, the last one its own; the timed steps are
+    k = 2 .. new_tokens (the first comes with the prompt's prefill): prompt_tokens + new_tokens / 2
+    on average.
     """
     weights = weight_bytes(config, quantize)
-    context = prompt_tokens + (new_tokens - 1) / 2
+    context = prompt_tokens + new_tokens / 2
     kv = 2 * config.n_layer * config.n_embd * FLOAT_BYTES[dtype] * batch_size * context
     return weights + kv
 
@@ -183,9 +186,11 @@ def measure(backend, config: GPTConfig, options: dict) -> dict:
         prefill[str(length)] = [timed(first_token) for _ in range(calls)]
 
     def steps(batch_size, use_cache=True):
-        decode = generate(batch_size, DECODE_PROMPT_TOKENS, new, use_cache)
+        decode, first = (generate(batch_size, DECODE_PROMPT_TOKENS, n, use_cache) for n in (new, 1))
         warm(decode)
-        return [timed(decode) / new for _ in range(calls)]
+        warm(first)
+        pairs = [(timed(decode), timed(first)) for _ in range(calls)]
+        return [(whole - one) / (new - 1) for whole, one in pairs]
 
     decode = {str(b): steps(b) for b in options["batch_sizes"]}
     return {"first_token_s": first_token_s, "prefill_s": prefill, "decode_step_s": decode,
@@ -253,13 +258,15 @@ def combine(spec: dict, rounds: list[dict]) -> dict:
         return [v for entry in entries for v in (entry if isinstance(entry, list) else [entry])]
 
     def decode_row(batch_size, key, shape):
-        median, p90 = percentiles(pooled(key, shape))
+        times = pooled(key, shape)
+        median, p90 = percentiles(times)
         step_bytes = decode_bytes_per_step(config, batch_size, DECODE_PROMPT_TOKENS, options["new_tokens"],
                                            options["dtype"], quantization_of(rounds[0]["row"]))
+        timed = min(times) > 0  # else the steps took less than the calls' noise: too few --new-tokens to time
         return {"batch_size": batch_size, "step_ms_median": 1e3 * median, "step_ms_p90": 1e3 * p90,
-                "tokens_per_s": batch_size / median, "bytes_per_step": step_bytes,
-                "bandwidth_bytes_per_s": step_bytes / median,
-                "bandwidth_utilisation": step_bytes / median / bandwidth if bandwidth else None}
+                "tokens_per_s": batch_size / median if timed else None, "bytes_per_step": step_bytes,
+                "bandwidth_bytes_per_s": step_bytes / median if timed else None,
+                "bandwidth_utilisation": step_bytes / median / bandwidth if bandwidth and timed else None}
 
     decode = [decode_row(b, "decode_step_s", b) for b in options["batch_sizes"]]
     nocache = decode_row(1, "nocache_step_s", None) if rounds[0].get("nocache_step_s") is not None else None
@@ -275,7 +282,8 @@ def combine(spec: dict, rounds: list[dict]) -> dict:
         "prefill": [{"prompt_tokens": n, "ms_median": 1e3 * median, "ms_p90": 1e3 * p90}
                     for n in options["prompt_lengths"] for median, p90 in [percentiles(pooled("prefill_s", n))]],
         "decode": decode, "nocache": nocache,
-        "kv_cache_speedup": cached_1["tokens_per_s"] / nocache["tokens_per_s"] if cached_1 and nocache else None,
+        "kv_cache_speedup": (cached_1["tokens_per_s"] / nocache["tokens_per_s"]
+                             if cached_1 and nocache and cached_1["tokens_per_s"] and nocache["tokens_per_s"] else None),
         "memory_bandwidth_bytes_per_s": bandwidth, "memory_bandwidth_source": bandwidth_source,
         "peak_memory_bytes": max(r["peak_memory_bytes"] for r in rounds), "memory_kind": rounds[0]["memory_kind"],
         "env": env, "raw": rounds,
@@ -340,7 +348,8 @@ def decode_table(rows: list[dict]) -> tuple[list[str], list[list[str]]]:
     """Every (row, batch size): the step time, tokens/s and the bytes it moves."""
     header = ["row", "batch", "ms/token median", "ms/token p90", "tokens/s", "GB/s read", "bandwidth used"]
     lines = [[row["row"], str(d["batch_size"]), _num(d["step_ms_median"]), _num(d["step_ms_p90"]),
-              _num(d["tokens_per_s"]), _num(d["bandwidth_bytes_per_s"] / 1e9), _pct(d["bandwidth_utilisation"])]
+              _num(d["tokens_per_s"]), _num(d["bandwidth_bytes_per_s"] and d["bandwidth_bytes_per_s"] / 1e9),
+              _pct(d["bandwidth_utilisation"])]
              for row in rows for d in row["decode"]]
     return header, lines
 
@@ -368,9 +377,12 @@ def speed_against_twin(row: dict, twin: dict, batch_size: int) -> Ratio | None:
 def speed_text(row: dict, twin: dict, batch_size: int) -> str:
     """The paired ratio with its 95% interval; one round gives none (its calls' spread says nothing
     of how far the next process moves)."""
+    speeds = decode_at(row, batch_size)["tokens_per_s"], decode_at(twin, batch_size)["tokens_per_s"]
+    if None in speeds:
+        return "–"  # a step too short to time
     ratio = speed_against_twin(row, twin, batch_size)
     if ratio is None:
-        return _num(decode_at(row, batch_size)["tokens_per_s"] / decode_at(twin, batch_size)["tokens_per_s"], "×")
+        return _num(speeds[0] / speeds[1], "×")
     return ratio.text() if ratio.rounds > 1 else f"{ratio.median:.2f}× (one round, no interval)"
 
 
@@ -504,9 +516,11 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--top-p", type=float, help="sample from the smallest set of tokens holding this mass")
     p.add_argument("--device", default="auto", choices=["auto", "cpu", "gpu", "tpu"])
     p.add_argument("--dtype", default="float32", choices=["float32", "bfloat16"], help="compute dtype")
-    p.add_argument("--quantize", choices=QUANTIZE_MODES, help="also run every row with quantized weights, int8 (one "
-                   f"scale per output channel) or int4 (groups of {INT4_GROUP} inputs), activations float, quantized "
-                   "by the framework's own tool")
+    p.add_argument("--quantize", metavar="MODE[,MODE]", help=f"also run every row with quantized weights, in each of "
+                   f"these modes ({', '.join(QUANTIZE_MODES)}): int8 (one "
+                   f"scale per output channel) or int4 (groups of {INT4_GROUP} inputs), activations float, or "
+                   "int8-dynamic (int8 weights, and each layer's input rounded to int8 at every call), quantized by "
+                   "the framework's own tool")
     p.add_argument("--quality-batches", type=int, default=4, help="batches of --quality-rows windows whose "
                    "validation loss every row measures (0: none); of the validation split when the weights "
                    "come with a tokenizer, else of random tokens")
@@ -585,9 +599,9 @@ def decoding(options: dict) -> str:
     return ", ".join([f"sampled at temperature {options['temperature']:g}", *filter(None, filters)])
 
 
-def rows_of(text: str, quantize: str | None = None) -> list[str]:
-    """The rows --framework names, in report order; `all` is every one; with quantize, each beside its
-    float twin."""
+def rows_of(text: str, quantize: list[str] = ()) -> list[str]:
+    """The rows --framework names, in report order; `all` is every one; with quantization modes, each
+    beside its float twin."""
     names = set()
     for item in (part.strip().lower() for part in text.split(",")):
         if item == "all":
@@ -600,7 +614,7 @@ def rows_of(text: str, quantize: str | None = None) -> list[str]:
             except UserError:
                 raise UserError(f"unknown framework {item!r}: choose from {', '.join(FLOAT_ROWS)} or all, "
                                 f"joined by commas.") from None
-    names |= {f"{row}-{quantize}" for row in names} if quantize else set()
+    names |= {f"{row}-{mode}" for row in names for mode in quantize}
     return [row for row in ROWS if row in names]
 
 
@@ -618,7 +632,8 @@ def _numbers(text: str, flag: str, most: int | None = None) -> list[int]:
 def plan(args, argv: list[str]) -> tuple[Path, dict, list[str], list[str]]:
     """The set's inference.json, the rows to run and those of `all` that are not installed, all checked
     before any process starts."""
-    rows = rows_of(args.framework, args.quantize)
+    modes = [check_quantize(mode.strip()) for mode in args.quantize.split(",")] if args.quantize else []
+    rows = rows_of(args.framework, modes)
     frameworks = {framework_of(row) for row in rows}
     named_alone = "all" not in args.framework.lower()
     for framework in frameworks:
@@ -628,13 +643,15 @@ def plan(args, argv: list[str]) -> tuple[Path, dict, list[str], list[str]]:
     source = {"checkpoint": args.checkpoint and str(Path(args.checkpoint).resolve()),
               "init_from": args.init_from, "preset": args.preset, "seed": args.seed}
     config, params, described = load_weights(source)
-    check_quantize(args.quantize, config.n_embd)
+    for mode in modes:
+        check_quantize(mode, config.n_embd)
     block = config.block_size
     lengths = (_numbers(args.prompt_lengths, "--prompt-lengths", block) if args.prompt_lengths else
                sorted({max(1, block // 8), max(1, block // 4), max(1, block // 2), block}))
     new_tokens = args.new_tokens if args.new_tokens is not None else block - DECODE_PROMPT_TOKENS
-    if new_tokens < 1:
-        raise UserError(f"--new-tokens must be at least 1, got {new_tokens}.")
+    if new_tokens < 2:
+        raise UserError(f"--new-tokens must be at least 2 (a step's time is that of a call making them less "
+                        f"one making 1), got {new_tokens}.")
     check_sampling([0], new_tokens, config.vocab_size, args.temperature, args.top_k, args.top_p)
     greedy = args.temperature == 0  # the filters only shape a sampled distribution
     out = Path(args.out or REPO / "runs" / f"infer-{dt.datetime.now():%Y%m%d-%H%M%S}")
@@ -648,7 +665,7 @@ def plan(args, argv: list[str]) -> tuple[Path, dict, list[str], list[str]]:
                         "new_tokens": new_tokens, "calls": args.calls, "repeat": args.repeat,
                         "temperature": args.temperature, "top_k": None if greedy else args.top_k,
                         "top_p": None if greedy else args.top_p,
-                        "device": args.device, "dtype": args.dtype, "quantize": args.quantize, "nocache": args.nocache},
+                        "device": args.device, "dtype": args.dtype, "quantize": modes, "nocache": args.nocache},
             "quality": quality_fixture(source, config, args.dataset, args.quality_batches, args.quality_rows),
             "host": host_info()}
     spec["date"] = spec["host"]["date"]
@@ -679,7 +696,11 @@ def run_set(out: Path, spec: dict, rows: list[str], missing: list[str], verbose:
                 problems.append(f"{row}: failed with exit code {done.returncode}")
     for row in rows:
         if row not in failed:
-            (out / f"{row}.json").write_text(json.dumps(combine(spec, rounds_of(out, row)), indent=1))
+            combined = combine(spec, rounds_of(out, row))
+            (out / f"{row}.json").write_text(json.dumps(combined, indent=1))
+            problems += [f"{row}: a call decoding at batch {d['batch_size']} took no longer than its one-token call; raise "
+                         f"--new-tokens (now {spec['options']['new_tokens']}) to time it"
+                         for d in combined["decode"] if d["tokens_per_s"] is None]
     shutil.rmtree(out / "rounds", ignore_errors=True)  # each row's file holds its rounds
     for line in problems:
         print(f"note: {line}", file=sys.stderr)

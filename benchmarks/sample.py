@@ -156,8 +156,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--device", default="auto", choices=["auto", "cpu", "gpu", "tpu"])
     p.add_argument("--dtype", default="float32", choices=["float32", "bfloat16"], help="compute dtype")
     p.add_argument("--quantize", choices=QUANTIZE_MODES, help="decode with quantized weights, int8 (one scale "
-                   "per output channel) or int4 (groups of inputs); activations stay float; quantized by the "
-                   "framework's own tool")
+                   "per output channel) or int4 (groups of inputs), activations float, or int8-dynamic (int8 "
+                   "weights, each layer's input rounded to int8 at every call); quantized by the framework's own tool")
     p.add_argument("--json", action="store_true", help="one JSON object per sample on stdout: text, token_ids "
                    "(the new tokens), prompt_ids and end (eot, stop or length)")
     p.add_argument("--verbose", action="store_true", help="show the frameworks' own log lines and warnings")

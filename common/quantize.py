@@ -1,11 +1,16 @@
-"""Weight-only quantization, the numpy reference: what each framework's quantized weights must hold.
+"""Quantized weights, the numpy reference: what each framework's quantized model must compute.
 
 int8: one scale per output channel. int4: 16 steps, in groups of INT4_GROUP consecutive inputs of an
 output channel, each group with its own scale and zero point (asymmetric, as Keras' int4 and gpt-fast's
-are). Weights are dequantized as the matmul reads them; activations stay in float. A decode step at
-batch 1 reads every weight once, so its time follows the bytes: a quarter of float32's for int8, an
-eighth for packed int4. The tools that do it (torchao, Keras' quantize, jax_impl/quantize.py) each
-round their own way; the error bounds here hold for all of them.
+are). Both are weight-only: weights are dequantized as the matmul reads them, activations stay float. A
+decode step at batch 1 reads every weight once, so its time follows the bytes: a quarter of float32's
+for int8, an eighth for packed int4, where the CPU's kernels convert the bytes as fast as they arrive.
+
+int8-dynamic: int8 weights as int8's, and each layer's input rounded to int8 too, afresh at every call
+(one scale a row), so that the product runs in int8 with int32 sums, the form CPUs' integer dot
+instructions and their int8 kernels take (FBGEMM, oneDNN). It rounds twice where weight-only rounds
+once; its quality cost is measured beside its speed. The tools that do each (torchao and FBGEMM, Keras'
+quantize, jax_impl/quantize.py) round their own way; the error bounds here hold for all of them.
 """
 from __future__ import annotations
 
@@ -13,7 +18,9 @@ import numpy as np
 
 from common.errors import UserError
 
-QUANTIZE_MODES = ("int8", "int4")  # weight-only: int8 per output channel, int4 in groups of inputs
+# Weight-only int8 per output channel and int4 in groups of inputs; int8 weights and activations.
+QUANTIZE_MODES = ("int8", "int4", "int8-dynamic")
+WEIGHT_BITS = {"int8": 8, "int4": 4, "int8-dynamic": 8}
 INT8_MAX = 127  # symmetric: -127..127, so that zero is exact and w and -w quantize alike
 INT4_MIN, INT4_MAX = -8, 7
 INT4_GROUP = 32  # inputs sharing an int4 scale: gpt-fast's default; GPT-2's 768 and 3072 hold whole groups
@@ -21,7 +28,7 @@ INT4_GROUP = 32  # inputs sharing an int4 scale: gpt-fast's default; GPT-2's 768
 
 def check_quantize(mode: str | None, n_embd: int | None = None) -> str | None:
     if mode is not None and mode not in QUANTIZE_MODES:
-        raise UserError(f"unknown quantization {mode!r}: use {' or '.join(QUANTIZE_MODES)}, or leave it out "
+        raise UserError(f"unknown quantization {mode!r}: use {', '.join(QUANTIZE_MODES)}, or leave it out "
                         f"for float weights.")
     if mode == "int4" and n_embd is not None and n_embd % INT4_GROUP:
         raise UserError(f"int4 weights come in groups of {INT4_GROUP} inputs, and n_embd {n_embd} is not a "
@@ -46,6 +53,35 @@ def int8_error_bound(kernel: np.ndarray) -> np.ndarray:
     """The largest error rounding to the nearest step allows in each output channel: half a step
     (largest |w| / 127 / 2), and a little more for float32 arithmetic, as a [out] array."""
     return np.abs(np.asarray(kernel, np.float32)).max(axis=0) / INT8_MAX * (0.5 + 1e-3) + 1e-8
+
+
+def quantize_rows_int8(x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Activations (..., K) -> (int8 (..., K), float32 (..., 1) scales), one scale a row, x ≈ q * scale:
+    int8-dynamic's rounding of a layer's input, done at every call."""
+    x = np.asarray(x, dtype=np.float32)
+    largest = np.abs(x).max(axis=-1, keepdims=True)
+    scale = np.where(largest > 0, largest / INT8_MAX, 1.0).astype(np.float32)
+    return np.clip(np.rint(x / scale), -INT8_MAX, INT8_MAX).astype(np.int8), scale
+
+
+def int8_dynamic_matmul(x: np.ndarray, kernel: np.ndarray) -> np.ndarray:
+    """x @ kernel as int8-dynamic computes it: both rounded to int8, the products summed in int32."""
+    q, scale = quantize_int8(kernel)
+    xq, x_scale = quantize_rows_int8(x)
+    return (xq.astype(np.int32) @ q.astype(np.int32)).astype(np.float32) * x_scale * scale
+
+
+def int8_dynamic_error_bound(x: np.ndarray, kernel: np.ndarray, activation_step: np.ndarray | None = None) -> np.ndarray:
+    """How far an int8-dynamic x @ kernel may lie from the float product, per output: each input off
+    by up to half its step, each weight by half its channel's step (int8_error_bound), and the two
+    roundings' product. activation_step: the step each row's inputs were rounded to, (..., 1); by
+    default one row's largest |x| / 127, as here; a tool that rounds all rows to one scale (FBGEMM)
+    passes its own."""
+    x, kernel = np.asarray(x, np.float32), np.asarray(kernel, np.float32)
+    half_x = (np.abs(x).max(axis=-1, keepdims=True) / INT8_MAX if activation_step is None else activation_step) / 2
+    half_w = int8_error_bound(kernel)
+    return (half_x * np.abs(kernel).sum(axis=0) + np.abs(x) @ np.broadcast_to(half_w, kernel.shape)
+            + half_x * half_w * kernel.shape[0]) * (1 + 1e-3) + 1e-6
 
 
 def quantize_int4(kernel: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:

@@ -1,15 +1,17 @@
-"""Weight-only quantization in JAX: short int8 and int4 linear layers.
+"""Quantization in JAX: short int8, int4 and int8-dynamic linear layers.
 
 qwix and AQT would quantize the weights as this does, then dequantize them into a float dot, which
 XLA fuses on GPUs and TPUs. XLA:CPU fuses neither the dequantize into its dot nor, fast, a product
-and sum written out over the int8 bytes (its reductions are scalar loops), so on a CPU the int8
-weights save memory, not time: each step writes every weight out in float32 and reads it again.
+and sum written out over the int8 bytes (its reductions are scalar loops), so on a CPU the weight-only
+int8 kernels save memory, not time: each step writes every weight out in float32 and reads it again.
+int8-dynamic hands XLA an int8 × int8 dot instead, summed in int32.
 """
+import jax
 import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
-from common.quantize import dequantize_int4, dequantize_int8, quantize_int4, quantize_int8
+from common.quantize import INT8_MAX, dequantize_int4, dequantize_int8, quantize_int4, quantize_int8
 from jax_impl.model import GPT
 
 
@@ -38,6 +40,23 @@ class Int8Linear(nnx.Module):
         return dequantize_int8(np.asarray(self.kernel[...]), np.asarray(self.scale[...]))
 
 
+def int8_dynamic_matmul(x, q, scale):
+    """(..., K) float x rounded to int8 one scale a row, times (K, N) int8 q in int32, scaled back."""
+    largest = jnp.max(jnp.abs(x), axis=-1, keepdims=True)
+    x_scale = jnp.where(largest > 0, largest / INT8_MAX, 1.0)
+    xq = jnp.clip(jnp.round(x / x_scale), -INT8_MAX, INT8_MAX).astype(jnp.int8)
+    sums = jax.lax.dot_general(xq, q, (((x.ndim - 1,), (0,)), ((), ())), preferred_element_type=jnp.int32)
+    return sums.astype(x.dtype) * x_scale * scale.astype(x.dtype)
+
+
+class Int8DynamicLinear(Int8Linear):
+    """Int8Linear's weights, and its input rounded to int8 at every call: an integer dot."""
+
+    def __call__(self, x):
+        y = int8_dynamic_matmul(x, self.kernel[...], self.scale[...])
+        return y if self.bias is None else y + self.bias[...].astype(y.dtype)
+
+
 def int4_matmul(x, q, scale, zero):
     """(..., K) float x (K, N) q in -8..7, in K / G groups of G rows with a scale and zero point each
     -> (..., N) float."""
@@ -64,7 +83,7 @@ class Int4Linear(nnx.Module):
         return dequantize_int4(np.asarray(self.kernel[...]), np.asarray(self.scale[...]), np.asarray(self.zero[...]))
 
 
-LINEARS = {"int8": Int8Linear, "int4": Int4Linear}
+LINEARS = {"int8": Int8Linear, "int4": Int4Linear, "int8-dynamic": Int8DynamicLinear}
 
 
 def quantize(model: GPT, mode: str) -> None:

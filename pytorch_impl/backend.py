@@ -90,7 +90,11 @@ class Backend(BaseBackend):
 
     @parallel.collective
     def export_params(self):
-        return to_canonical(self.model, {n: parallel.whole(p) for n, p in self.model.named_parameters()})
+        tensors = {n: parallel.whole(p) for n, p in self.model.named_parameters()}
+        if self.quantized:
+            from pytorch_impl.quantize import packed_linears
+            tensors.update(packed_linears(self.model))  # FBGEMM's Linears keep their weights out of parameters
+        return to_canonical(self.model, tensors)
 
     @parallel.collective
     def _adam_moments(self):

@@ -219,10 +219,9 @@ def to_canonical(model: GPT, tensors: dict[str, torch.Tensor] | None = None) -> 
     """Parameters (or per-parameter tensors such as gradients) under canonical names and layouts."""
     tensors = tensors if tensors is not None else dict(model.named_parameters())
     out = {}
-    for name, _ in model.named_parameters():
+    for name, t in tensors.items():
         if name.startswith("lm_head."):  # a quantized model's copy of wte, not a parameter of its own
             continue
-        t = tensors[name]
         t = (t.dequantize() if hasattr(t, "qdata") else t).detach().float().cpu()  # torchao's int8 weights
         # A copy, never a view: the live tensors keep changing as training goes on.
         out[_canonical_name(name)] = (t.T if _is_linear_kernel(name) else t).numpy().copy()

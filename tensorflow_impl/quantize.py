@@ -8,15 +8,15 @@ from tensorflow_impl.model import GPT, _canonical_name
 
 def quantize(model: GPT, mode: str) -> None:
     """Every Dense kernel and embedding table quantized, in place, per output channel (per row of an
-    embedding, which is the tied head's output channel). int8: one scale per channel. Weight-only:
-    Keras' default int8 also quantizes each activation row on the fly and multiplies in int8, a
-    different method, whose int8 dot XLA:CPU runs slower than a float32 one at batch 1. int4: groups
-    of INT4_GROUP inputs with a scale and zero point each, two values packed a byte; Keras' int4 is
-    weight-only already."""
+    embedding, which is the tied head's output channel). int8: one scale per channel, weight-only.
+    int8-dynamic: Keras' default int8, which also rounds each input row to int8 at every call and
+    multiplies in int8. int4: groups of INT4_GROUP inputs with a scale and zero point each, two values
+    packed a byte; Keras' int4 is weight-only already."""
     from keras.quantizers import Int4QuantizationConfig, Int8QuantizationConfig
-    config = (Int8QuantizationConfig(activation_quantizer=None) if mode == "int8" else
-              Int4QuantizationConfig(block_size=INT4_GROUP))
-    model.quantize(mode, config=config,
+    config = {"int8": lambda: Int8QuantizationConfig(activation_quantizer=None),
+              "int8-dynamic": lambda: Int8QuantizationConfig(),
+              "int4": lambda: Int4QuantizationConfig(block_size=INT4_GROUP)}[mode]()
+    model.quantize(config.mode, config=config,
                    filters=lambda layer: isinstance(layer, (keras.layers.Dense, keras.layers.Embedding)))
 
 

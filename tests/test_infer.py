@@ -101,11 +101,12 @@ def test_a_row_takes_its_own_rounds_only(tmp_path):
 
 
 def test_bytes_a_decode_step_reads():
-    """Weights once (float32), then K and V of every position so far: 1 + (5 - 1) / 2 = 3 on average
-    over five steps after a one-token prompt, in 2 layers of width 4, for each of 3 rows."""
-    assert infer.decode_bytes_per_step(SMALL, batch_size=3, prompt_tokens=1, new_tokens=5) == \
-        4 * SMALL_PARAMS + 2 * 2 * 4 * 4 * 3 * 3
-    assert infer.decode_bytes_per_step(SMALL, 3, 1, 5, dtype="bfloat16") == 4 * SMALL_PARAMS + 2 * 2 * 4 * 2 * 3 * 3
+    """Weights once (float32), then K and V of every position so far: steps 2 .. 6 after a one-token
+    prompt (the first comes with the prefill, untimed) attend to 2 .. 6 positions, 4 on average, in 2
+    layers of width 4, for each of 3 rows."""
+    assert infer.decode_bytes_per_step(SMALL, batch_size=3, prompt_tokens=1, new_tokens=6) == \
+        4 * SMALL_PARAMS + 2 * 2 * 4 * 4 * 3 * 4
+    assert infer.decode_bytes_per_step(SMALL, 3, 1, 6, dtype="bfloat16") == 4 * SMALL_PARAMS + 2 * 2 * 4 * 2 * 3 * 4
 
 
 SPEC = {"model": vars(SMALL), "host_bandwidth": 1e9, "host_bandwidth_method": "copy",
@@ -127,7 +128,7 @@ def test_a_row_pools_its_rounds_and_measures_bandwidth_against_the_host():
     one, four = row["decode"]
     assert one["step_ms_median"] == pytest.approx(2.0) and one["step_ms_p90"] == pytest.approx(2.7)  # of 1, 2, 2, 3
     assert one["tokens_per_s"] == pytest.approx(500) and four["tokens_per_s"] == pytest.approx(2000)
-    assert four["bandwidth_utilisation"] == pytest.approx((4 * SMALL_PARAMS + 2 * 2 * 4 * 4 * 4 * 3) / 0.002 / 1e9)
+    assert four["bandwidth_utilisation"] == pytest.approx((4 * SMALL_PARAMS + 2 * 2 * 4 * 4 * 4 * 3.5) / 0.002 / 1e9)
     assert row["nocache"]["tokens_per_s"] == pytest.approx(250) and row["kv_cache_speedup"] == pytest.approx(2.0)
     assert row["first_token_s"] == pytest.approx(4.0) and row["prefill"] == [
         {"prompt_tokens": 8, "ms_median": pytest.approx(3.0), "ms_p90": pytest.approx(4.0)}]
@@ -141,7 +142,7 @@ def test_a_gpu_is_measured_against_its_datasheet_and_the_host_copy_is_timed():
     assert infer.device_bandwidth("Some Future Accelerator") is None
     row = infer.combine(SPEC, [_round("pytorch", {"1": [0.001], "4": [0.001]}, [0.002], 1.0, "NVIDIA H100 PCIe")])
     assert row["memory_bandwidth_source"] == "datasheet"
-    assert row["decode"][0]["bandwidth_utilisation"] == pytest.approx((4 * SMALL_PARAMS + 2 * 2 * 4 * 4 * 3) / 1e-3 / 2e12)
+    assert row["decode"][0]["bandwidth_utilisation"] == pytest.approx((4 * SMALL_PARAMS + 2 * 2 * 4 * 4 * 3.5) / 1e-3 / 2e12)
     assert infer.host_memory_bandwidth(mib=16, repeats=2) > 1e8  # any machine copies 100 MB/s
 
 
@@ -150,7 +151,7 @@ def test_a_gpu_is_measured_against_its_datasheet_and_the_host_copy_is_timed():
     (["--batch-sizes", "1,x"], "--batch-sizes takes whole numbers from 1"),
     (["--batch-sizes", "0,8"], "--batch-sizes takes whole numbers from 1"),
     (["--prompt-lengths", "4,33"], "up to 32, the model's block_size"),
-    (["--new-tokens", "0"], "--new-tokens must be at least 1"),
+    (["--new-tokens", "1"], "--new-tokens must be at least 2"),
     (["--repeat", "0"], "--repeat and --calls must be at least 1"),
     (["--preset", "huge"], "unknown preset 'huge'"),
     (["--checkpoint", "no/such/run"], "no checkpoint at"),
@@ -162,7 +163,8 @@ def test_a_gpu_is_measured_against_its_datasheet_and_the_host_copy_is_timed():
     (["--temperature", "nan"], "temperature must be 0 (greedy) or a finite positive number"),
     (["--temperature", "0.8", "--top-k", "0"], "top_k must be a positive integer"),
     (["--temperature", "0.8", "--top-p", "1.5"], "top_p must be above 0 and at most 1"),
-    (["--quantize", "int3"], "argument --quantize: invalid choice: 'int3'"),
+    (["--quantize", "int3"], "unknown quantization 'int3': use int8, int4, int8-dynamic"),
+    (["--quantize", "int8,int3"], "unknown quantization 'int3'"),
     (["--quality-rows", "0"], "--quality-batches must be 0 or more and --quality-rows at least 1"),
 ])
 def test_bad_input_is_one_line_and_exit_2(tmp_path, capsys, args, message):
@@ -173,6 +175,32 @@ def test_bad_input_is_one_line_and_exit_2(tmp_path, capsys, args, message):
     assert infer.main(["--preset", "tiny", "--framework", "pytorch", *args]) == 2
     err = capsys.readouterr().err
     assert err.startswith("error: ") and err.count("\n") == 1 and re.search(re.escape(message), err), err
+
+
+def test_steps_shorter_than_the_calls_noise_give_no_speed():
+    """A difference of two calls at or below zero: the steps were too short to time, so no tokens/s,
+    bandwidth or speed ratio is made of it."""
+    row = infer.combine(SPEC, [_round("jax", {"1": [-0.0001, 0.001], "4": [0.002, 0.002]}, [0.004, 0.004], 3.0)])
+    one, four = row["decode"]
+    assert one["tokens_per_s"] is one["bandwidth_utilisation"] is row["kv_cache_speedup"] is None
+    assert four["tokens_per_s"] == pytest.approx(2000)
+    twin = {**row, "raw": [{"round": 0, "decode_step_s": {"1": [0.001, 0.001]}}]}
+    assert infer.speed_text(row, twin, 1) == "–"
+
+
+def test_a_decode_step_is_timed_without_the_prompts_prefill(monkeypatch):
+    """A model whose one-token prompt costs 300 ms to prefill (GPT-2's 128-position window on a CPU)
+    and 20 ms a step after it, 4 ms more a row: a call's time over its tokens would read 29.4 ms at
+    batch 1; the difference of two calls reads the step."""
+    class Clocked:
+        def generate_batch(self, prompts, max_new_tokens, **options):
+            return 0.300 + (max_new_tokens - 1) * (0.020 + 0.004 * (len(prompts) - 1))  # seconds, not tokens
+
+    monkeypatch.setattr(infer, "timed", lambda call: call())
+    options = {"calls": 2, "new_tokens": 32, "prompt_lengths": [2], "batch_sizes": [1, 8],
+               "temperature": 0.0, "top_k": None, "top_p": None, "nocache": False}
+    steps = infer.measure(Clocked(), SMALL, options)["decode_step_s"]
+    assert steps["1"] == pytest.approx([0.020, 0.020]) and steps["8"] == pytest.approx([0.048, 0.048])
 
 
 def test_a_sampled_set_samples_every_timed_call_and_says_so(tmp_path):
@@ -202,14 +230,17 @@ def test_a_sampled_set_samples_every_timed_call_and_says_so(tmp_path):
 
 
 def test_int8_rows_stand_beside_their_float_twins_and_read_a_quarter_of_the_kernel_bytes():
-    assert infer.rows_of("jax,pytorch-compiled", "int8") == [infer.COMPILED, f"{infer.COMPILED}-int8", "jax", "jax-int8"]
+    assert infer.rows_of("jax,pytorch-compiled", ["int8"]) == [infer.COMPILED, f"{infer.COMPILED}-int8", "jax", "jax-int8"]
+    assert infer.rows_of("jax", ["int8-dynamic", "int8"]) == ["jax", "jax-int8", "jax-int8-dynamic"]
+    assert infer.quantization_of("jax-int8-dynamic") == "int8-dynamic" and infer.unquantized("jax-int8-dynamic") == "jax"
+    assert infer.weight_bytes(SMALL, "int8-dynamic") == infer.weight_bytes(SMALL, "int8")  # the same int8 weights
     assert infer.rows_of("all") == list(infer.FLOAT_ROWS)
     assert (infer.framework_of(f"{infer.COMPILED}-int8"), infer.quantization_of("keras-jax-int8")) == ("pytorch", "int8")
     assert infer.unquantized("keras-jax-int8") == "keras-jax" and infer.quantization_of("keras-jax") is None
     # SMALL: kernels 2 × (48 + 16 + 64 + 64) = 384 and the head's 40 in one byte each; their scales,
     # 2 × (12 + 4 + 16 + 4) + 10 = 82, and the other 476 - 384 - 40 = 52 parameters in four.
     assert infer.weight_bytes(SMALL, "int8") == 384 + 40 + 4 * (82 + 52)
-    assert infer.decode_bytes_per_step(SMALL, 3, 1, 5, quantize="int8") == 960 + 2 * 2 * 4 * 4 * 3 * 3
+    assert infer.decode_bytes_per_step(SMALL, 3, 1, 5, quantize="int8") == 960 + 2 * 2 * 4 * 4 * 3 * 3.5
     # int4, one block of width 32: kernels 12 × 32² = 12,288 and the head's 320 at half a byte, a scale
     # and a zero point (5 bytes) per 32 of them, and the other 12,944 + 256 + 12 × 32 - 12,608 in four.
     wide = dataclasses.replace(SMALL, n_layer=1, n_embd=32)

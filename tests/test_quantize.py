@@ -1,5 +1,6 @@
-"""Weight-only quantization (int8, int4): the numpy reference, and every framework's own tool held to
-it (torchao, Keras' model.quantize, jax_impl/quantize.py), one test per promise over the frameworks."""
+"""Quantization (int8 and int4 weight-only, int8-dynamic): the numpy reference, and every framework's
+own tool held to it (torchao and FBGEMM, Keras' model.quantize, jax_impl/quantize.py), one test per
+promise over the frameworks."""
 import dataclasses
 import functools
 
@@ -8,21 +9,25 @@ import pytest
 
 from common.errors import UserError
 from common.params import init_params
-from common.quantize import (INT4_GROUP, dequantize_int4, dequantize_int8, int4_error_bound, int8_error_bound,
-                             quantize_int4, quantize_int8)
+from common.quantize import (INT4_GROUP, INT8_MAX, dequantize_int4, dequantize_int8, int4_error_bound,
+                             int8_dynamic_error_bound, int8_dynamic_matmul, int8_error_bound, quantize_int4,
+                             quantize_int8, quantize_rows_int8)
 from tests.conftest import BACKENDS, SMALL_CONFIG, decisive_params, make_backend, random_batch
 from tests.reference import relative_error
 
-MODES = ("int8", "int4")
+MODES = ("int8", "int4", "int8-dynamic")
 # int4's groups need n_embd a multiple of INT4_GROUP: the tiny fixture, twice as wide.
-CONFIGS = {"int8": SMALL_CONFIG, "int4": dataclasses.replace(SMALL_CONFIG, n_embd=INT4_GROUP)}
-ERROR_BOUND = {"int8": int8_error_bound, "int4": int4_error_bound}
+CONFIGS = {"int8": SMALL_CONFIG, "int4": dataclasses.replace(SMALL_CONFIG, n_embd=INT4_GROUP),
+           "int8-dynamic": SMALL_CONFIG}
+ERROR_BOUND = {"int8": int8_error_bound, "int4": int4_error_bound, "int8-dynamic": int8_error_bound}
 # Quantized logits against float32 on the tiny fixture, ‖Δ‖ / ‖float32‖: int8 rounds each weight by
 # at most half a step (1/254 of its channel's largest), int4 by half of a group's span over 15, and
 # the errors of a layer's inputs partly cancel in its sums. Measured: int8 0.5-0.6% in each
 # framework; int4 8.6% (PyTorch, JAX) and 11.2% (Keras, whose token and position lookups are int4 too).
-LOGITS_BOUND = {"int8": 0.02, "int4": 0.15}
-LOSS_BOUND = 0.02  # measured: int8 2e-4, int4 0.0017-0.0023
+# int8-dynamic rounds each layer's input as well: 0.7% (JAX), 0.8% (Keras), one step a row; 1.3%
+# in PyTorch, whose FBGEMM rounds a call's whole input to 128 steps of one scale.
+LOGITS_BOUND = {"int8": 0.02, "int4": 0.15, "int8-dynamic": 0.03}
+LOSS_BOUND = 0.02  # measured: int8 2e-4, int4 0.0017-0.0023, int8-dynamic 1e-4 to 5e-4
 
 
 def test_int8_reference_rounds_each_column_to_its_own_scale():
@@ -54,6 +59,57 @@ def test_int4_reference_rounds_each_group_to_its_own_steps():
     error = np.abs(dequantize_int4(*quantize_int4(wide)) - wide)
     assert (error <= int4_error_bound(wide)).all()
     assert (error / int4_error_bound(wide)).max() > 0.9  # the bound is not loose by far
+
+
+def test_int8_dynamic_reference_rounds_each_input_row_to_its_own_scale():
+    x = np.array([[0.5, -1.27, 0.0], [0.0, 0.0, 0.0]], np.float32)
+    q, scale = quantize_rows_int8(x)
+    assert q.tolist() == [[50, -127, 0], [0, 0, 0]] and scale[:, 0].tolist() == pytest.approx([0.01, 1.0])
+    rng = np.random.default_rng(0)
+    x = rng.standard_normal((5, 64)).astype(np.float32) * np.array([[0.01], [0.1], [1], [3], [30]], np.float32)
+    kernel = rng.standard_normal((64, 48)).astype(np.float32) * np.linspace(0.01, 3, 48, dtype=np.float32)
+    error = np.abs(int8_dynamic_matmul(x, kernel) - x @ kernel)
+    bound = int8_dynamic_error_bound(x, kernel)
+    assert (error <= bound).all()
+    assert (error / bound).max() > 0.05  # random roundings cancel in the sums, far from the worst case
+    # Both roundings count: each row errs by more than the weight-only product (the two errors are
+    # independent, so their variances add; measured 1.15-1.61× the root mean square).
+    weight_only = np.abs(x @ dequantize_int8(*quantize_int8(kernel)) - x @ kernel)
+    assert (np.sqrt((error ** 2).mean(axis=-1)) > 1.1 * np.sqrt((weight_only ** 2).mean(axis=-1))).all()
+
+
+@pytest.mark.jax
+def test_jax_int8_dynamic_linear_is_the_reference_product():
+    import jax.numpy as jnp
+    from jax_impl.quantize import Int8DynamicLinear
+    rng = np.random.default_rng(1)
+    x = rng.standard_normal((2, 3, 64)).astype(np.float32)
+    kernel = rng.standard_normal((64, 48)).astype(np.float32) * 0.1
+    y = np.asarray(Int8DynamicLinear(kernel)(jnp.asarray(x)))
+    np.testing.assert_allclose(y, int8_dynamic_matmul(x, kernel), rtol=1e-6, atol=1e-6)
+
+
+@pytest.mark.pytorch
+def test_pytorch_int8_dynamic_runs_fbgemm_within_the_bound_of_its_own_rounding():
+    """On a CPU, FBGEMM rounds a call's whole input to one scale, 128 steps across its span and 0:
+    within the reference bound for that step. A product off by more than it would fail."""
+    import torch
+    from torch.ao.nn.quantized.dynamic import Linear as DynamicLinear
+    from pytorch_impl.quantize import dynamic_int8
+    backend = make_backend("pytorch")
+    dynamic_int8(backend.model)
+    linear = backend.model.h[0].mlp.c_fc
+    assert isinstance(linear, DynamicLinear)
+    rng = np.random.default_rng(2)
+    x = (rng.standard_normal((4, SMALL_CONFIG.n_embd)) * [[0.1], [1], [2], [4]]).astype(np.float32)
+    kernel = init_params(SMALL_CONFIG, 0)["h.0.mlp.c_fc.weight"]  # canonical [in, out]
+    bias = init_params(SMALL_CONFIG, 0)["h.0.mlp.c_fc.bias"]
+    with torch.no_grad():
+        y = linear(torch.from_numpy(x)).numpy()
+    step = (max(x.max(), 0) - min(x.min(), 0)) / INT8_MAX
+    error = np.abs(y - (x @ kernel + bias))
+    assert (error <= int8_dynamic_error_bound(x, kernel, activation_step=np.float32(step))).all()
+    assert (error > 0).any()
 
 
 def needs_tool(framework: str) -> None:
@@ -101,15 +157,16 @@ def test_logits_and_loss_stay_near_float32(framework, mode):
     assert abs(quantized.eval_loss(x, y) - float32.eval_loss(x, y)) < LOSS_BOUND
 
 
+@pytest.mark.parametrize("mode", ["int8", "int8-dynamic"])
 @pytest.mark.parametrize("framework", BACKENDS)
-def test_int8_greedy_decoding_keeps_decisive_tokens(framework):
+def test_int8_greedy_decoding_keeps_decisive_tokens(framework, mode):
     """With clear winners (decisive weights), int8 weights pick float32's greedy tokens, cache or not.
     Not int4: its steps move the fixture's closest calls (a 0.06 margin) in Keras, whose token lookups
     are int4 too; its quality is held by the logits bound."""
     needs_tool(framework)
     float32 = make_backend(framework, params=decisive_params(SMALL_CONFIG))
     int8 = make_backend(framework, params=decisive_params(SMALL_CONFIG))
-    int8.quantize("int8")
+    int8.quantize(mode)
     prompts, n = [[1, 2, 3], [4, 5, 6]], SMALL_CONFIG.block_size + 4  # past the window too
     expected = float32.generate_batch(prompts, n, temperature=0.0)
     assert int8.generate_batch(prompts, n, temperature=0.0) == expected
@@ -119,7 +176,7 @@ def test_int8_greedy_decoding_keeps_decisive_tokens(framework):
 @pytest.mark.parametrize("framework", BACKENDS)
 def test_quantize_refuses_unknown_modes_and_a_second_pass(framework):
     backend = quantized_backend(framework)
-    with pytest.raises(UserError, match="unknown quantization 'int3': use int8 or int4"):
+    with pytest.raises(UserError, match="unknown quantization 'int3': use int8, int4, int8-dynamic"):
         backend.quantize("int3")
     with pytest.raises(UserError, match="already quantized"):
         backend.quantize("int8")
