@@ -20,10 +20,10 @@ What is measured, per row:
 - prefill: one new token after prompts of several lengths, batch 1, warm; a prompt is prefilled in
   the smallest of block_size / 8, / 4, / 2 and block_size that holds it (the default lengths);
 - decode: the time of one step (one new token in every row of the batch) is the time of a call making
-  new_tokens after a one-token prompt less that of a call making one, over new_tokens - 1: the
-  prompt's prefill (block_size / 8 positions, a third of a step's weights' worth of work at GPT-2's
-  block) is in both, so it is left out; tokens/s is the batch size over that time. Median and p90
-  over every timed pair of calls of every round; with and without the KV cache at batch 1;
+  new_tokens after a one-token prompt less the round's median call making one, over new_tokens - 1:
+  the prompt's prefill (block_size / 8 positions: at GPT-2's block, 128, as long as ten or more
+  steps on a CPU) is in both, so it is left out; tokens/s is the batch size over that time. Median
+  and p90 over every timed call of every round; with and without the KV cache at batch 1;
 - bandwidth utilisation: the bytes a decode step must read, every weight once and the K and V
   cached for the context so far in every layer and row, over the step time, against the host's
   memory bandwidth (measured once by the parent: see host_memory_bandwidth) or a GPU's datasheet.
@@ -185,16 +185,22 @@ def measure(backend, config: GPTConfig, options: dict) -> dict:
         warm(first_token)
         prefill[str(length)] = [timed(first_token) for _ in range(calls)]
 
+    calls_s = {}
+
     def steps(batch_size, use_cache=True):
         decode, first = (generate(batch_size, DECODE_PROMPT_TOKENS, n, use_cache) for n in (new, 1))
         warm(decode)
         warm(first)
         pairs = [(timed(decode), timed(first)) for _ in range(calls)]
-        return [(whole - one) / (new - 1) for whole, one in pairs]
+        calls_s[f"{batch_size}{'' if use_cache else ' no cache'}"] = pairs
+        # Less the round's median one-token call: a hiccup in one of them does not land on one step time.
+        one = float(np.median([one for _, one in pairs]))
+        return [(whole - one) / (new - 1) for whole, _ in pairs]
 
     decode = {str(b): steps(b) for b in options["batch_sizes"]}
     return {"first_token_s": first_token_s, "prefill_s": prefill, "decode_step_s": decode,
-            "nocache_step_s": steps(1, use_cache=False) if options.get("nocache", True) else None}
+            "nocache_step_s": steps(1, use_cache=False) if options.get("nocache", True) else None,
+            "decode_calls_s": calls_s}  # (a call making new_tokens, one making 1), for any other reading
 
 
 def measure_quality(backend, fixture: dict) -> dict:
@@ -426,8 +432,17 @@ def caption(spec: dict, rows: list[dict]) -> str:
                  f"in the CPU's caches are read from there)")
     return (f"{spec['source']['described']}: {model['n_layer']} layers × {model['n_head']} heads × {model['n_embd']} "
             f"wide, block {model['block_size']}, {spec['params'] / 1e6:.1f}M parameters, {options['dtype']}; "
-            f"{decoding(options)}, {options['new_tokens']} new tokens after {DECODE_PROMPT_TOKENS}; {options['repeat']} "
-            f"round(s) × {options['calls']} timed calls. Bandwidth used against {bandwidth}. {spec['date'][:10]}.")
+            f"{decoding(options)}, {options['new_tokens']} new tokens after {DECODE_PROMPT_TOKENS}, {step_timing(options)}; "
+            f"{options['repeat']} round(s) × {options['calls']} timed calls. Bandwidth used against {bandwidth}. "
+            f"{spec['date'][:10]}.")
+
+
+def step_timing(options: dict) -> str:
+    """How the set timed a decode step; sets made before the difference of two calls included the prompt's
+    prefill (block_size / 8 positions) in their steps."""
+    if options.get("step_timing") == "difference":
+        return f"a step timed as calls making {options['new_tokens']} tokens less calls making 1 (no prefill)"
+    return "a step timed as a call over its tokens (the prompt's prefill included)"
 
 
 def decode_figure(sets: list[tuple[str, list[dict]]]) -> bytes:
@@ -662,7 +677,7 @@ def plan(args, argv: list[str]) -> tuple[Path, dict, list[str], list[str]]:
     spec = {"command": " ".join(["python -m benchmarks.infer", *argv]), "source": {**source, "described": described},
             "model": to_dict(config), "params": int(sum(p.size for p in params.values())),
             "options": {"batch_sizes": _numbers(args.batch_sizes, "--batch-sizes"), "prompt_lengths": lengths,
-                        "new_tokens": new_tokens, "calls": args.calls, "repeat": args.repeat,
+                        "new_tokens": new_tokens, "step_timing": "difference", "calls": args.calls, "repeat": args.repeat,
                         "temperature": args.temperature, "top_k": None if greedy else args.top_k,
                         "top_p": None if greedy else args.top_p,
                         "device": args.device, "dtype": args.dtype, "quantize": modes, "nocache": args.nocache},

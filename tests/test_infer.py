@@ -199,8 +199,13 @@ def test_a_decode_step_is_timed_without_the_prompts_prefill(monkeypatch):
     monkeypatch.setattr(infer, "timed", lambda call: call())
     options = {"calls": 2, "new_tokens": 32, "prompt_lengths": [2], "batch_sizes": [1, 8],
                "temperature": 0.0, "top_k": None, "top_p": None, "nocache": False}
-    steps = infer.measure(Clocked(), SMALL, options)["decode_step_s"]
+    measured = infer.measure(Clocked(), SMALL, options)
+    steps = measured["decode_step_s"]
     assert steps["1"] == pytest.approx([0.020, 0.020]) and steps["8"] == pytest.approx([0.048, 0.048])
+    assert measured["decode_calls_s"]["1"] == [pytest.approx((0.300 + 31 * 0.020, 0.300))] * 2
+    # The report says which way a set timed its steps: sets from before timed a call over its tokens.
+    assert infer.step_timing({**options, "step_timing": "difference"}).endswith("less calls making 1 (no prefill)")
+    assert infer.step_timing(options) == "a step timed as a call over its tokens (the prompt's prefill included)"
 
 
 def test_a_sampled_set_samples_every_timed_call_and_says_so(tmp_path):
