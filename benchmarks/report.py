@@ -705,6 +705,7 @@ def inference_section(results: Path, figure: str) -> list[str]:
     sets = inference_sets(results)
     lines = []
     for name, spec, rows in sets:
+        rows = [row for row in rows if not row.get("quantize")]  # the quantized rows: in the set's report
         lines += [f"## Inference: {machine(spec, rows)}", "", markdown_table(*short_table(spec, rows)), "",
                   f"{caption(spec, rows)} [{name}](results/{name}/report.md).", ""]
     return lines + ([f"![decode tokens/s against batch size, per machine]({figure})", ""] if sets else [])

@@ -95,11 +95,11 @@ def test_pytorch_int8_dynamic_runs_fbgemm_within_the_bound_of_its_own_rounding()
     within the reference bound for that step. A product off by more than it would fail."""
     import torch
     from torch.ao.nn.quantized.dynamic import Linear as DynamicLinear
-    from pytorch_impl.quantize import dynamic_int8
+    from pytorch_impl.quantize import FbgemmLinear, dynamic_int8
     backend = make_backend("pytorch")
     dynamic_int8(backend.model)
     linear = backend.model.h[0].mlp.c_fc
-    assert isinstance(linear, DynamicLinear)
+    assert isinstance(linear, FbgemmLinear) and isinstance(linear.dynamic, DynamicLinear)
     rng = np.random.default_rng(2)
     x = (rng.standard_normal((4, SMALL_CONFIG.n_embd)) * [[0.1], [1], [2], [4]]).astype(np.float32)
     kernel = init_params(SMALL_CONFIG, 0)["h.0.mlp.c_fc.weight"]  # canonical [in, out]
